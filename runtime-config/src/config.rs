@@ -1,0 +1,552 @@
+//! The admin's config file: which networks exist and how the hook logs.
+//!
+//! The file is parsed into raw serde structs first and then checked key by key,
+//! so that every mistake is reported as one line naming the file, the network
+//! and the key, before any container is touched.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use ipnet::Ipv4Net;
+use serde::Deserialize;
+
+use crate::names::{check_ifname, check_network_name};
+
+/// Where the config lives when neither `--config` nor `$NSBYPASS_CONFIG` says otherwise.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/nsbypass/config.toml";
+/// Default state directory: on tmpfs, so no lease survives a reboot that killed its container.
+pub const DEFAULT_STATE_DIR: &str = "/run/nsbypass";
+
+/// A config file that could not be used. Every variant names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or an unknown/mistyped key; `line:col` points at it.
+    #[error("config {path}:{line}:{col}: {message}")]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        col: usize,
+        message: String,
+    },
+    /// A value that parses but makes no sense (address outside the subnet, ...).
+    #[error("config {path}: network {network}: {key}: {message}")]
+    Invalid {
+        path: PathBuf,
+        network: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The validated config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// The file it came from, for error messages.
+    pub path: PathBuf,
+    pub state_dir: PathBuf,
+    pub log: LogConfig,
+    pub networks: BTreeMap<String, Network>,
+}
+
+/// Where and how the hook logs; runtimes swallow hook output, so a file is the
+/// only way to see what a hook did after the fact.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub file: Option<PathBuf>,
+    #[serde(default)]
+    pub level: LogLevel,
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    #[default]
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// MACVLAN mode, as the kernel names it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MacvlanMode {
+    #[default]
+    Bridge,
+    Private,
+    Vepa,
+    Passthru,
+}
+
+/// One admin-defined network: a parent NIC and, optionally, an IPv4 pool on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Network {
+    pub name: String,
+    /// Host link the MACVLANs hang off.
+    pub parent: String,
+    pub mode: MacvlanMode,
+    /// Interface name inside the container; `None` means `netN` by request position.
+    pub ifname: Option<String>,
+    /// MTU of the child; `None` inherits the parent's.
+    pub mtu: Option<u32>,
+    /// `None`: the link is layer 2 only (no address, no route).
+    pub ipv4: Option<Ipv4Pool>,
+}
+
+/// The addresses a network hands out, and what every holder is told about the subnet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv4Pool {
+    pub subnet: Ipv4Net,
+    /// First and last address of the range, inclusive.
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+    pub gateway: Option<Ipv4Addr>,
+    /// Destinations routed via `gateway`.
+    pub routes: Vec<Ipv4Net>,
+}
+
+impl Ipv4Pool {
+    /// Number of addresses in the range (the gateway included, if it falls inside).
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+
+    /// Never true: a pool is rejected at load time if its range is empty.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The `i`-th address of the range, `i < len()`.
+    pub fn nth(&self, i: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.first) + i)
+    }
+
+    /// Whether `addr` may be handed to a container: inside the range and not the gateway.
+    pub fn assignable(&self, addr: Ipv4Addr) -> bool {
+        addr >= self.first && addr <= self.last && Some(addr) != self.gateway
+    }
+
+    /// The range as the admin wrote it, for messages.
+    pub fn range_text(&self) -> String {
+        format!("{}-{}", self.first, self.last)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    state_dir: Option<PathBuf>,
+    #[serde(default)]
+    log: LogConfig,
+    #[serde(default)]
+    networks: BTreeMap<String, RawNetwork>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    parent: String,
+    #[serde(default)]
+    mode: MacvlanMode,
+    ifname: Option<String>,
+    mtu: Option<u32>,
+    subnet: Option<String>,
+    range: Option<String>,
+    gateway: Option<String>,
+    routes: Option<Vec<String>>,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Validates `text` as if it had been read from `path`.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, col) = line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                path: path.to_owned(),
+                line,
+                col,
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
+        let mut networks = BTreeMap::new();
+        for (name, net) in raw.networks {
+            let network =
+                validate_network(&name, net).map_err(|(key, message)| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    network: name.clone(),
+                    key,
+                    message,
+                })?;
+            networks.insert(name, network);
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            state_dir: raw
+                .state_dir
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            log: raw.log,
+            networks,
+        })
+    }
+}
+
+type KeyError = (&'static str, String);
+
+fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
+    check_network_name(name).map_err(|m| ("name", m))?;
+    check_ifname(&raw.parent).map_err(|m| ("parent", m))?;
+    if let Some(ifname) = &raw.ifname {
+        check_ifname(ifname).map_err(|m| ("ifname", m))?;
+    }
+    if let Some(mtu) = raw.mtu {
+        if !(68..=65535).contains(&mtu) {
+            return Err(("mtu", format!("{mtu} is not between 68 and 65535")));
+        }
+    }
+    let ipv4 = match raw.subnet {
+        Some(subnet) => Some(validate_pool(&subnet, raw.range, raw.gateway, raw.routes)?),
+        None => {
+            let stray = [
+                ("range", raw.range.is_some()),
+                ("gateway", raw.gateway.is_some()),
+                ("routes", raw.routes.is_some()),
+            ];
+            if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
+                return Err((key, "needs a subnet".into()));
+            }
+            None
+        }
+    };
+    Ok(Network {
+        name: name.to_owned(),
+        parent: raw.parent,
+        mode: raw.mode,
+        ifname: raw.ifname,
+        mtu: raw.mtu,
+        ipv4,
+    })
+}
+
+fn validate_pool(
+    subnet: &str,
+    range: Option<String>,
+    gateway: Option<String>,
+    routes: Option<Vec<String>>,
+) -> Result<Ipv4Pool, KeyError> {
+    let subnet = parse_net(subnet).map_err(|m| ("subnet", m))?;
+    // Network and broadcast addresses are only hosts in /31 and /32 subnets.
+    let (lowest, highest) = if subnet.prefix_len() >= 31 {
+        (subnet.network(), subnet.broadcast())
+    } else {
+        (
+            Ipv4Addr::from(u32::from(subnet.network()) + 1),
+            Ipv4Addr::from(u32::from(subnet.broadcast()) - 1),
+        )
+    };
+    let host = |key: &'static str, addr: Ipv4Addr| -> Result<Ipv4Addr, KeyError> {
+        if addr < lowest || addr > highest {
+            return Err((
+                key,
+                format!("{addr} is not a host address of subnet {subnet}"),
+            ));
+        }
+        Ok(addr)
+    };
+
+    let gateway = match gateway {
+        Some(g) => Some(host(
+            "gateway",
+            parse_addr(&g).map_err(|m| ("gateway", m))?,
+        )?),
+        None => None,
+    };
+    let (first, last) = match range {
+        Some(r) => {
+            let (a, b) = r
+                .split_once('-')
+                .ok_or(("range", format!("{r:?} is not of the form FIRST-LAST")))?;
+            let first = host("range", parse_addr(a).map_err(|m| ("range", m))?)?;
+            let last = host("range", parse_addr(b).map_err(|m| ("range", m))?)?;
+            if first > last {
+                return Err(("range", format!("{first} comes after {last}")));
+            }
+            (first, last)
+        }
+        None => (lowest, highest),
+    };
+    if first == last && Some(first) == gateway {
+        return Err((
+            "range",
+            "holds only the gateway: no address to hand out".into(),
+        ));
+    }
+
+    let routes = routes
+        .unwrap_or_default()
+        .iter()
+        .map(|r| {
+            if r == "default" {
+                Ok(Ipv4Net::default())
+            } else {
+                parse_net(r)
+            }
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|m| ("routes", m))?;
+    if !routes.is_empty() && gateway.is_none() {
+        return Err(("routes", "routes go via the gateway: set gateway".into()));
+    }
+    Ok(Ipv4Pool {
+        subnet,
+        first,
+        last,
+        gateway,
+        routes,
+    })
+}
+
+fn parse_addr(s: &str) -> Result<Ipv4Addr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{:?} is not an IPv4 address", s.trim()))
+}
+
+fn parse_net(s: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not an IPv4 prefix like 10.10.0.0/24"))?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/nsbypass/config.toml"))
+    }
+
+    fn err(text: &str) -> String {
+        parse(text).unwrap_err().to_string()
+    }
+
+    const FULL: &str = r#"
+state_dir = "/run/x"
+[log]
+file = "/var/log/nsbypass.log"
+level = "debug"
+format = "json"
+
+[networks.fast]
+parent = "ens1f0"
+mode = "private"
+ifname = "fast0"
+mtu = 9000
+subnet = "10.10.0.0/24"
+range = "10.10.0.100-10.10.0.199"
+gateway = "10.10.0.1"
+routes = ["10.20.0.0/16", "default"]
+
+[networks.l2]
+parent = "ens1f1"
+"#;
+
+    #[test]
+    fn full_example_parses() {
+        let c = parse(FULL).unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/run/x"));
+        assert_eq!(c.log.level, LogLevel::Debug);
+        assert_eq!(c.log.format, LogFormat::Json);
+        let fast = &c.networks["fast"];
+        assert_eq!(fast.mode, MacvlanMode::Private);
+        assert_eq!(fast.ifname.as_deref(), Some("fast0"));
+        assert_eq!(fast.mtu, Some(9000));
+        let pool = fast.ipv4.as_ref().unwrap();
+        assert_eq!(pool.len(), 100);
+        assert_eq!(pool.nth(0), Ipv4Addr::new(10, 10, 0, 100));
+        assert_eq!(pool.routes.len(), 2);
+        assert_eq!(pool.routes[1], "0.0.0.0/0".parse::<Ipv4Net>().unwrap());
+        let l2 = &c.networks["l2"];
+        assert_eq!(l2.mode, MacvlanMode::Bridge);
+        assert!(l2.ipv4.is_none());
+    }
+
+    #[test]
+    fn defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.state_dir, PathBuf::from(DEFAULT_STATE_DIR));
+        assert_eq!(c.log, LogConfig::default());
+        assert!(c.networks.is_empty());
+    }
+
+    #[test]
+    fn default_range_is_every_host_but_the_gateway() {
+        let c =
+            parse("[networks.a]\nparent = \"p\"\nsubnet = \"10.1.0.0/29\"\ngateway = \"10.1.0.1\"")
+                .unwrap();
+        let pool = c.networks["a"].ipv4.clone().unwrap();
+        assert_eq!(
+            (pool.first, pool.last),
+            ("10.1.0.1".parse().unwrap(), "10.1.0.6".parse().unwrap())
+        );
+        assert!(!pool.assignable("10.1.0.1".parse().unwrap()));
+        assert!(pool.assignable("10.1.0.2".parse().unwrap()));
+        assert!(!pool.assignable("10.1.0.7".parse().unwrap()));
+    }
+
+    #[test]
+    fn slash_31_uses_both_addresses() {
+        let c = parse("[networks.a]\nparent = \"p\"\nsubnet = \"10.1.0.0/31\"").unwrap();
+        assert_eq!(c.networks["a"].ipv4.as_ref().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn unknown_keys_name_the_key_and_the_file() {
+        let e = err("[networks.a]\nparent = \"p\"\nmtuu = 1500\n");
+        assert!(
+            e.starts_with("config /etc/nsbypass/config.toml:3:1:"),
+            "{e}"
+        );
+        assert!(e.contains("mtuu"), "{e}");
+        let e = err("statedir = \"/x\"");
+        assert!(
+            e.contains("statedir") && e.contains("config.toml:1:1"),
+            "{e}"
+        );
+        let e = err("[log]\nlevel = \"loud\"");
+        assert!(e.contains("loud"), "{e}");
+        assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn every_validation_error() {
+        let net = |body: &str| err(&format!("[networks.fast]\nparent = \"eth9\"\n{body}"));
+        let cases = [
+            (
+                "mtu = 20",
+                "network fast: mtu: 20 is not between 68 and 65535",
+            ),
+            (
+                "ifname = \"a-very-long-ifname\"",
+                "ifname: \"a-very-long-ifname\" is longer than 15 bytes",
+            ),
+            ("ifname = \"a/b\"", "ifname: \"a/b\" may not contain"),
+            ("range = \"10.0.0.1-10.0.0.2\"", "range: needs a subnet"),
+            ("gateway = \"10.0.0.1\"", "gateway: needs a subnet"),
+            ("routes = [\"default\"]", "routes: needs a subnet"),
+            (
+                "subnet = \"10.0.0.0\"",
+                "subnet: \"10.0.0.0\" is not an IPv4 prefix",
+            ),
+            (
+                "subnet = \"10.0.0.5/24\"",
+                "subnet: 10.0.0.5/24 has host bits set; did you mean 10.0.0.0/24?",
+            ),
+            (
+                "subnet = \"fd00::/64\"",
+                "subnet: \"fd00::/64\" is not an IPv4 prefix",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\nrange = \"10.0.0.9\"",
+                "range: \"10.0.0.9\" is not of the form FIRST-LAST",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\nrange = \"10.0.0.9-10.0.1.2\"",
+                "range: 10.0.1.2 is not a host address of subnet 10.0.0.0/24",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\nrange = \"10.0.0.0-10.0.0.2\"",
+                "range: 10.0.0.0 is not a host address",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\nrange = \"10.0.0.9-10.0.0.2\"",
+                "range: 10.0.0.9 comes after 10.0.0.2",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\nrange = \"10.0.0.x-10.0.0.2\"",
+                "range: \"10.0.0.x\" is not an IPv4 address",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.255\"",
+                "gateway: 10.0.0.255 is not a host address",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.1\"\nrange = \"10.0.0.1-10.0.0.1\"",
+                "range: holds only the gateway",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\nroutes = [\"10.2.0.0/16\"]",
+                "routes: routes go via the gateway: set gateway",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.1\"\nroutes = [\"10.2.0.1/16\"]",
+                "routes: 10.2.0.1/16 has host bits set",
+            ),
+            ("mode = \"l3\"", "unknown variant `l3`"),
+        ];
+        for (body, want) in cases {
+            let got = net(body);
+            assert!(
+                got.contains(want),
+                "for {body:?}\n got: {got}\nwant: {want}"
+            );
+            assert!(got.starts_with("config /etc/nsbypass/config.toml"), "{got}");
+        }
+        assert!(err("[networks.fast]\nmode = \"bridge\"").contains("missing field `parent`"));
+        assert!(err("[networks.\"a/b\"]\nparent = \"p\"").contains("network a/b: name:"));
+        assert!(err("[networks.x]\nparent = \"\"").contains("parent: empty interface name"));
+    }
+
+    #[test]
+    fn missing_file_names_the_file() {
+        let e = Config::load(Path::new("/nonexistent/nsbypass.toml")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config /nonexistent/nsbypass.toml: No such file"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,246 @@
+//! What a container asks nsbypass for, read from its annotations or, for
+//! runtimes that have none (docker), from its process environment.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use crate::bundle::Bundle;
+use crate::names::check_network_name;
+
+/// Annotation and environment variable naming the networks to join.
+pub const NETWORK_ANNOTATION: &str = "nsbypass.io/network";
+pub const NETWORK_ENV: &str = "NSBYPASS_NETWORK";
+/// Annotation and environment variable pinning addresses: `NAME=ADDR[,NAME=ADDR]`.
+pub const IP_ANNOTATION: &str = "nsbypass.io/ip";
+pub const IP_ENV: &str = "NSBYPASS_IP";
+/// Every annotation under this prefix must be one nsbypass knows.
+pub const ANNOTATION_PREFIX: &str = "nsbypass.io/";
+
+const KNOWN_ANNOTATIONS: [&str; 2] = [NETWORK_ANNOTATION, IP_ANNOTATION];
+
+/// A request that cannot be honoured as written. `origin` says where it came
+/// from (`annotation nsbypass.io/ip`, `env NSBYPASS_IP`).
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct RequestError {
+    pub origin: String,
+    pub message: String,
+}
+
+/// One container's request. Empty means "nothing to do".
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Network names, in request order (which fixes `netN` interface names).
+    pub networks: Vec<String>,
+    /// Pinned addresses by network name.
+    pub addresses: BTreeMap<String, IpAddr>,
+}
+
+impl Request {
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty()
+    }
+
+    /// Reads the request from a bundle. An annotation wins over the
+    /// environment variable for the same request.
+    pub fn from_bundle(bundle: &Bundle) -> Result<Request, RequestError> {
+        if let Some(key) = bundle
+            .annotations
+            .keys()
+            .find(|k| k.starts_with(ANNOTATION_PREFIX) && !KNOWN_ANNOTATIONS.contains(&k.as_str()))
+        {
+            return Err(RequestError {
+                origin: format!("annotation {key}"),
+                message: format!(
+                    "unknown nsbypass annotation (known: {})",
+                    KNOWN_ANNOTATIONS.join(", ")
+                ),
+            });
+        }
+        let pick = |annotation: &str, env: &str| -> Option<(String, String)> {
+            match bundle.annotations.get(annotation) {
+                Some(v) => Some((format!("annotation {annotation}"), v.clone())),
+                None => bundle
+                    .env_var(env)
+                    .map(|v| (format!("env {env}"), v.to_owned())),
+            }
+        };
+
+        let mut request = Request::default();
+        if let Some((source, value)) = pick(NETWORK_ANNOTATION, NETWORK_ENV) {
+            request.networks = parse_networks(&value).map_err(|message| RequestError {
+                origin: source.clone(),
+                message,
+            })?;
+        }
+        if let Some((source, value)) = pick(IP_ANNOTATION, IP_ENV) {
+            request.addresses =
+                parse_addresses(&value, &request.networks).map_err(|message| RequestError {
+                    origin: source,
+                    message,
+                })?;
+        }
+        Ok(request)
+    }
+}
+
+fn parse_networks(value: &str) -> Result<Vec<String>, String> {
+    let mut networks: Vec<String> = Vec::new();
+    for name in value.split(',').map(str::trim) {
+        check_network_name(name).map_err(|m| format!("{m} in {value:?}"))?;
+        if networks.iter().any(|n| n == name) {
+            return Err(format!("network {name} is named twice in {value:?}"));
+        }
+        networks.push(name.to_owned());
+    }
+    Ok(networks)
+}
+
+fn parse_addresses(value: &str, networks: &[String]) -> Result<BTreeMap<String, IpAddr>, String> {
+    let mut addresses = BTreeMap::new();
+    for item in value.split(',').map(str::trim) {
+        let (name, addr) = item
+            .split_once('=')
+            .ok_or_else(|| format!("{item:?} is not of the form NETWORK=ADDRESS"))?;
+        let name = name.trim();
+        if !networks.iter().any(|n| n == name) {
+            return Err(format!(
+                "{item:?} names network {name:?}, which the container does not request"
+            ));
+        }
+        let addr: IpAddr = addr
+            .trim()
+            .parse()
+            .map_err(|_| format!("{:?} is not an IP address", addr.trim()))?;
+        if addresses.insert(name.to_owned(), addr).is_some() {
+            return Err(format!("network {name} has two addresses in {value:?}"));
+        }
+    }
+    Ok(addresses)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(annotations: &[(&str, &str)], env: &[&str]) -> Bundle {
+        Bundle {
+            annotations: annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            env: env.iter().map(|s| s.to_string()).collect(),
+            ..Bundle::default()
+        }
+    }
+
+    fn req(annotations: &[(&str, &str)], env: &[&str]) -> Result<Request, String> {
+        Request::from_bundle(&bundle(annotations, env)).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn nothing_asked() {
+        let r = req(&[("io.kubernetes.pod", "x")], &["PATH=/bin"]).unwrap();
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn networks_and_addresses_from_annotations() {
+        let r = req(
+            &[
+                ("nsbypass.io/network", "fast, slow"),
+                ("nsbypass.io/ip", "slow=10.1.0.7"),
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(r.networks, ["fast", "slow"]);
+        assert_eq!(r.addresses["slow"], "10.1.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn environment_for_runtimes_without_annotations() {
+        let r = req(&[], &["NSBYPASS_NETWORK=fast", "NSBYPASS_IP=fast=10.0.0.9"]).unwrap();
+        assert_eq!(r.networks, ["fast"]);
+        assert_eq!(r.addresses.len(), 1);
+    }
+
+    #[test]
+    fn annotation_wins_over_environment_per_request() {
+        let r = req(
+            &[("nsbypass.io/network", "fast")],
+            &["NSBYPASS_NETWORK=slow", "NSBYPASS_IP=fast=10.0.0.9"],
+        )
+        .unwrap();
+        assert_eq!(r.networks, ["fast"]);
+        assert_eq!(r.addresses["fast"], "10.0.0.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn bad_requests_say_where_and_why() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a str);
+        let cases: &[Case] = &[
+            (
+                &[("nsbypass.io/network", "fast,")],
+                &[],
+                "annotation nsbypass.io/network: empty network name in \"fast,\"",
+            ),
+            (
+                &[("nsbypass.io/network", "fast,fast")],
+                &[],
+                "network fast is named twice",
+            ),
+            (
+                &[("nsbypass.io/network", "../x")],
+                &[],
+                "may not start with '.'",
+            ),
+            (
+                &[("nsbypass.io/networks", "fast")],
+                &[],
+                "annotation nsbypass.io/networks: unknown nsbypass annotation",
+            ),
+            (
+                &[
+                    ("nsbypass.io/network", "fast"),
+                    ("nsbypass.io/ip", "10.0.0.1"),
+                ],
+                &[],
+                "\"10.0.0.1\" is not of the form NETWORK=ADDRESS",
+            ),
+            (
+                &[
+                    ("nsbypass.io/network", "fast"),
+                    ("nsbypass.io/ip", "slow=10.0.0.1"),
+                ],
+                &[],
+                "names network \"slow\", which the container does not request",
+            ),
+            (
+                &[
+                    ("nsbypass.io/network", "fast"),
+                    ("nsbypass.io/ip", "fast=10.0.0"),
+                ],
+                &[],
+                "\"10.0.0\" is not an IP address",
+            ),
+            (
+                &[
+                    ("nsbypass.io/network", "fast"),
+                    ("nsbypass.io/ip", "fast=10.0.0.1,fast=10.0.0.2"),
+                ],
+                &[],
+                "network fast has two addresses",
+            ),
+            (
+                &[],
+                &["NSBYPASS_IP=fast=10.0.0.1"],
+                "env NSBYPASS_IP: \"fast=10.0.0.1\" names network \"fast\"",
+            ),
+        ];
+        for (annotations, env, want) in cases {
+            let got = req(annotations, env).unwrap_err();
+            assert!(got.contains(want), "got: {got}\nwant: {want}");
+        }
+    }
+}
