@@ -1,0 +1,70 @@
+//! Values derived from a container's identity, so they come out the same
+//! every time that container is set up.
+//!
+//! SHA-256 rather than std's hasher: std's `DefaultHasher` output may change
+//! between Rust releases, and a MAC that changes with a rebuild would churn
+//! switch tables exactly as a random one does.
+
+use sha2::{Digest, Sha256};
+
+fn digest(purpose: &str, container: &str, network: &str) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(purpose)
+        .chain_update([0])
+        .chain_update(container)
+        .chain_update([0])
+        .chain_update(network)
+        .finalize()
+        .into()
+}
+
+/// A locally administered unicast MAC for `container` on `network`. A
+/// restarted container keeps its MAC, so the switch learns nothing new.
+pub fn mac(container: &str, network: &str) -> [u8; 6] {
+    let d = digest("nsbypass-mac", container, network);
+    let mut mac = [d[0], d[1], d[2], d[3], d[4], d[5]];
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
+}
+
+/// Where in a pool the search for a free address starts for `container`:
+/// a restarted container usually gets its old address back, and concurrent
+/// containers rarely race for the same slot.
+pub fn address_seed(container: &str, network: &str) -> u64 {
+    let d = digest("nsbypass-ip", container, network);
+    u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+}
+
+/// A short random interface name for the create-then-rename fallback.
+pub fn temporary_ifname() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
+    format!("nsb{:08x}", random as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_is_stable_local_and_unicast() {
+        let a = mac("c1", "fast");
+        assert_eq!(a, mac("c1", "fast"));
+        assert_ne!(a, mac("c2", "fast"));
+        assert_ne!(a, mac("c1", "slow"));
+        assert_eq!(a[0] & 0x01, 0, "unicast");
+        assert_eq!(a[0] & 0x02, 0x02, "locally administered");
+        // Pinned (sha256 of "nsbypass-mac\0c1\0fast"): changing the
+        // derivation would change every container's MAC on upgrade.
+        assert_eq!(nsutil::netlink::format_mac(&a), "72:f7:87:c9:85:27");
+        assert_ne!(mac("c1f", "ast"), a, "fields are separated");
+    }
+
+    #[test]
+    fn temporary_names_fit_ifnamsiz() {
+        let n = temporary_ifname();
+        assert!(n.len() <= 15 && n.starts_with("nsb"), "{n}");
+    }
+}

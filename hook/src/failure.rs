@@ -1,0 +1,142 @@
+//! The one line a failing hook prints: which step, which network, why.
+
+use std::fmt;
+
+/// The hook's steps, in the order setup takes them. The name appears in
+/// every error line so an operator knows how far the hook got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    ReadState,
+    ReadSpec,
+    ReadRequest,
+    LoadConfig,
+    OpenLog,
+    CheckCapabilities,
+    OpenNamespace,
+    LockState,
+    ReadRecords,
+    Validate,
+    LeaseAddress,
+    CreateLink,
+    RenameLink,
+    ArpNotify,
+    AddAddress,
+    LinkUp,
+    AddRoute,
+    WriteRecord,
+    DeleteLink,
+    ReleaseAddress,
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Step::ReadState => "read state",
+            Step::ReadSpec => "read config.json",
+            Step::ReadRequest => "read request",
+            Step::LoadConfig => "load config",
+            Step::OpenLog => "open log",
+            Step::CheckCapabilities => "check capabilities",
+            Step::OpenNamespace => "open network namespace",
+            Step::LockState => "lock state",
+            Step::ReadRecords => "read records",
+            Step::Validate => "validate",
+            Step::LeaseAddress => "lease address",
+            Step::CreateLink => "create link",
+            Step::RenameLink => "rename link",
+            Step::ArpNotify => "set arp_notify",
+            Step::AddAddress => "add address",
+            Step::LinkUp => "set link up",
+            Step::AddRoute => "add route",
+            Step::WriteRecord => "write record",
+            Step::DeleteLink => "delete link",
+            Step::ReleaseAddress => "release address",
+        })
+    }
+}
+
+/// A failed step. `network` is set when the step worked on one network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub step: Step,
+    pub network: Option<String>,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(step: Step, message: impl fmt::Display) -> Failure {
+        Failure {
+            step,
+            network: None,
+            message: message.to_string(),
+        }
+    }
+
+    pub fn on(step: Step, network: &str, message: impl fmt::Display) -> Failure {
+        Failure {
+            step,
+            network: Some(network.to_owned()),
+            message: message.to_string(),
+        }
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(network) = &self.network {
+            write!(f, "network {network}: ")?;
+        }
+        // Messages from the kernel or from parsers may span lines; the
+        // contract is one line per failure.
+        write!(f, "{}: {}", self.step, one_line(&self.message))
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Collapses line breaks so a message stays on one line.
+pub fn one_line(text: &str) -> String {
+    text.split(['\n', '\r'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// A step mapping for `Result`s, so call sites read `.step(Step::X)?`.
+pub trait StepExt<T> {
+    fn step(self, step: Step) -> Result<T, Failure>;
+    fn step_on(self, step: Step, network: &str) -> Result<T, Failure>;
+}
+
+impl<T, E: fmt::Display> StepExt<T> for Result<T, E> {
+    fn step(self, step: Step) -> Result<T, Failure> {
+        self.map_err(|e| Failure::new(step, e))
+    }
+
+    fn step_on(self, step: Step, network: &str) -> Result<T, Failure> {
+        self.map_err(|e| Failure::on(step, network, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_line_names_network_step_and_cause_on_one_line() {
+        let f = Failure::on(
+            Step::AddRoute,
+            "fast",
+            "add route default via 10.0.0.1:\nFile exists",
+        );
+        assert_eq!(
+            f.to_string(),
+            "network fast: add route: add route default via 10.0.0.1:; File exists"
+        );
+        assert_eq!(
+            Failure::new(Step::ReadState, "bad").to_string(),
+            "read state: bad"
+        );
+    }
+}

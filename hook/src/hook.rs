@@ -1,0 +1,253 @@
+//! `nsbypass hook STAGE`: from the runtime's state on stdin to setup or
+//! teardown.
+//!
+//! A container that asks for nothing must cost nothing, so the order is:
+//! read stdin, read `config.json` as bytes, and leave unless it mentions
+//! nsbypass. Only then parse, load the config, start logging, and work.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use clap::ValueEnum;
+use nsutil::netns::{self, Netns};
+use runtime_config::bundle::{self, mentions_nsbypass};
+use runtime_config::{Bundle, Config, Request, State};
+
+use crate::failure::{Failure, Step, StepExt};
+use crate::kernel::{RealKernel, RealReach};
+use crate::records::StateDir;
+use crate::{logging, setup, teardown};
+
+/// OCI hook stages, named as in the runtime spec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "verbatim")]
+pub enum Stage {
+    #[value(name = "prestart")]
+    Prestart,
+    #[value(name = "createRuntime")]
+    CreateRuntime,
+    #[value(name = "createContainer")]
+    CreateContainer,
+    #[value(name = "startContainer")]
+    StartContainer,
+    #[value(name = "poststart")]
+    Poststart,
+    #[value(name = "poststop")]
+    Poststop,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Prestart => "prestart",
+            Stage::CreateRuntime => "createRuntime",
+            Stage::CreateContainer => "createContainer",
+            Stage::StartContainer => "startContainer",
+            Stage::Poststart => "poststart",
+            Stage::Poststop => "poststop",
+        }
+    }
+}
+
+/// A hook run that failed: the container (once known) and the failed step.
+#[derive(Debug)]
+pub struct HookError {
+    pub container: Option<String>,
+    pub failure: Failure,
+}
+
+impl std::fmt::Display for HookError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(container) = &self.container {
+            write!(f, "container {container}: ")?;
+        }
+        write!(f, "{}", self.failure)
+    }
+}
+
+/// Runs one hook invocation with `stdin` as the state document.
+pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), HookError> {
+    let started = Instant::now();
+    let anonymous = |failure: Failure| HookError {
+        container: None,
+        failure,
+    };
+    let setup_stage = match stage {
+        Stage::Prestart | Stage::CreateRuntime => true,
+        Stage::Poststop => false,
+        Stage::CreateContainer | Stage::StartContainer | Stage::Poststart => return Ok(()),
+    };
+
+    let mut input = Vec::new();
+    stdin
+        .take(runtime_config::state::MAX_STATE_BYTES as u64 + 1)
+        .read_to_end(&mut input)
+        .step(Step::ReadState)
+        .map_err(anonymous)?;
+    let state = State::parse(&input)
+        .step(Step::ReadState)
+        .map_err(anonymous)?;
+    let id = state.id.clone();
+    let with_container = |failure: Failure| HookError {
+        container: Some(id.clone()),
+        failure,
+    };
+
+    let spec = bundle::read_spec_bytes(&state.bundle);
+    if setup_stage {
+        let spec = spec.step(Step::ReadSpec).map_err(with_container)?;
+        if !mentions_nsbypass(&spec) {
+            return Ok(());
+        }
+        let bundle = Bundle::parse(&state.bundle, &spec)
+            .step(Step::ReadSpec)
+            .map_err(with_container)?;
+        let request = Request::from_bundle(&bundle)
+            .step(Step::ReadRequest)
+            .map_err(with_container)?;
+        if request.is_empty() {
+            return Ok(());
+        }
+        let config = prepare(config_path).map_err(with_container)?;
+        let wired = run_setup(&state, &bundle, &request, &config).map_err(with_container)?;
+        tracing::info!(
+            container = %state.id,
+            stage = stage.name(),
+            networks = %request.networks.join(","),
+            wired = %wired.iter().map(describe).collect::<Vec<_>>().join("; "),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "setup done"
+        );
+    } else {
+        // The bundle may already be gone at poststop; then only the records can tell.
+        if matches!(&spec, Ok(bytes) if !mentions_nsbypass(bytes)) {
+            return Ok(());
+        }
+        let config = prepare(config_path).map_err(with_container)?;
+        let Some(released) = run_teardown(&state.id, &config).map_err(with_container)? else {
+            tracing::debug!(container = %state.id, "nothing recorded for this container");
+            return Ok(());
+        };
+        tracing::info!(
+            container = %state.id,
+            stage = stage.name(),
+            released = %released
+                .iter()
+                .map(|r| format!("{} {} {}", r.network, r.ifname, addresses(&r.addresses)))
+                .collect::<Vec<_>>()
+                .join("; "),
+            elapsed_us = started.elapsed().as_micros() as u64,
+            "teardown done"
+        );
+    }
+    Ok(())
+}
+
+/// Config, logging and privileges: what every working run needs first.
+fn prepare(config_path: &Path) -> Result<Config, Failure> {
+    let config = Config::load(config_path).step(Step::LoadConfig)?;
+    logging::init(&config.log).step(Step::OpenLog)?;
+    check_capabilities()?;
+    Ok(config)
+}
+
+fn run_setup(
+    state: &State,
+    bundle: &Bundle,
+    request: &Request,
+    config: &Config,
+) -> Result<Vec<setup::Wired>, Failure> {
+    let pid = state.pid.ok_or_else(|| {
+        Failure::new(
+            Step::OpenNamespace,
+            format!(
+                "state has no pid (status {:?}); register nsbypass for prestart or createRuntime",
+                state.status
+            ),
+        )
+    })?;
+    let pid_path = netns::pid_path(pid);
+    let target = Netns::open(&pid_path).step(Step::OpenNamespace)?;
+    let home = Netns::current().step(Step::OpenNamespace)?;
+    if target.id() == home.id() {
+        return Err(Failure::new(
+            Step::OpenNamespace,
+            "the container shares the host's network namespace; nsbypass needs it to have its own",
+        ));
+    }
+    let mut netns_paths: Vec<PathBuf> = vec![pid_path];
+    netns_paths.extend(bundle.netns_path.clone());
+    let ctx = setup::Context {
+        container: &state.id,
+        netns: target.id(),
+        netns_paths,
+        request,
+        config,
+    };
+    let mut kernel = RealKernel::new(target).step(Step::OpenNamespace)?;
+    tracing::debug!(netns = %ctx.netns, "netlink open in host and container namespaces");
+    let state_dir = StateDir::lock(&config.state_dir).step(Step::LockState)?;
+    tracing::debug!("state locked");
+    let mut leases = state_dir.leases();
+    setup::setup(&ctx, &mut kernel, &mut RealReach, &state_dir, &mut leases)
+}
+
+/// `None` when nothing was ever recorded for `container`.
+fn run_teardown(
+    container: &str,
+    config: &Config,
+) -> Result<Option<Vec<teardown::Released>>, Failure> {
+    if !config.state_dir.exists() {
+        return Ok(None);
+    }
+    let state_dir = StateDir::lock(&config.state_dir).step(Step::LockState)?;
+    let mut leases = state_dir.leases();
+    teardown::teardown(container, &mut RealReach, &state_dir, &mut leases)
+}
+
+/// Network setup needs CAP_NET_ADMIN; entering another namespace needs
+/// CAP_SYS_ADMIN. Say so up front instead of failing halfway with EPERM.
+fn check_capabilities() -> Result<(), Failure> {
+    use caps::{CapSet, Capability};
+    let effective = caps::read(None, CapSet::Effective).step(Step::CheckCapabilities)?;
+    let missing: Vec<&str> = [
+        (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| !effective.contains(cap))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::new(
+        Step::CheckCapabilities,
+        format!(
+            "nsbypass needs CAP_NET_ADMIN and CAP_SYS_ADMIN but lacks {}; run it as root from the runtime's hooks",
+            missing.join(" and ")
+        ),
+    ))
+}
+
+fn describe(w: &setup::Wired) -> String {
+    format!(
+        "{} {} {} {}{}",
+        w.network,
+        w.ifname,
+        w.mac,
+        addresses(&w.addresses),
+        if w.shared { " (shared)" } else { "" }
+    )
+}
+
+fn addresses(list: &[ipnet::IpNet]) -> String {
+    if list.is_empty() {
+        return "l2-only".to_owned();
+    }
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
