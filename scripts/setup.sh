@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time setup of a fresh Debian machine, as root: installs what nsbypass's
+# tests and demo drive (runc, a static busybox for container rootfs, iproute2,
+# nsenter) and builds the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs packages with apt-get)" >&2
+    exit 1
+fi
+
+# containernetworking-plugins: the CNI macvlan plugin scripts/bench.py compares against.
+packages=(runc busybox-static iproute2 util-linux containernetworking-plugins)
+export DEBIAN_FRONTEND=noninteractive
+if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
+    apt-get update
+    apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+cargo build --locked --workspace --all-targets
+echo "setup.sh: done; run scripts/test.sh"

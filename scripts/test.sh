@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Every check CI runs: formatting, lints, unit tests, and the end-to-end tests
+# against real runc containers (those need root and skip, saying why, without).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo test --locked --workspace
+
+# The tests must clean up after themselves, failures included.
+leftover=$(ip netns list 2>/dev/null | grep -E '^nb[0-9a-z]+-' || true)
+if [ -n "$leftover" ]; then
+    echo "test.sh: tests left network namespaces behind:" >&2
+    echo "$leftover" >&2
+    exit 1
+fi
+echo "test.sh: all checks passed"
