@@ -7,9 +7,11 @@
 
 use sha2::{Digest, Sha256};
 
-fn digest(purpose: &str, container: &str, network: &str) -> [u8; 32] {
+fn digest(purpose: &str, host: &str, container: &str, network: &str) -> [u8; 32] {
     Sha256::new()
         .chain_update(purpose)
+        .chain_update([0])
+        .chain_update(host)
         .chain_update([0])
         .chain_update(container)
         .chain_update([0])
@@ -18,10 +20,12 @@ fn digest(purpose: &str, container: &str, network: &str) -> [u8; 32] {
         .into()
 }
 
-/// A locally administered unicast MAC for `container` on `network`. A
-/// restarted container keeps its MAC, so the switch learns nothing new.
-pub fn mac(container: &str, network: &str) -> [u8; 6] {
-    let d = digest("nsbypass-mac", container, network);
+/// A locally administered unicast MAC for `container` on `network` on the
+/// host `host` (its machine id: same-named containers on two hosts of one
+/// L2 must not collide). A restarted container keeps its MAC, so the
+/// switch learns nothing new.
+pub fn mac(host: &str, container: &str, network: &str) -> [u8; 6] {
+    let d = digest("nsbypass-mac", host, container, network);
     let mut mac = [d[0], d[1], d[2], d[3], d[4], d[5]];
     mac[0] = (mac[0] & 0xfc) | 0x02;
     mac
@@ -31,7 +35,7 @@ pub fn mac(container: &str, network: &str) -> [u8; 6] {
 /// a restarted container usually gets its old address back, and concurrent
 /// containers rarely race for the same slot.
 pub fn address_seed(container: &str, network: &str) -> u64 {
-    let d = digest("nsbypass-ip", container, network);
+    let d = digest("nsbypass-ip", "", container, network);
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
@@ -50,16 +54,17 @@ mod tests {
 
     #[test]
     fn mac_is_stable_local_and_unicast() {
-        let a = mac("c1", "fast");
-        assert_eq!(a, mac("c1", "fast"));
-        assert_ne!(a, mac("c2", "fast"));
-        assert_ne!(a, mac("c1", "slow"));
+        let a = mac("h1", "c1", "fast");
+        assert_eq!(a, mac("h1", "c1", "fast"));
+        assert_ne!(a, mac("h2", "c1", "fast"), "another host, another MAC");
+        assert_ne!(a, mac("h1", "c2", "fast"));
+        assert_ne!(a, mac("h1", "c1", "slow"));
         assert_eq!(a[0] & 0x01, 0, "unicast");
         assert_eq!(a[0] & 0x02, 0x02, "locally administered");
-        // Pinned (sha256 of "nsbypass-mac\0c1\0fast"): changing the
+        // Pinned (sha256 of "nsbypass-mac\0h1\0c1\0fast"): changing the
         // derivation would change every container's MAC on upgrade.
-        assert_eq!(nsutil::netlink::format_mac(&a), "72:f7:87:c9:85:27");
-        assert_ne!(mac("c1f", "ast"), a, "fields are separated");
+        assert_eq!(nsutil::netlink::format_mac(&a), "fa:96:78:04:ab:0a");
+        assert_ne!(mac("h1", "c1f", "ast"), a, "fields are separated");
     }
 
     #[test]

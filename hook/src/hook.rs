@@ -6,7 +6,7 @@
 //! nsbypass. Only then parse, load the config, start logging, and work.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use clap::ValueEnum;
@@ -73,18 +73,19 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
         container: None,
         failure,
     };
-    let setup_stage = match stage {
-        Stage::Prestart | Stage::CreateRuntime => true,
-        Stage::Poststop => false,
-        Stage::CreateContainer | Stage::StartContainer | Stage::Poststart => return Ok(()),
-    };
-
+    // Read the state even when the stage has nothing to do: a runtime
+    // writing it to a hook that already exited would see EPIPE.
     let mut input = Vec::new();
     stdin
         .take(runtime_config::state::MAX_STATE_BYTES as u64 + 1)
         .read_to_end(&mut input)
         .step(Step::ReadState)
         .map_err(anonymous)?;
+    let setup_stage = match stage {
+        Stage::Prestart | Stage::CreateRuntime => true,
+        Stage::Poststop => false,
+        Stage::CreateContainer | Stage::StartContainer | Stage::Poststart => return Ok(()),
+    };
     let state = State::parse(&input)
         .step(Step::ReadState)
         .map_err(anonymous)?;
@@ -120,8 +121,10 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
             "setup done"
         );
     } else {
-        // The bundle may already be gone at poststop; then only the records can tell.
-        if matches!(&spec, Ok(bytes) if !mentions_nsbypass(bytes)) {
+        // A spec that never asked for anything needs no teardown, unless a
+        // record says otherwise (the bundle was edited or is gone).
+        let asked = !matches!(&spec, Ok(bytes) if !mentions_nsbypass(bytes));
+        if !asked && !recorded(config_path, &state.id) {
             return Ok(());
         }
         let config = prepare(config_path).map_err(with_container)?;
@@ -142,6 +145,12 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
         );
     }
     Ok(())
+}
+
+/// Whether setup left a record for `container`. Without a usable config
+/// nothing can have been set up, so the answer is no.
+fn recorded(config_path: &Path, container: &str) -> bool {
+    Config::load(config_path).is_ok_and(|c| StateDir::has_container(&c.state_dir, container))
 }
 
 /// Config, logging and privileges: what every working run needs first.
@@ -176,12 +185,19 @@ fn run_setup(
             "the container shares the host's network namespace; nsbypass needs it to have its own",
         ));
     }
-    let mut netns_paths: Vec<PathBuf> = vec![pid_path];
-    netns_paths.extend(bundle.netns_path.clone());
+    // The spec's path is recorded as a second way back in only if it leads
+    // to this very namespace.
+    let pinned = bundle
+        .netns_path
+        .clone()
+        .filter(|p| netns::id_of(p).is_ok_and(|id| id == target.id()));
+    let host_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
     let ctx = setup::Context {
         container: &state.id,
+        host_id: host_id.trim(),
         netns: target.id(),
-        netns_paths,
+        process: pid_path,
+        pinned,
         request,
         config,
     };
@@ -190,10 +206,14 @@ fn run_setup(
     let state_dir = StateDir::lock(&config.state_dir).step(Step::LockState)?;
     tracing::debug!("state locked");
     let mut leases = state_dir.leases();
-    setup::setup(&ctx, &mut kernel, &mut RealReach, &state_dir, &mut leases)
+    let mut stores = setup::Stores {
+        state: &state_dir,
+        leases: &mut leases,
+        reach: &mut RealReach,
+    };
+    setup::setup(&ctx, &mut kernel, &mut stores)
 }
 
-/// `None` when nothing was ever recorded for `container`.
 fn run_teardown(
     container: &str,
     config: &Config,

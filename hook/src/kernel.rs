@@ -5,13 +5,14 @@
 //! to the namespace the hook runs in, which holds the parent NICs.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 use nsutil::netlink::{Link, MacvlanMode, Netlink, NewMacvlan};
-use nsutil::netns::Netns;
+use nsutil::netns::{self, Netns, NetnsId};
 use nsutil::sysctl;
 
-use crate::records::NetnsRecord;
+use crate::records::{Member, NetnsRecord};
 
 pub type Result<T> = nsutil::Result<T>;
 
@@ -44,12 +45,31 @@ pub trait Kernel {
     fn add_route(&mut self, index: u32, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<()>;
 }
 
-/// Reaches a recorded namespace again at teardown, when there is no pid.
+/// Finds recorded namespaces again, when there is no pid to go by.
 pub trait Reach {
-    /// A kernel for `record`'s namespace if one of its recorded paths still
-    /// leads to that very namespace; `None` once it is gone. An error means
-    /// the namespace is there but cannot be worked in.
-    fn reach(&mut self, record: &NetnsRecord) -> Result<Option<Box<dyn Kernel>>>;
+    /// Whether `path` leads to the namespace `id` right now.
+    fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool;
+    /// A kernel for namespace `id` through `path`; `Ok(None)` if the path
+    /// no longer leads there.
+    fn enter(&mut self, path: &Path, id: NetnsId) -> Result<Option<Box<dyn Kernel>>>;
+}
+
+/// A kernel for `record`'s namespace if one of its recorded paths still
+/// leads to that very namespace; `None` once it is gone. An error means the
+/// namespace is there but cannot be worked in.
+pub fn reach(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Option<Box<dyn Kernel>>> {
+    for path in record.netns_paths() {
+        if let Some(kernel) = reach.enter(path, record.id())? {
+            return Ok(Some(kernel));
+        }
+    }
+    Ok(None)
+}
+
+/// Whether `member` still runs in namespace `id`: its init's
+/// `/proc/<pid>/ns/net` still leads there.
+pub fn alive(reach: &mut dyn Reach, member: &Member, id: NetnsId) -> bool {
+    reach.leads_to(&member.process, id)
 }
 
 /// The real thing: one netlink socket in the host namespace, one in the
@@ -115,7 +135,7 @@ impl Kernel for RealKernel {
 
     fn arp_notify(&mut self, ifname: &str) -> Result<()> {
         self.netns
-            .run(|| sysctl::set_interface(sysctl::Family::Ipv4, ifname, "arp_notify", "1"))?
+            .run(|| sysctl::set_ipv4_interface(ifname, "arp_notify", "1"))?
     }
 
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
@@ -123,7 +143,20 @@ impl Kernel for RealKernel {
     }
 
     fn set_up(&mut self, index: u32) -> Result<()> {
-        self.inner.set_up(index)
+        // A link with this MAC may still be up on the parent for a moment:
+        // the kernel destroys a dead container's namespace asynchronously.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        loop {
+            match self.inner.set_up(index) {
+                Err(e)
+                    if e.errno() == Some(nix::errno::Errno::EADDRINUSE as i32)
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                other => return other,
+            }
+        }
     }
 
     fn add_route(&mut self, index: u32, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
@@ -131,21 +164,40 @@ impl Kernel for RealKernel {
     }
 }
 
-/// Reaches namespaces through the paths recorded at setup.
+/// Reaches namespaces through the paths recorded at setup, trusting a path
+/// only while it leads to the recorded namespace identity.
 pub struct RealReach;
 
 impl Reach for RealReach {
-    fn reach(&mut self, record: &NetnsRecord) -> Result<Option<Box<dyn Kernel>>> {
-        for path in record.netns_paths() {
-            let Ok(netns) = Netns::open(path) else {
-                continue;
-            };
-            if netns.id() != record.id() {
-                tracing::debug!(path = %path.display(), "path leads to another namespace now");
-                continue;
-            }
-            return Ok(Some(Box::new(RealKernel::new(netns)?)));
+    fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool {
+        netns::id_of(path).is_ok_and(|found| found == id)
+    }
+
+    fn enter(&mut self, path: &Path, id: NetnsId) -> Result<Option<Box<dyn Kernel>>> {
+        match Netns::open_if(path, id)? {
+            Some(netns) => Ok(Some(Box::new(RealKernel::new(netns)?))),
+            None => Ok(None),
         }
-        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_reach_trusts_a_path_only_while_it_leads_to_the_recorded_namespace() {
+        let own = Netns::current().unwrap().id();
+        let path = Path::new("/proc/self/ns/net");
+        let mut reach = RealReach;
+        assert!(reach.leads_to(path, own));
+        assert!(reach.enter(path, own).unwrap().is_some());
+        let elsewhere = NetnsId {
+            dev: own.dev,
+            ino: own.ino ^ 1,
+        };
+        assert!(!reach.leads_to(path, elsewhere));
+        assert!(reach.enter(path, elsewhere).unwrap().is_none());
+        assert!(!reach.leads_to(Path::new("/proc/no-such-pid/ns/net"), own));
     }
 }

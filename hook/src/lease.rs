@@ -62,6 +62,9 @@ pub trait LeaseStore {
     /// Gives `address` back if `netns` holds it. A free address, or one
     /// another namespace holds, is left alone.
     fn release(&mut self, network: &str, address: IpAddr, netns: &str) -> Result<(), LeaseError>;
+
+    /// Every lease on `network`, for finding ones nothing accounts for.
+    fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError>;
 }
 
 /// Leases as files under `<state_dir>/leases`.
@@ -163,7 +166,7 @@ impl LeaseStore for FileLeases {
                 }),
             };
         }
-        let len = pool.len();
+        let len = pool.size();
         let start = (derive::address_seed(&holder.container, network) % u64::from(len)) as u32;
         for step in 0..len {
             let address = pool.nth((start + step) % len);
@@ -194,6 +197,33 @@ impl LeaseStore for FileLeases {
             }
             _ => Ok(()),
         }
+    }
+
+    fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError> {
+        let dir = self.dir.join(network);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(LeaseError::Io {
+                    op: "list leases in",
+                    path: dir,
+                    source,
+                })
+            }
+        };
+        let mut leases = Vec::new();
+        for entry in entries.flatten() {
+            // Temporary files start with '.', and parse as no address.
+            let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+                continue;
+            };
+            if let Some(holder) = self.holder(network, address)? {
+                leases.push((address, holder));
+            }
+        }
+        leases.sort_by_key(|(address, _)| *address);
+        Ok(leases)
     }
 }
 

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
+use nsutil::netlink::Link;
 use nsutil::netns::NetnsId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -69,10 +70,12 @@ pub struct NetnsRecord {
 pub struct Member {
     /// The networks this container asked for.
     pub networks: Vec<String>,
-    /// Paths that led to the namespace at setup (`/proc/<pid>/ns/net`, the
-    /// spec's namespace path). Teardown tries each and trusts one only if it
-    /// still leads to the same namespace identity.
-    pub netns_paths: Vec<PathBuf>,
+    /// `/proc/<pid>/ns/net` of the container's init: the member runs while
+    /// this leads to the namespace (a reused pid leads elsewhere).
+    pub process: PathBuf,
+    /// The spec's namespace path, when it led to the namespace at setup: a
+    /// way back in that may outlive every member (a pinned pod namespace).
+    pub pinned: Option<PathBuf>,
 }
 
 /// A MACVLAN nsbypass created.
@@ -80,12 +83,25 @@ pub struct Member {
 pub struct LinkRecord {
     pub network: String,
     pub ifname: String,
-    /// `aa:bb:...`; how teardown recognises the link even if it was renamed.
+    /// Interface index inside the namespace: fixed for the link's life,
+    /// unlike its name or MAC (a container with NET_ADMIN may change
+    /// either; passthru links take the parent's MAC).
+    pub index: u32,
+    /// `aa:bb:...` as the kernel reported it after creation.
     pub mac: String,
     pub parent: String,
     pub addresses: Vec<IpNet>,
     /// The container whose setup created it.
     pub created_by: String,
+}
+
+impl LinkRecord {
+    /// This link among the namespace's `present` links, if it is still there.
+    pub fn find_in<'a>(&self, present: &'a [Link]) -> Option<&'a Link> {
+        present
+            .iter()
+            .find(|l| l.index == self.index && l.kind.as_deref() == Some("macvlan"))
+    }
 }
 
 impl NetnsRecord {
@@ -121,10 +137,15 @@ impl NetnsRecord {
             .collect()
     }
 
-    /// Every recorded way back into the namespace, without repeats.
+    /// Every recorded way back into the namespace, without repeats. Teardown
+    /// trusts one only while it leads to the recorded namespace identity.
     pub fn netns_paths(&self) -> Vec<&Path> {
         let mut paths: Vec<&Path> = Vec::new();
-        for path in self.members.values().flat_map(|m| &m.netns_paths) {
+        let all = self
+            .members
+            .values()
+            .flat_map(|m| std::iter::once(&m.process).chain(&m.pinned));
+        for path in all {
             if !paths.contains(&path.as_path()) {
                 paths.push(path);
             }
@@ -144,12 +165,26 @@ impl StateDir {
     /// hook on the host serialises here, which is what makes concurrent
     /// setups hand out distinct addresses and agree on shared namespaces.
     pub fn lock(root: &Path) -> Result<StateDir, RecordError> {
-        use std::os::unix::fs::DirBuilderExt;
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(root)
             .map_err(|e| RecordError::new("create", root, e))?;
+        // Root writes and removes files here by names that containers
+        // choose: nobody else may be able to plant links in it.
+        let meta =
+            std::fs::symlink_metadata(root).map_err(|e| RecordError::new("stat", root, e))?;
+        if !meta.is_dir()
+            || meta.uid() != nix::unistd::geteuid().as_raw()
+            || meta.mode() & 0o022 != 0
+        {
+            return Err(RecordError::new(
+                "use",
+                root,
+                "state_dir must be a directory owned by the hook's user and writable by nobody else",
+            ));
+        }
         let path = root.join("lock");
         let file = File::options()
             .create(true)
@@ -163,6 +198,14 @@ impl StateDir {
             root: root.to_owned(),
             _lock: lock,
         })
+    }
+
+    /// Whether `root` holds a record of `container`, without taking the lock:
+    /// a cheap check for poststop of containers that never asked for anything.
+    pub fn has_container(root: &Path, container: &str) -> bool {
+        root.join("containers")
+            .join(format!("{container}.json"))
+            .exists()
     }
 
     pub fn leases(&self) -> FileLeases {
@@ -250,7 +293,8 @@ mod tests {
             "c1".into(),
             Member {
                 networks: vec!["fast".into()],
-                netns_paths: vec!["/proc/1/ns/net".into()],
+                process: "/proc/1/ns/net".into(),
+                pinned: None,
             },
         );
         state.put_netns(&ns).unwrap();

@@ -8,21 +8,26 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use nsutil::netlink::{format_mac, MacvlanMode};
 use nsutil::netns::NetnsId;
-use runtime_config::{Config, MacvlanMode as Mode, Network, Request};
+use runtime_config::{Config, Ipv4Pool, MacvlanMode as Mode, Network, Request};
 
 use crate::derive;
 use crate::failure::{Failure, Step, StepExt};
-use crate::kernel::{Kernel, MacvlanSpec, Reach};
-use crate::lease::{check_assignable, Holder, LeaseStore};
+use crate::kernel::{self, Kernel, MacvlanSpec, Reach};
+use crate::lease::{check_assignable, Holder, LeaseError, LeaseStore};
 use crate::records::{ContainerRecord, LinkRecord, Member, NetnsRecord, StateDir};
 use crate::teardown;
 
 /// Who is being set up, and where.
 pub struct Context<'a> {
     pub container: &'a str,
+    /// Mixed into MACs so that same-named containers on two hosts of one L2
+    /// do not collide (`/etc/machine-id`).
+    pub host_id: &'a str,
     pub netns: NetnsId,
-    /// Ways back into the namespace for teardown (see `records::Member`).
-    pub netns_paths: Vec<PathBuf>,
+    /// The container init's `/proc/<pid>/ns/net`, and the spec's namespace
+    /// path if it leads to the same namespace (see `records::Member`).
+    pub process: PathBuf,
+    pub pinned: Option<PathBuf>,
     pub request: &'a Request,
     pub config: &'a Config,
 }
@@ -39,13 +44,13 @@ pub struct Wired {
 }
 
 impl Wired {
-    fn from_record(link: &LinkRecord, shared: bool) -> Wired {
+    fn from_record(link: &LinkRecord, container: &str) -> Wired {
         Wired {
             network: link.network.clone(),
             ifname: link.ifname.clone(),
             mac: link.mac.clone(),
             addresses: link.addresses.clone(),
-            shared,
+            shared: link.created_by != container,
         }
     }
 }
@@ -69,30 +74,28 @@ struct Plan<'a> {
 enum Undo {
     Release { network: String, address: IpAddr },
     DeleteLink { network: String, index: u32 },
+    RestoreContainer(Option<ContainerRecord>),
     RestoreNetns(NetnsRecord),
+}
+
+/// The stores setup reads and writes, all under the state lock.
+pub struct Stores<'a> {
+    pub state: &'a StateDir,
+    pub leases: &'a mut dyn LeaseStore,
+    pub reach: &'a mut dyn Reach,
 }
 
 /// Wires `ctx.container` into the networks it requested.
 pub fn setup(
     ctx: &Context,
     kernel: &mut dyn Kernel,
-    reach: &mut dyn Reach,
-    state: &StateDir,
-    leases: &mut dyn LeaseStore,
+    stores: &mut Stores,
 ) -> Result<Vec<Wired>, Failure> {
     let key = ctx.netns.key();
     let wanted = resolve(ctx.request, ctx.config)?;
-
-    // This container id was wired into another namespace and its poststop
-    // never ran: finish that teardown first.
-    if let Some(old) = state.container(ctx.container).step(Step::ReadRecords)? {
-        if old.netns != key {
-            tracing::warn!(container = ctx.container, old = %old.netns, "clearing a stale record of this container");
-            teardown::teardown(ctx.container, reach, state, leases)?;
-        }
-    }
-    let mut record = match state.netns(&key).step(Step::ReadRecords)? {
-        Some(found) => prune_vanished_links(found, kernel, leases, &key)?,
+    let previous_pointer = clear_stale_container(ctx, stores)?;
+    let mut record = match stores.state.netns(&key).step(Step::ReadRecords)? {
+        Some(found) => prune(found, kernel, stores, &key)?,
         None => NetnsRecord::new(ctx.netns),
     };
     let before = record.clone();
@@ -100,13 +103,12 @@ pub fn setup(
     let mut wired = Vec::new();
     let mut plans = Vec::new();
     for want in &wanted {
-        let name = want.network.name.as_str();
-        match record.link(name) {
+        match record.link(&want.network.name) {
             Some(link) => {
                 check_shared_address(link, want)?;
-                wired.push(Wired::from_record(link, link.created_by != ctx.container));
+                wired.push(Wired::from_record(link, ctx.container));
             }
-            None => plans.push(plan(want, &record, kernel, leases, &key)?),
+            None => plans.push(plan(want, &record, kernel, stores, &key)?),
         }
     }
     let already_member = record
@@ -120,38 +122,26 @@ pub fn setup(
     let mut undo = Vec::new();
     let applied = (|| {
         for plan in &plans {
-            let link = wire(ctx, plan, kernel, leases, &key, &mut undo)?;
-            wired.push(Wired::from_record(&link, false));
+            let link = wire(ctx, plan, kernel, stores, &key, &mut undo)?;
+            wired.push(Wired::from_record(&link, ctx.container));
             record.links.push(link);
         }
-        let member = record
-            .members
-            .entry(ctx.container.to_owned())
-            .or_insert_with(|| Member {
-                networks: Vec::new(),
-                netns_paths: Vec::new(),
-            });
-        for want in &wanted {
-            if !member.networks.contains(&want.network.name) {
-                member.networks.push(want.network.name.clone());
-            }
-        }
-        for path in &ctx.netns_paths {
-            if !member.netns_paths.contains(path) {
-                member.netns_paths.push(path.clone());
-            }
-        }
-        undo.push(Undo::RestoreNetns(before));
-        state.put_netns(&record).step(Step::WriteRecord)?;
-        state
+        add_member(&mut record, ctx, &wanted);
+        // The pointer first: should the hook die before the namespace
+        // record is written, poststop still finds its way here.
+        undo.push(Undo::RestoreContainer(previous_pointer));
+        stores
+            .state
             .put_container(ctx.container, &ContainerRecord { netns: key.clone() })
-            .step(Step::WriteRecord)
+            .step(Step::WriteRecord)?;
+        undo.push(Undo::RestoreNetns(before));
+        stores.state.put_netns(&record).step(Step::WriteRecord)
     })();
 
     match applied {
         Ok(()) => Ok(wired),
         Err(mut failure) => {
-            let problems = roll_back(undo, kernel, leases, state, &key);
+            let problems = roll_back(undo, ctx.container, kernel, stores, &key);
             if !problems.is_empty() {
                 failure.message =
                     format!("{} (rollback: {})", failure.message, problems.join("; "));
@@ -216,40 +206,88 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
     Ok(wanted)
 }
 
-/// Drops links from a namespace record that are no longer in the namespace
-/// (someone deleted them, or the record outlived its namespace and the
-/// inode was reused) and frees their addresses.
-fn prune_vanished_links(
+/// A record of this container id in another namespace means its poststop
+/// never ran; finish that teardown first. Unless that namespace is still in
+/// use by it: then two runtimes use one id, and wiring the second would
+/// tear the first down. Returns the pointer as it was, for rollback.
+fn clear_stale_container(
+    ctx: &Context,
+    stores: &mut Stores,
+) -> Result<Option<ContainerRecord>, Failure> {
+    let Some(old) = stores
+        .state
+        .container(ctx.container)
+        .step(Step::ReadRecords)?
+    else {
+        return Ok(None);
+    };
+    if old.netns == ctx.netns.key() {
+        return Ok(Some(old));
+    }
+    if let Some(record) = stores.state.netns(&old.netns).step(Step::ReadRecords)? {
+        if let Some(member) = record.members.get(ctx.container) {
+            if kernel::alive(stores.reach, member, record.id()) {
+                return Err(Failure::new(
+                    Step::Validate,
+                    format!(
+                        "this container id is already wired into another live network namespace ({}); are two runtimes using one id?",
+                        record.id()
+                    ),
+                ));
+            }
+        }
+    }
+    tracing::warn!(container = ctx.container, old = %old.netns, "clearing a stale record of this container id");
+    teardown::teardown(ctx.container, stores.reach, stores.state, stores.leases).map_err(
+        |mut f| {
+            f.message = format!(
+                "clearing the stale record of this container id: {}",
+                f.message
+            );
+            f
+        },
+    )?;
+    Ok(None)
+}
+
+/// Brings a namespace record found on disk up to date: members whose
+/// processes no longer run in the namespace are dropped (their poststop
+/// never came, or the record outlived its namespace and the inode was
+/// reused), and links that are no longer in the namespace are dropped and
+/// their addresses freed.
+fn prune(
     mut record: NetnsRecord,
     kernel: &mut dyn Kernel,
-    leases: &mut dyn LeaseStore,
+    stores: &mut Stores,
     key: &str,
 ) -> Result<NetnsRecord, Failure> {
+    let id = record.id();
+    record.members.retain(|container, member| {
+        let alive = kernel::alive(stores.reach, member, id);
+        if !alive {
+            tracing::warn!(
+                container,
+                "dropping a member that no longer runs in this namespace"
+            );
+        }
+        alive
+    });
     if record.links.is_empty() {
         return Ok(record);
     }
     let present = kernel.links().step(Step::Validate)?;
-    let (kept, vanished): (Vec<_>, Vec<_>) = record.links.into_iter().partition(|l| {
-        present
-            .iter()
-            .any(|p| p.mac.as_ref().map(format_mac).as_deref() == Some(l.mac.as_str()))
-    });
-    for link in &vanished {
+    let (kept, vanished): (Vec<_>, Vec<_>) = std::mem::take(&mut record.links)
+        .into_iter()
+        .partition(|link| link.find_in(&present).is_some());
+    record.links = kept;
+    for link in vanished {
         tracing::warn!(network = %link.network, ifname = %link.ifname, "recorded link is gone; dropping it");
         for address in &link.addresses {
-            leases
+            stores
+                .leases
                 .release(&link.network, address.addr(), key)
                 .step_on(Step::ReleaseAddress, &link.network)?;
         }
-    }
-    record.links = kept;
-    if !vanished.is_empty() {
-        // Members recorded for a namespace whose links vanished are stale too.
-        record.members.retain(|_, m| {
-            !m.networks
-                .iter()
-                .any(|n| vanished.iter().any(|l| &l.network == n))
-        });
     }
     Ok(record)
 }
@@ -274,7 +312,7 @@ fn plan<'a>(
     want: &Wanted<'a>,
     record: &NetnsRecord,
     kernel: &mut dyn Kernel,
-    leases: &dyn LeaseStore,
+    stores: &mut Stores,
     key: &str,
 ) -> Result<Plan<'a>, Failure> {
     let network = want.network;
@@ -308,8 +346,12 @@ fn plan<'a>(
         }
     }
     if let Some(address) = want.address {
-        if let Some(holder) = leases.holder(name, address).step_on(Step::Validate, name)? {
-            if holder.netns != key {
+        if let Some(holder) = stores
+            .leases
+            .holder(name, address)
+            .step_on(Step::Validate, name)?
+        {
+            if holder.netns != key && lease_in_use(name, address, &holder, stores)? {
                 return Err(fail(format!(
                     "{address} is taken by container {}",
                     holder.container
@@ -330,7 +372,7 @@ fn wire(
     ctx: &Context,
     plan: &Plan,
     kernel: &mut dyn Kernel,
-    leases: &mut dyn LeaseStore,
+    stores: &mut Stores,
     key: &str,
     undo: &mut Vec<Undo>,
 ) -> Result<LinkRecord, Failure> {
@@ -343,20 +385,17 @@ fn wire(
             netns: key.to_owned(),
             container: ctx.container.to_owned(),
         };
-        let address = leases
-            .acquire(name, pool, &holder, plan.address)
-            .step_on(Step::LeaseAddress, name)?;
-        tracing::debug!(network = name, %address, "address leased");
+        let address = lease(name, pool, &holder, plan.address, stores)?;
         undo.push(Undo::Release {
             network: name.to_owned(),
             address,
         });
+        tracing::debug!(network = name, %address, "address leased");
         addresses.push(
             IpNet::new(address, pool.subnet.prefix_len()).expect("prefix from a valid subnet"),
         );
     }
 
-    let mac = derive::mac(ctx.container, name);
     let spec = MacvlanSpec {
         name: plan.ifname.clone(),
         parent_index: plan.parent_index,
@@ -366,7 +405,7 @@ fn wire(
             Mode::Vepa => MacvlanMode::Vepa,
             Mode::Passthru => MacvlanMode::Passthru,
         },
-        mac,
+        mac: derive::mac(ctx.host_id, ctx.container, name),
         mtu: network.mtu,
     };
     let link = match kernel.create_macvlan(&spec) {
@@ -410,7 +449,6 @@ fn wire(
             .step_on(Step::AddAddress, name)?;
     }
     kernel.set_up(link.index).step_on(Step::LinkUp, name)?;
-    tracing::debug!(network = name, addresses = ?addresses, "link configured and up");
     if let Some(pool) = &network.ipv4 {
         if let Some(gateway) = pool.gateway {
             for route in &pool.routes {
@@ -420,34 +458,137 @@ fn wire(
             }
         }
     }
+    tracing::debug!(network = name, addresses = ?addresses, "link configured and up");
     Ok(LinkRecord {
         network: name.to_owned(),
         ifname: plan.ifname.clone(),
-        mac: format_mac(&mac),
+        index: link.index,
+        // Passthru links take the parent's MAC: record what the kernel made.
+        mac: format_mac(&link.mac.unwrap_or(spec.mac)),
         parent: network.parent.clone(),
         addresses,
         created_by: ctx.container.to_owned(),
     })
 }
 
+/// Leases an address; when the pool seems full or the wanted address
+/// taken, first frees leases that nothing accounts for any more, then tries
+/// once more.
+fn lease(
+    network: &str,
+    pool: &Ipv4Pool,
+    holder: &Holder,
+    want: Option<IpAddr>,
+    stores: &mut Stores,
+) -> Result<IpAddr, Failure> {
+    match stores.leases.acquire(network, pool, holder, want) {
+        Err(e @ (LeaseError::Exhausted { .. } | LeaseError::Taken { .. })) => {
+            if reclaim(network, &holder.netns, stores)? == 0 {
+                return Err(Failure::on(Step::LeaseAddress, network, e));
+            }
+            stores
+                .leases
+                .acquire(network, pool, holder, want)
+                .step_on(Step::LeaseAddress, network)
+        }
+        other => other.step_on(Step::LeaseAddress, network),
+    }
+}
+
+/// Frees the leases on `network` that no live record accounts for: left by
+/// a hook killed between leasing and recording, or by a namespace that died
+/// without a poststop. Returns how many.
+fn reclaim(network: &str, current: &str, stores: &mut Stores) -> Result<usize, Failure> {
+    let mut freed = 0;
+    for (address, holder) in stores
+        .leases
+        .list(network)
+        .step_on(Step::LeaseAddress, network)?
+    {
+        if holder.netns == current || lease_in_use(network, address, &holder, stores)? {
+            continue;
+        }
+        tracing::warn!(network, %address, container = %holder.container, "freeing a lease nothing uses");
+        stores
+            .leases
+            .release(network, address, &holder.netns)
+            .step_on(Step::LeaseAddress, network)?;
+        freed += 1;
+    }
+    Ok(freed)
+}
+
+/// Whether a lease is accounted for: its namespace is recorded with a link
+/// on `network` holding `address`, and a member still runs there.
+fn lease_in_use(
+    network: &str,
+    address: IpAddr,
+    holder: &Holder,
+    stores: &mut Stores,
+) -> Result<bool, Failure> {
+    let Some(record) = stores
+        .state
+        .netns(&holder.netns)
+        .step_on(Step::Validate, network)?
+    else {
+        return Ok(false);
+    };
+    let recorded = record
+        .links
+        .iter()
+        .any(|l| l.network == network && l.addresses.iter().any(|a| a.addr() == address));
+    Ok(recorded
+        && record
+            .members
+            .values()
+            .any(|m| kernel::alive(stores.reach, m, record.id())))
+}
+
+fn add_member(record: &mut NetnsRecord, ctx: &Context, wanted: &[Wanted]) {
+    let member = record
+        .members
+        .entry(ctx.container.to_owned())
+        .or_insert_with(|| Member {
+            networks: Vec::new(),
+            process: ctx.process.clone(),
+            pinned: None,
+        });
+    member.process = ctx.process.clone();
+    member.pinned = ctx.pinned.clone();
+    for want in wanted {
+        if !member.networks.contains(&want.network.name) {
+            member.networks.push(want.network.name.clone());
+        }
+    }
+}
+
 /// Undoes in reverse order; keeps going past failures and reports them.
 fn roll_back(
     undo: Vec<Undo>,
+    container: &str,
     kernel: &mut dyn Kernel,
-    leases: &mut dyn LeaseStore,
-    state: &StateDir,
+    stores: &mut Stores,
     key: &str,
 ) -> Vec<String> {
     let mut problems = Vec::new();
     for action in undo.into_iter().rev() {
         let result = match &action {
-            Undo::Release { network, address } => leases
+            Undo::Release { network, address } => stores
+                .leases
                 .release(network, *address, key)
                 .map_err(|e| format!("network {network}: release {address}: {e}")),
             Undo::DeleteLink { network, index } => kernel
                 .delete(*index)
                 .map_err(|e| format!("network {network}: {e}")),
-            Undo::RestoreNetns(record) => state.put_netns(record).map_err(|e| e.to_string()),
+            Undo::RestoreContainer(Some(record)) => stores
+                .state
+                .put_container(container, record)
+                .map_err(|e| e.to_string()),
+            Undo::RestoreContainer(None) => stores
+                .state
+                .remove_container(container)
+                .map_err(|e| e.to_string()),
+            Undo::RestoreNetns(record) => stores.state.put_netns(record).map_err(|e| e.to_string()),
         };
         if let Err(problem) = result {
             tracing::error!(%problem, "rollback step failed");

@@ -7,10 +7,9 @@
 //! undone stays recorded, so running teardown again retries exactly that.
 
 use ipnet::IpNet;
-use nsutil::netlink::format_mac;
 
 use crate::failure::{Failure, Step, StepExt};
-use crate::kernel::{Kernel, Reach};
+use crate::kernel::{self, Kernel, Reach};
 use crate::lease::LeaseStore;
 use crate::records::{LinkRecord, StateDir};
 
@@ -43,6 +42,11 @@ pub fn teardown(
     // container's included: in a pod it may be the only one still valid.
     let reachable_via = record.clone();
     let leaving = record.members.remove(container);
+    // Members whose init is gone without a poststop want nothing any more.
+    let id = record.id();
+    record
+        .members
+        .retain(|_, member| kernel::alive(reach, member, id));
     let wanted: Vec<String> = record
         .wanted_networks()
         .into_iter()
@@ -56,7 +60,7 @@ pub fn teardown(
     let mut released = Vec::new();
     let mut failures = Vec::new();
     if !unwanted.is_empty() {
-        let mut kernel = match reach.reach(&reachable_via) {
+        let mut kernel = match kernel::reach(reach, &reachable_via) {
             Ok(kernel) => kernel,
             Err(e) => {
                 failures.push(Failure::new(Step::OpenNamespace, e));
@@ -104,8 +108,8 @@ pub fn teardown(
     Err(first)
 }
 
-/// Deletes one link (found by its MAC, in case it was renamed) and frees
-/// its addresses. The address is freed only once the link is surely gone.
+/// Deletes one link (found by its index, which survives renames and MAC
+/// changes) and frees its addresses, only once the link is surely gone.
 fn remove_link(
     link: &LinkRecord,
     kernel: &mut Option<Box<dyn Kernel>>,
@@ -117,10 +121,7 @@ fn remove_link(
     match kernel {
         Some(kernel) => {
             let present = kernel.links().step_on(Step::DeleteLink, network)?;
-            if let Some(found) = present
-                .iter()
-                .find(|l| l.mac.as_ref().map(format_mac).as_deref() == Some(link.mac.as_str()))
-            {
+            if let Some(found) = link.find_in(&present) {
                 kernel
                     .delete(found.index)
                     .step_on(Step::DeleteLink, network)?;

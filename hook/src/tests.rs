@@ -14,8 +14,8 @@ use runtime_config::{Config, Request};
 use crate::failure::{Failure, Step};
 use crate::kernel::{Kernel, MacvlanSpec, Reach};
 use crate::lease::{FileLeases, LeaseStore};
-use crate::records::{NetnsRecord, StateDir};
-use crate::setup::{self, Context, Wired};
+use crate::records::StateDir;
+use crate::setup::{self, Context, Stores, Wired};
 use crate::teardown;
 
 /// One container namespace plus the host's parents, as the fake sees them.
@@ -162,12 +162,25 @@ impl Kernel for FakeKernel {
     }
 }
 
-/// Teardown's way back in: the fake namespace while it "exists".
-struct FakeReach(Option<FakeKernel>);
+/// Which fake "/proc/<container>/ns/net" paths lead to which namespace now.
+type Live = Rc<RefCell<BTreeMap<PathBuf, NetnsId>>>;
+
+/// Teardown's and pruning's way back in: a path leads to a namespace while
+/// its container "runs"; entering any live namespace yields the fake kernel.
+struct FakeReach {
+    kernel: FakeKernel,
+    live: Live,
+}
 
 impl Reach for FakeReach {
-    fn reach(&mut self, _: &NetnsRecord) -> nsutil::Result<Option<Box<dyn Kernel>>> {
-        Ok(self.0.clone().map(|k| Box::new(k) as Box<dyn Kernel>))
+    fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool {
+        self.live.borrow().get(path) == Some(&id)
+    }
+
+    fn enter(&mut self, path: &Path, id: NetnsId) -> nsutil::Result<Option<Box<dyn Kernel>>> {
+        Ok(self
+            .leads_to(path, id)
+            .then(|| Box::new(self.kernel.clone()) as Box<dyn Kernel>))
     }
 }
 
@@ -203,6 +216,18 @@ struct Bed {
     root: PathBuf,
     config: Config,
     kernel: FakeKernel,
+    live: Live,
+}
+
+/// A container init's path to its namespace: live while the container runs.
+fn member_path(container: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{container}/ns/net"))
+}
+
+/// A pinned path to namespace `ino` (like /run/netns/X, or CRI-O's pod
+/// sandbox): live while the namespace exists, with or without members.
+fn pin_path(ino: u64) -> PathBuf {
+    PathBuf::from(format!("/run/netns/ns{ino}"))
 }
 
 impl Bed {
@@ -215,6 +240,14 @@ impl Bed {
             root,
             config,
             kernel: FakeKernel::new(),
+            live: Live::default(),
+        }
+    }
+
+    fn reach(&self) -> FakeReach {
+        FakeReach {
+            kernel: self.kernel.clone(),
+            live: self.live.clone(),
         }
     }
 
@@ -233,38 +266,56 @@ impl Bed {
             let (n, a) = pair.split_once('=').unwrap();
             request.addresses.insert(n.into(), a.parse().unwrap());
         }
+        let netns = NetnsId { dev: 4, ino };
+        // The namespace exists and the container's init runs in it.
+        self.live.borrow_mut().insert(pin_path(ino), netns);
+        self.live.borrow_mut().insert(member_path(container), netns);
         let ctx = Context {
             container,
-            netns: NetnsId { dev: 4, ino },
-            netns_paths: vec![PathBuf::from(format!("/proc/{ino}/ns/net"))],
+            host_id: "test-host",
+            netns,
+            process: member_path(container),
+            pinned: Some(pin_path(ino)),
             request: &request,
             config: &self.config,
         };
         let state = StateDir::lock(&self.root).unwrap();
         let mut leases = state.leases();
         let mut kernel = self.kernel.clone();
-        setup::setup(
-            &ctx,
-            &mut kernel,
-            &mut FakeReach(Some(self.kernel.clone())),
-            &state,
-            &mut leases,
-        )
+        let mut reach = self.reach();
+        let mut stores = Stores {
+            state: &state,
+            leases: &mut leases,
+            reach: &mut reach,
+        };
+        setup::setup(&ctx, &mut kernel, &mut stores)
     }
 
     fn setup(&self, container: &str, networks: &str) -> Result<Vec<Wired>, Failure> {
         self.setup_in(container, 1000, networks, "")
     }
 
+    /// The container's processes are gone (its namespace may live on).
+    fn stop(&self, container: &str) {
+        self.live.borrow_mut().remove(&member_path(container));
+    }
+
+    /// Stops `container` and runs its poststop. With `namespace_alive`, the
+    /// namespace outlives it (pinned); without, it is gone, and so are the
+    /// fake's links, as the kernel would do.
     fn teardown(
         &self,
         container: &str,
         namespace_alive: bool,
     ) -> Result<Option<Vec<teardown::Released>>, Failure> {
+        self.stop(container);
+        if !namespace_alive {
+            self.live.borrow_mut().clear();
+            self.kernel.0.borrow_mut().links.clear();
+        }
         let state = StateDir::lock(&self.root).unwrap();
         let mut leases = state.leases();
-        let mut reach = FakeReach(namespace_alive.then(|| self.kernel.clone()));
-        teardown::teardown(container, &mut reach, &state, &mut leases)
+        teardown::teardown(container, &mut self.reach(), &state, &mut leases)
     }
 
     /// Every file under the state dir except the lock.
@@ -600,4 +651,149 @@ fn a_record_whose_link_vanished_is_repaired() {
         1,
         "the vanished link's address was freed: {leases:?}"
     );
+}
+
+#[test]
+fn a_vanished_link_drops_only_that_link_never_a_running_member() {
+    let bed = Bed::new();
+    bed.setup("infra", "fast,slow").unwrap();
+    // Someone deletes net2 inside the running pod.
+    bed.kernel.0.borrow_mut().links.retain(|l| l.name != "net2");
+    bed.setup("app", "fast").unwrap();
+    // app leaving must not take infra's net1 with it.
+    bed.teardown("app", true).unwrap();
+    assert_eq!(bed.kernel.link_names(), ["net1"]);
+    assert_eq!(
+        bed.state_files()
+            .iter()
+            .filter(|f| f.starts_with("leases/fast/"))
+            .count(),
+        1
+    );
+    assert!(
+        !bed.state_files()
+            .iter()
+            .any(|f| f.starts_with("leases/slow/")),
+        "net2's address was freed"
+    );
+    bed.teardown("infra", true).unwrap();
+    assert!(bed.kernel.link_names().is_empty());
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+}
+
+#[test]
+fn teardown_finds_a_link_whose_name_and_mac_were_changed() {
+    let bed = Bed::new();
+    bed.setup("c1", "fast").unwrap();
+    {
+        let mut ns = bed.kernel.0.borrow_mut();
+        ns.links[0].name = "renamed".into();
+        ns.links[0].mac = Some([2, 9, 9, 9, 9, 9]);
+    }
+    bed.teardown("c1", true).unwrap();
+    assert!(bed.kernel.link_names().is_empty());
+}
+
+#[test]
+fn a_member_that_died_without_poststop_does_not_keep_links_alive() {
+    let bed = Bed::new();
+    bed.setup("infra", "fast").unwrap();
+    bed.setup("app", "fast").unwrap();
+    bed.stop("infra"); // killed; its poststop never comes
+    bed.teardown("app", true).unwrap();
+    assert!(bed.kernel.link_names().is_empty());
+    assert!(
+        !bed.state_files().iter().any(|f| f.starts_with("leases/")),
+        "{:?}",
+        bed.state_files()
+    );
+}
+
+#[test]
+fn leases_nothing_accounts_for_are_reclaimed_when_the_pool_runs_dry() {
+    let bed = Bed::new();
+    // A hook killed between leasing and recording leaves leases behind.
+    let pool = bed.config.networks["fast"].ipv4.clone().unwrap();
+    {
+        let state = StateDir::lock(&bed.root).unwrap();
+        let mut leases = state.leases();
+        for i in 0..3 {
+            let orphan = crate::lease::Holder {
+                netns: format!("4-{}", 900 + i),
+                container: format!("killed{i}"),
+            };
+            leases.acquire("fast", &pool, &orphan, None).unwrap();
+        }
+    }
+    let wired = bed.setup("c1", "fast").unwrap();
+    assert_eq!(wired[0].addresses.len(), 1);
+    // A live holder is never reclaimed: the pool is now really full.
+    bed.kernel.0.borrow_mut().links.clear();
+    for c in ["c2", "c3"] {
+        bed.setup_in(
+            c,
+            2000 + c.len() as u64 + c.as_bytes()[1] as u64,
+            "fast",
+            "",
+        )
+        .unwrap();
+        bed.kernel.0.borrow_mut().links.clear();
+    }
+    let e = bed.setup_in("c4", 4000, "fast", "").unwrap_err();
+    assert_eq!(e.step, Step::LeaseAddress, "{e}");
+}
+
+#[test]
+fn the_same_id_live_in_another_namespace_is_refused_and_left_alone() {
+    let bed = Bed::new();
+    bed.setup_in("web", 1000, "fast", "").unwrap();
+    // A second runtime starts its own "web" while the first still runs:
+    // its init's path is a different one.
+    let calls = bed.kernel.calls().len();
+    bed.live.borrow_mut().insert(
+        PathBuf::from("/proc/web/ns/net"),
+        NetnsId { dev: 4, ino: 1000 },
+    );
+    let e = {
+        let mut request = Request::default();
+        request.networks.push("fast".into());
+        let netns = NetnsId { dev: 4, ino: 2000 };
+        let ctx = Context {
+            container: "web",
+            host_id: "test-host",
+            netns,
+            process: PathBuf::from("/proc/web-second/ns/net"),
+            pinned: None,
+            request: &request,
+            config: &bed.config,
+        };
+        let state = StateDir::lock(&bed.root).unwrap();
+        let mut leases = state.leases();
+        let mut reach = bed.reach();
+        let mut stores = Stores {
+            state: &state,
+            leases: &mut leases,
+            reach: &mut reach,
+        };
+        setup::setup(&ctx, &mut bed.kernel.clone(), &mut stores).unwrap_err()
+    };
+    assert!(
+        e.message
+            .contains("already wired into another live network namespace"),
+        "{e}"
+    );
+    assert_eq!(bed.kernel.calls().len(), calls);
+    assert_eq!(bed.kernel.link_names(), ["net1"]);
+}
+
+#[test]
+fn a_failed_record_write_rolls_everything_back() {
+    let bed = Bed::new();
+    // A directory where the namespace record's temporary file goes: the
+    // record cannot be written, after link and lease were made.
+    std::fs::create_dir_all(bed.root.join("netns/4-1000.json.tmp")).unwrap();
+    let e = bed.setup("c1", "fast").unwrap_err();
+    assert_eq!(e.step, Step::WriteRecord);
+    assert!(bed.kernel.link_names().is_empty());
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
 }

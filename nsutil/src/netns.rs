@@ -118,8 +118,8 @@ impl Netns {
     }
 }
 
-/// The identity of the namespace at `path` without keeping it open: a cheap
-/// check that two paths name one namespace.
+/// The identity of whatever `path` leads to now, without opening it: a
+/// cheap check that a recorded path still names a namespace.
 pub fn id_of(path: &Path) -> Result<NetnsId> {
     let meta =
         std::fs::metadata(path).map_err(|e| Error::new(format!("stat {}", path.display()), e))?;
@@ -127,6 +127,35 @@ pub fn id_of(path: &Path) -> Result<NetnsId> {
         dev: meta.dev(),
         ino: meta.ino(),
     })
+}
+
+impl Netns {
+    /// Opens the namespace at `path` only if it is the namespace `id`;
+    /// `Ok(None)` if the path is gone or leads elsewhere now.
+    ///
+    /// For paths recorded earlier, which may since have been replaced by
+    /// anything (a FIFO would block a plain open, a device node would be
+    /// opened as root): the path is opened with `O_PATH`, which neither
+    /// blocks nor has side effects, checked, and only then reopened.
+    pub fn open_if(path: &Path, id: NetnsId) -> Result<Option<Netns>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let probe = match File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(path)
+        {
+            Ok(file) => file,
+            Err(_) => return Ok(None),
+        };
+        let meta = probe
+            .metadata()
+            .map_err(|e| Error::new(format!("stat {}", path.display()), e))?;
+        if (meta.dev(), meta.ino()) != (id.dev, id.ino) {
+            return Ok(None);
+        }
+        let reopened = format!("/proc/self/fd/{}", probe.as_raw_fd());
+        Netns::open(Path::new(&reopened)).map(Some)
+    }
 }
 
 #[cfg(test)]
@@ -141,6 +170,21 @@ mod tests {
         assert_eq!(id_of(Path::new("/proc/self/ns/net")).unwrap(), a.id());
         // Running "inside" the namespace we are in is a plain call.
         assert_eq!(a.run(|| 7).unwrap(), 7);
+    }
+
+    #[test]
+    fn open_if_checks_the_identity() {
+        let own = Netns::current().unwrap().id();
+        let path = Path::new("/proc/self/ns/net");
+        assert_eq!(Netns::open_if(path, own).unwrap().unwrap().id(), own);
+        let other = NetnsId {
+            dev: own.dev,
+            ino: own.ino + 1,
+        };
+        assert!(Netns::open_if(path, other).unwrap().is_none());
+        assert!(Netns::open_if(Path::new("/nonexistent/ns"), own)
+            .unwrap()
+            .is_none());
     }
 
     #[test]

@@ -5,32 +5,15 @@ use std::path::PathBuf;
 
 use crate::{Error, Result};
 
-/// Address families with per-interface `conf` directories.
-#[derive(Debug, Clone, Copy)]
-pub enum Family {
-    Ipv4,
-    Ipv6,
-}
-
-/// Sets `net.<family>.conf.<ifname>.<key>` in the current namespace.
-pub fn set_interface(family: Family, ifname: &str, key: &str, value: &str) -> Result<()> {
-    let family = match family {
-        Family::Ipv4 => "ipv4",
-        Family::Ipv6 => "ipv6",
-    };
+/// Sets `net.ipv4.conf.<ifname>.<key>` in the current namespace.
+pub fn set_ipv4_interface(ifname: &str, key: &str, value: &str) -> Result<()> {
+    let op = || format!("sysctl net.ipv4.conf.{ifname}.{key}={value}");
     if ifname.contains('/') || key.contains('/') {
         return Err(Error::new(
-            format!("sysctl net.{family}.conf.{ifname}.{key}"),
+            op(),
             std::io::Error::from(std::io::ErrorKind::InvalidInput),
         ));
     }
-    let path: PathBuf = ["/proc/sys/net", family, "conf", ifname, key]
-        .iter()
-        .collect();
-    std::fs::write(&path, value).map_err(|e| {
-        Error::new(
-            format!("sysctl net.{family}.conf.{ifname}.{key}={value}"),
-            e,
-        )
-    })
+    let path: PathBuf = ["/proc/sys/net/ipv4/conf", ifname, key].iter().collect();
+    std::fs::write(&path, value).map_err(|e| Error::new(op(), e))
 }

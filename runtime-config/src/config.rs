@@ -126,16 +126,11 @@ pub struct Ipv4Pool {
 
 impl Ipv4Pool {
     /// Number of addresses in the range (the gateway included, if it falls inside).
-    pub fn len(&self) -> u32 {
+    pub fn size(&self) -> u32 {
         u32::from(self.last) - u32::from(self.first) + 1
     }
 
-    /// Never true: a pool is rejected at load time if its range is empty.
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
-    /// The `i`-th address of the range, `i < len()`.
+    /// The `i`-th address of the range, `i < size()`.
     pub fn nth(&self, i: u32) -> Ipv4Addr {
         Ipv4Addr::from(u32::from(self.first) + i)
     }
@@ -207,6 +202,12 @@ impl Config {
                 })?;
             networks.insert(name, network);
         }
+        check_overlaps(&networks).map_err(|(network, message)| ConfigError::Invalid {
+            path: path.to_owned(),
+            network,
+            key: "range",
+            message,
+        })?;
         Ok(Config {
             path: path.to_owned(),
             state_dir: raw
@@ -333,6 +334,32 @@ fn validate_pool(
     })
 }
 
+/// Two pools on one parent share an L2 but not a lease directory: ranges
+/// that overlap there would hand out one address twice.
+fn check_overlaps(networks: &BTreeMap<String, Network>) -> Result<(), (String, String)> {
+    let pools: Vec<(&Network, &Ipv4Pool)> = networks
+        .values()
+        .filter_map(|n| n.ipv4.as_ref().map(|p| (n, p)))
+        .collect();
+    for (i, (a, pa)) in pools.iter().enumerate() {
+        for (b, pb) in &pools[i + 1..] {
+            if a.parent == b.parent && pa.first <= pb.last && pb.first <= pa.last {
+                return Err((
+                    b.name.clone(),
+                    format!(
+                        "{} overlaps network {}'s {} on the same parent {}",
+                        pb.range_text(),
+                        a.name,
+                        pa.range_text(),
+                        a.parent
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_addr(s: &str) -> Result<Ipv4Addr, String> {
     s.trim()
         .parse()
@@ -405,7 +432,7 @@ parent = "ens1f1"
         assert_eq!(fast.ifname.as_deref(), Some("fast0"));
         assert_eq!(fast.mtu, Some(9000));
         let pool = fast.ipv4.as_ref().unwrap();
-        assert_eq!(pool.len(), 100);
+        assert_eq!(pool.size(), 100);
         assert_eq!(pool.nth(0), Ipv4Addr::new(10, 10, 0, 100));
         assert_eq!(pool.routes.len(), 2);
         assert_eq!(pool.routes[1], "0.0.0.0/0".parse::<Ipv4Net>().unwrap());
@@ -440,7 +467,7 @@ parent = "ens1f1"
     #[test]
     fn slash_31_uses_both_addresses() {
         let c = parse("[networks.a]\nparent = \"p\"\nsubnet = \"10.1.0.0/31\"").unwrap();
-        assert_eq!(c.networks["a"].ipv4.as_ref().unwrap().len(), 2);
+        assert_eq!(c.networks["a"].ipv4.as_ref().unwrap().size(), 2);
     }
 
     #[test]
@@ -538,6 +565,21 @@ parent = "ens1f1"
         assert!(err("[networks.fast]\nmode = \"bridge\"").contains("missing field `parent`"));
         assert!(err("[networks.\"a/b\"]\nparent = \"p\"").contains("network a/b: name:"));
         assert!(err("[networks.x]\nparent = \"\"").contains("parent: empty interface name"));
+    }
+
+    #[test]
+    fn overlapping_ranges_on_one_parent_are_refused() {
+        let two = |parent_b: &str| {
+            format!(
+                "[networks.a]\nparent = \"p0\"\nsubnet = \"10.0.0.0/24\"\nrange = \"10.0.0.10-10.0.0.20\"\n\
+                 [networks.b]\nparent = \"{parent_b}\"\nsubnet = \"10.0.0.0/24\"\nrange = \"10.0.0.20-10.0.0.30\"\n"
+            )
+        };
+        assert_eq!(
+            err(&two("p0")),
+            "config /etc/nsbypass/config.toml: network b: range: 10.0.0.20-10.0.0.30 overlaps network a's 10.0.0.10-10.0.0.20 on the same parent p0"
+        );
+        assert!(parse(&two("p1")).is_ok(), "another parent is another wire");
     }
 
     #[test]

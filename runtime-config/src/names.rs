@@ -29,16 +29,16 @@ pub fn check_ifname(name: &str) -> Result<(), String> {
 
 /// A network name: letters, digits, `_`, `-`, `.`, not starting with `.`.
 pub fn check_network_name(name: &str) -> Result<(), String> {
-    check_word(name, "network name", 64)
+    check_word(name, "network name", 64, "_-.")
 }
 
-/// A container id as runtimes make them (runc: `^[\w+-\.]+$`), minus `.` and `..`.
+/// A container id as runtimes make them (runc: `^[\w+-\.]+$`), minus `.`
+/// and `..`, and short enough to be a file name with a suffix.
 pub fn check_container_id(id: &str) -> Result<(), String> {
-    check_word(id, "container id", 1024)?;
-    Ok(())
+    check_word(id, "container id", 200, "_-.+")
 }
 
-fn check_word(s: &str, what: &str, max: usize) -> Result<(), String> {
+fn check_word(s: &str, what: &str, max: usize, punctuation: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err(format!("empty {what}"));
     }
@@ -50,7 +50,7 @@ fn check_word(s: &str, what: &str, max: usize) -> Result<(), String> {
     }
     if let Some(c) = s
         .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+')))
+        .find(|c| !(c.is_ascii_alphanumeric() || punctuation.contains(*c)))
     {
         return Err(format!("{what} {s:?} may not contain {c:?}"));
     }
@@ -74,6 +74,9 @@ mod tests {
     #[test]
     fn container_ids() {
         assert!(check_container_id("3f2a9c_web-1.v2+x").is_ok());
+        assert!(check_container_id(&"a".repeat(200)).is_ok());
+        assert!(check_container_id(&"a".repeat(201)).is_err());
+        assert!(check_network_name("a+b").is_err());
         for bad in ["", ".", "..", ".hidden", "a/b", "../../etc", "a b", "a\0b"] {
             assert!(check_container_id(bad).is_err(), "{bad:?}");
         }

@@ -165,7 +165,8 @@ fn a_recreated_container_keeps_its_mac_and_address() {
     let first = make();
     let before = iface(&first, "net1");
     delete(first);
-    assert_mac_leaves_parent(&tb, &before.mac);
+    // No waiting: the kernel may still be destroying the first namespace,
+    // with a link of the same MAC on the parent.
     let second = make();
     let after = iface(&second, "net1");
     assert_eq!((before.mac, before.ipv4), (after.mac, after.ipv4));

@@ -15,8 +15,13 @@ pub fn nsbypass() -> &'static Path {
 }
 
 /// A testbed, or `None` (after saying why) when the test cannot run here.
+/// scripts/test.sh sets `NSBYPASS_E2E=1`: there, not running is a failure.
 pub fn testbed() -> Option<Testbed> {
     if nsbypass_testbed::skip_unless_root() {
+        assert!(
+            std::env::var_os("NSBYPASS_E2E").is_none(),
+            "NSBYPASS_E2E is set, so end-to-end tests must run: run them as root"
+        );
         return None;
     }
     nsbypass_testbed::require_tools();
@@ -195,16 +200,32 @@ pub fn delete(c: Container) {
     );
 }
 
-/// The nsbypass line runc quoted from a failing hook's stderr.
+/// The nsbypass line runc quoted from a failing hook's stderr, checked to
+/// be the only line the hook wrote.
 pub fn hook_line(runc_stderr: &str) -> String {
     let start = runc_stderr
         .find("nsbypass: hook")
         .unwrap_or_else(|| panic!("no nsbypass line in: {runc_stderr}"));
-    let rest = &runc_stderr[start..];
-    // runc quotes hook stderr with newlines escaped as \n.
-    let end = rest
-        .find("\\n")
-        .or_else(|| rest.find('\n'))
-        .unwrap_or(rest.len());
-    rest[..end].replace("\\\"", "\"")
+    // runc quotes the hook's stderr in a Go string: up to the first
+    // unescaped quote, with \" and \n escapes.
+    let quoted = &runc_stderr[start..];
+    let mut text = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => break,
+            '\\' => match chars.next() {
+                Some('n') => text.push('\n'),
+                Some(other) => text.push(other),
+                None => break,
+            },
+            c => text.push(c),
+        }
+    }
+    let text = text.trim_end();
+    assert!(
+        !text.contains('\n'),
+        "the hook wrote more than one line: {text:?}"
+    );
+    text.to_owned()
 }
