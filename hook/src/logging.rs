@@ -3,11 +3,20 @@
 //! finds what a hook did; without one, logs go to stderr.
 
 use std::fs::File;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use runtime_config::{LogConfig, LogFormat, LogLevel};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
+
+static TO_FILE: AtomicBool = AtomicBool::new(false);
+
+/// Whether logs go to a file, so an error line printed to stderr should
+/// also be logged there (and only there: stderr must keep to one line).
+pub fn to_file() -> bool {
+    TO_FILE.load(Ordering::Relaxed)
+}
 
 /// Installs the global subscriber described by `log`.
 pub fn init(log: &LogConfig) -> Result<(), String> {
@@ -38,5 +47,7 @@ pub fn init(log: &LogConfig) -> Result<(), String> {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    installed.map_err(|e| e.to_string())
+    installed.map_err(|e| e.to_string())?;
+    TO_FILE.store(log.file.is_some(), Ordering::Relaxed);
+    Ok(())
 }

@@ -59,7 +59,9 @@ fn main() -> ExitCode {
         Command::Hook { stage } => match hook::run(stage, &config, std::io::stdin().lock()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(stage = stage.name(), "{e}");
+                if logging::to_file() {
+                    tracing::error!(stage = stage.name(), "{e}");
+                }
                 eprintln!("nsbypass: hook {}: {e}", stage.name());
                 ExitCode::FAILURE
             }

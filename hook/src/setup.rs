@@ -591,7 +591,6 @@ fn roll_back(
             Undo::RestoreNetns(record) => stores.state.put_netns(record).map_err(|e| e.to_string()),
         };
         if let Err(problem) = result {
-            tracing::error!(%problem, "rollback step failed");
             problems.push(problem);
         }
     }

@@ -404,3 +404,37 @@ fn malformed_hook_input_is_one_clear_line() {
     );
     assert!(!dir.path().join("state").join("containers").exists());
 }
+
+#[test]
+fn missing_capabilities_are_named_plainly() {
+    if nsbypass_testbed::skip_unless_root() {
+        return;
+    }
+    let dir = tempfile::TempDir::new().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(
+        &config,
+        format!("state_dir = \"{}/state\"\n[networks.fast]\nparent = \"eth9\"\n", dir.path().display()),
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("b")).unwrap();
+    std::fs::write(dir.path().join("b/config.json"), r#"{"annotations":{"nsbypass.io/network":"fast"}}"#).unwrap();
+    let state = format!(r#"{{"id":"c1","pid":1,"bundle":"{}/b"}}"#, dir.path().display());
+    // Root, but with CAP_NET_ADMIN and CAP_SYS_ADMIN out of the bounding set.
+    let mut child = Command::new("setpriv")
+        .args(["--bounding-set", "-net_admin,-sys_admin", "--"])
+        .arg(nsbypass())
+        .args(["--config", &config.to_string_lossy(), "hook", "prestart"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(state.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim_end(),
+        "nsbypass: hook prestart: container c1: check capabilities: nsbypass needs CAP_NET_ADMIN and CAP_SYS_ADMIN \
+         but lacks CAP_NET_ADMIN and CAP_SYS_ADMIN; run it as root from the runtime's hooks"
+    );
+}
