@@ -1,4 +1,5 @@
-//! The admin's config file: which networks exist and how the hook logs.
+//! The admin's config file: which networks and bypass-stack profiles exist
+//! and how the hook logs.
 //!
 //! The file is parsed into raw serde structs first and then checked key by key,
 //! so that every mistake is reported as one line naming the file, the network
@@ -12,6 +13,7 @@ use ipnet::Ipv4Net;
 use serde::Deserialize;
 
 use crate::names::{check_ifname, check_network_name};
+use crate::profile::{Profile, RawProfile};
 
 /// Where the config lives when neither `--config` nor `$NSBYPASS_CONFIG` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/nsbypass/config.toml";
@@ -35,11 +37,12 @@ pub enum ConfigError {
         col: usize,
         message: String,
     },
-    /// A value that parses but makes no sense (address outside the subnet, ...).
-    #[error("config {path}: network {network}: {key}: {message}")]
+    /// A value that parses but makes no sense (address outside the subnet,
+    /// relative path, ...). `section` is `network NAME` or `profile NAME`.
+    #[error("config {path}: {section}: {key}: {message}")]
     Invalid {
         path: PathBuf,
-        network: String,
+        section: String,
         key: &'static str,
         message: String,
     },
@@ -53,6 +56,7 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub log: LogConfig,
     pub networks: BTreeMap<String, Network>,
+    pub profiles: BTreeMap<String, Profile>,
 }
 
 /// Where and how the hook logs; runtimes swallow hook output, so a file is the
@@ -154,6 +158,8 @@ struct RawConfig {
     log: LogConfig,
     #[serde(default)]
     networks: BTreeMap<String, RawNetwork>,
+    #[serde(default)]
+    profiles: BTreeMap<String, RawProfile>,
 }
 
 #[derive(Deserialize)]
@@ -196,7 +202,7 @@ impl Config {
             let network =
                 validate_network(&name, net).map_err(|(key, message)| ConfigError::Invalid {
                     path: path.to_owned(),
-                    network: name.clone(),
+                    section: format!("network {name}"),
                     key,
                     message,
                 })?;
@@ -204,10 +210,21 @@ impl Config {
         }
         check_overlaps(&networks).map_err(|(network, message)| ConfigError::Invalid {
             path: path.to_owned(),
-            network,
+            section: format!("network {network}"),
             key: "range",
             message,
         })?;
+        let mut profiles = BTreeMap::new();
+        for (name, raw) in raw.profiles {
+            let profile =
+                Profile::validate(&name, raw).map_err(|(key, message)| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    section: format!("profile {name}"),
+                    key,
+                    message,
+                })?;
+            profiles.insert(name, profile);
+        }
         Ok(Config {
             path: path.to_owned(),
             state_dir: raw
@@ -215,6 +232,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             log: raw.log,
             networks,
+            profiles,
         })
     }
 }

@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod config;
 pub mod names;
+pub mod profile;
 pub mod request;
 pub mod state;
 
@@ -14,6 +15,7 @@ pub use bundle::Bundle;
 pub use config::{
     Config, ConfigError, Ipv4Pool, LogConfig, LogFormat, LogLevel, MacvlanMode, Network,
 };
+pub use profile::{DeviceSpec, MountSpec, Profile};
 pub use request::{Request, RequestError};
 pub use state::{State, StateError};
 
@@ -35,6 +37,9 @@ mod examples {
         let spec = include_bytes!("../../examples/runc-config.json");
         let bundle = Bundle::parse(Path::new("/bundle"), spec).unwrap();
         let request = Request::from_bundle(&bundle).unwrap();
+        for profile in &request.profiles {
+            assert!(config.profiles.contains_key(profile), "{profile}");
+        }
         for network in &request.networks {
             let net = &config.networks[network];
             if let Some(std::net::IpAddr::V4(ip)) = request.addresses.get(network) {

@@ -13,10 +13,13 @@ pub const NETWORK_ENV: &str = "NSBYPASS_NETWORK";
 /// Annotation and environment variable pinning addresses: `NAME=ADDR[,NAME=ADDR]`.
 pub const IP_ANNOTATION: &str = "nsbypass.io/ip";
 pub const IP_ENV: &str = "NSBYPASS_IP";
+/// Annotation and environment variable naming bypass-stack profiles.
+pub const PROFILE_ANNOTATION: &str = "nsbypass.io/profile";
+pub const PROFILE_ENV: &str = "NSBYPASS_PROFILE";
 /// Every annotation under this prefix must be one nsbypass knows.
 pub const ANNOTATION_PREFIX: &str = "nsbypass.io/";
 
-const KNOWN_ANNOTATIONS: [&str; 2] = [NETWORK_ANNOTATION, IP_ANNOTATION];
+const KNOWN_ANNOTATIONS: [&str; 3] = [NETWORK_ANNOTATION, IP_ANNOTATION, PROFILE_ANNOTATION];
 
 /// A request that cannot be honoured as written. `origin` says where it came
 /// from (`annotation nsbypass.io/ip`, `env NSBYPASS_IP`).
@@ -34,11 +37,13 @@ pub struct Request {
     pub networks: Vec<String>,
     /// Pinned addresses by network name.
     pub addresses: BTreeMap<String, IpAddr>,
+    /// Bypass-stack profile names, in request order.
+    pub profiles: Vec<String>,
 }
 
 impl Request {
     pub fn is_empty(&self) -> bool {
-        self.networks.is_empty()
+        self.networks.is_empty() && self.profiles.is_empty()
     }
 
     /// Reads the request from a bundle. An annotation wins over the
@@ -68,10 +73,14 @@ impl Request {
 
         let mut request = Request::default();
         if let Some((source, value)) = pick(NETWORK_ANNOTATION, NETWORK_ENV) {
-            request.networks = parse_networks(&value).map_err(|message| RequestError {
+            request.networks = parse_names(&value, "network").map_err(|message| RequestError {
                 origin: source.clone(),
                 message,
             })?;
+        }
+        if let Some((origin, value)) = pick(PROFILE_ANNOTATION, PROFILE_ENV) {
+            request.profiles = parse_names(&value, "profile")
+                .map_err(|message| RequestError { origin, message })?;
         }
         if let Some((source, value)) = pick(IP_ANNOTATION, IP_ENV) {
             request.addresses =
@@ -84,16 +93,18 @@ impl Request {
     }
 }
 
-fn parse_networks(value: &str) -> Result<Vec<String>, String> {
-    let mut networks: Vec<String> = Vec::new();
+/// A comma-separated list of network or profile names (`what`).
+fn parse_names(value: &str, what: &str) -> Result<Vec<String>, String> {
+    let mut names: Vec<String> = Vec::new();
     for name in value.split(',').map(str::trim) {
-        check_network_name(name).map_err(|m| format!("{m} in {value:?}"))?;
-        if networks.iter().any(|n| n == name) {
-            return Err(format!("network {name} is named twice in {value:?}"));
+        check_network_name(name)
+            .map_err(|m| format!("{} in {value:?}", m.replace("network", what)))?;
+        if names.iter().any(|n| n == name) {
+            return Err(format!("{what} {name} is named twice in {value:?}"));
         }
-        networks.push(name.to_owned());
+        names.push(name.to_owned());
     }
-    Ok(networks)
+    Ok(names)
 }
 
 fn parse_addresses(value: &str, networks: &[String]) -> Result<BTreeMap<String, IpAddr>, String> {
@@ -156,6 +167,24 @@ mod tests {
         .unwrap();
         assert_eq!(r.networks, ["fast", "slow"]);
         assert_eq!(r.addresses["slow"], "10.1.0.7".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn profiles_alone_or_with_networks() {
+        let r = req(&[("nsbypass.io/profile", "onload")], &[]).unwrap();
+        assert!(!r.is_empty() && r.networks.is_empty());
+        assert_eq!(r.profiles, ["onload"]);
+        let r = req(
+            &[],
+            &["NSBYPASS_PROFILE=onload,rdma", "NSBYPASS_NETWORK=fast"],
+        )
+        .unwrap();
+        assert_eq!((r.profiles.len(), r.networks.len()), (2, 1));
+        let e = req(&[("nsbypass.io/profile", "a,a")], &[]).unwrap_err();
+        assert_eq!(
+            e,
+            "annotation nsbypass.io/profile: profile a is named twice in \"a,a\""
+        );
     }
 
     #[test]
