@@ -1,11 +1,16 @@
-//! Mechanism for nsbypass: network namespaces, netlink, sysctl.
+//! Mechanism for nsbypass: namespaces, netlink, sysctl, mounts inside a
+//! container's rootfs, device cgroups.
 //!
 //! Nothing here decides anything. Each function does one system operation
 //! and reports failure as an [`Error`] that names the operation, so callers
 //! can compose them into steps with rollback and clear messages.
 
+pub mod bpf;
+pub mod devices;
+pub mod mount;
 pub mod netlink;
-pub mod netns;
+pub mod ns;
+pub mod rootfs;
 pub mod sysctl;
 
 use std::io;

@@ -2,7 +2,7 @@
 //!
 //! rtnetlink is async; each call here drives it to completion on a
 //! current-thread tokio runtime, so the hook stays one short-lived thread
-//! (which [`crate::netns::Netns::run`] relies on) and pays for no thread pool.
+//! (which [`crate::ns::Netns::run`] relies on) and pays for no thread pool.
 //! A socket is bound to the network namespace that was current when it was
 //! opened: open one inside `Netns::run` to work in a container's namespace.
 

@@ -1,8 +1,9 @@
-//! Network namespaces: identity, handles, and running code inside one.
+//! Namespaces: identity, handles, and running code inside one.
 //!
-//! A namespace is known by the (device, inode) of its nsfs file. That pair is
-//! what lets two containers of one pod be recognised as sharing a namespace,
-//! and what teardown checks before it trusts a recorded path.
+//! A namespace is known by the (device, inode) of its nsfs file. For network
+//! namespaces that pair is what lets two containers of one pod be recognised
+//! as sharing one, and what teardown checks before it trusts a recorded
+//! path. Mount namespaces are entered to attach mounts inside a container.
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
@@ -36,12 +37,100 @@ impl std::fmt::Display for NetnsId {
     }
 }
 
-/// An open network namespace. Holding it keeps the namespace alive.
+/// The namespace kinds nsbypass enters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Net,
+    Mnt,
+}
+
+impl Kind {
+    fn flag(self) -> CloneFlags {
+        match self {
+            Kind::Net => CloneFlags::CLONE_NEWNET,
+            Kind::Mnt => CloneFlags::CLONE_NEWNS,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Net => "network",
+            Kind::Mnt => "mount",
+        }
+    }
+
+    fn current(self) -> &'static Path {
+        Path::new(match self {
+            Kind::Net => "/proc/thread-self/ns/net",
+            Kind::Mnt => "/proc/thread-self/ns/mnt",
+        })
+    }
+}
+
+/// An open namespace of some kind; the typed wrappers below are the API.
 #[derive(Debug)]
-pub struct Netns {
+struct Ns {
     fd: OwnedFd,
     id: NetnsId,
+    kind: Kind,
 }
+
+impl Ns {
+    fn open(path: &Path, kind: Kind) -> Result<Ns> {
+        let op = || format!("open {} namespace {}", kind.name(), path.display());
+        let file = File::open(path).map_err(|e| Error::new(op(), e))?;
+        let meta = file.metadata().map_err(|e| Error::new(op(), e))?;
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
+        let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if nstype != kind.flag().bits() {
+            let why = if nstype < 0 {
+                std::io::Error::last_os_error().to_string()
+            } else {
+                "a namespace of another kind".to_owned()
+            };
+            return Err(Error::new(
+                op(),
+                std::io::Error::other(format!("not a {} namespace ({why})", kind.name())),
+            ));
+        }
+        Ok(Ns {
+            fd: file.into(),
+            id: NetnsId {
+                dev: meta.dev(),
+                ino: meta.ino(),
+            },
+            kind,
+        })
+    }
+
+    fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        let home = Ns::open(self.kind.current(), self.kind)?;
+        if home.id == self.id {
+            return Ok(f());
+        }
+        setns(self.fd.as_fd(), self.kind.flag()).map_err(|e| {
+            Error::new(
+                format!("enter {} namespace {}", self.kind.name(), self.id),
+                std::io::Error::from(e),
+            )
+        })?;
+        let out = f();
+        if let Err(e) = setns(home.fd.as_fd(), self.kind.flag()) {
+            // Carrying on would do host work inside a container's namespace.
+            eprintln!(
+                "nsbypass: cannot return to {} namespace {}: {e}",
+                self.kind.name(),
+                home.id
+            );
+            std::process::abort();
+        }
+        Ok(out)
+    }
+}
+
+/// An open network namespace. Holding it keeps the namespace alive.
+#[derive(Debug)]
+pub struct Netns(Ns);
 
 /// `/proc/<pid>/ns/net`.
 pub fn pid_path(pid: i32) -> std::path::PathBuf {
@@ -51,42 +140,20 @@ pub fn pid_path(pid: i32) -> std::path::PathBuf {
 impl Netns {
     /// Opens the namespace file at `path` and checks that it is a network namespace.
     pub fn open(path: &Path) -> Result<Netns> {
-        let op = || format!("open network namespace {}", path.display());
-        let file = File::open(path).map_err(|e| Error::new(op(), e))?;
-        let meta = file.metadata().map_err(|e| Error::new(op(), e))?;
-        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
-        let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
-        if nstype != libc::CLONE_NEWNET {
-            let why = if nstype < 0 {
-                std::io::Error::last_os_error().to_string()
-            } else {
-                "a namespace of another kind".to_owned()
-            };
-            return Err(Error::new(
-                op(),
-                std::io::Error::other(format!("not a network namespace ({why})")),
-            ));
-        }
-        Ok(Netns {
-            fd: file.into(),
-            id: NetnsId {
-                dev: meta.dev(),
-                ino: meta.ino(),
-            },
-        })
+        Ns::open(path, Kind::Net).map(Netns)
     }
 
     /// The namespace the calling thread is in now.
     pub fn current() -> Result<Netns> {
-        Netns::open(Path::new("/proc/thread-self/ns/net"))
+        Netns::open(Kind::Net.current())
     }
 
     pub fn id(&self) -> NetnsId {
-        self.id
+        self.0.id
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        self.0.fd.as_fd()
     }
 
     /// Runs `f` with the calling thread inside this namespace, then returns to
@@ -95,26 +162,36 @@ impl Netns {
     /// namespace's. The process must be single-threaded with respect to
     /// namespace-sensitive work, which nsbypass is.
     pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
-        let home = Netns::current()?;
-        if home.id == self.id {
-            return Ok(f());
-        }
-        setns(self.fd.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-            Error::new(
-                format!("enter network namespace {}", self.id),
-                std::io::Error::from(e),
-            )
-        })?;
-        let out = f();
-        if let Err(e) = setns(home.fd.as_fd(), CloneFlags::CLONE_NEWNET) {
-            // Carrying on would do host work inside a container's namespace.
-            eprintln!(
-                "nsbypass: cannot return to network namespace {}: {e}",
-                home.id
-            );
-            std::process::abort();
-        }
-        Ok(out)
+        self.0.run(f)
+    }
+}
+
+/// An open mount namespace: a container's, to attach mounts inside it.
+#[derive(Debug)]
+pub struct Mntns(Ns);
+
+impl Mntns {
+    /// Opens `/proc/<pid>/ns/mnt`-like `path`, checking its kind.
+    pub fn open(path: &Path) -> Result<Mntns> {
+        Ns::open(path, Kind::Mnt).map(Mntns)
+    }
+
+    /// The mount namespace the calling thread is in now.
+    pub fn current() -> Result<Mntns> {
+        Mntns::open(Kind::Mnt.current())
+    }
+
+    /// Identity (an nsfs inode), to tell a container's namespace from ours.
+    pub fn id(&self) -> NetnsId {
+        self.0.id
+    }
+
+    /// Runs `f` inside this mount namespace, then returns. Entering a mount
+    /// namespace also moves the caller's root and working directory to the
+    /// namespace's root: after `run` the working directory is `/`. The
+    /// process must be single-threaded (the kernel refuses otherwise).
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> Result<T> {
+        self.0.run(f)
     }
 }
 
@@ -130,7 +207,7 @@ pub fn id_of(path: &Path) -> Result<NetnsId> {
 }
 
 impl Netns {
-    /// Opens the namespace at `path` only if it is the namespace `id`;
+    /// Opens the network namespace at `path` only if it is the namespace `id`;
     /// `Ok(None)` if the path is gone or leads elsewhere now.
     ///
     /// For paths recorded earlier, which may since have been replaced by

@@ -1,5 +1,5 @@
 //! Per-interface sysctls. `/proc/sys/net` resolves against the calling
-//! thread's network namespace, so call these inside [`crate::netns::Netns::run`].
+//! thread's network namespace, so call these inside [`crate::ns::Netns::run`].
 
 use std::path::PathBuf;
 
