@@ -24,6 +24,10 @@ pub enum Step {
     LinkUp,
     AddRoute,
     WriteRecord,
+    OpenRootfs,
+    Preload,
+    Mount,
+    GrantDevices,
     DeleteLink,
     ReleaseAddress,
 }
@@ -49,17 +53,22 @@ impl fmt::Display for Step {
             Step::LinkUp => "set link up",
             Step::AddRoute => "add route",
             Step::WriteRecord => "write record",
+            Step::OpenRootfs => "open rootfs",
+            Step::Preload => "write ld.so.preload",
+            Step::Mount => "mount",
+            Step::GrantDevices => "grant devices",
             Step::DeleteLink => "delete link",
             Step::ReleaseAddress => "release address",
         })
     }
 }
 
-/// A failed step. `network` is set when the step worked on one network.
+/// A failed step. `subject` names what the step worked on, when it was
+/// one thing: `network fast`, `profile onload`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
     pub step: Step,
-    pub network: Option<String>,
+    pub subject: Option<String>,
     pub message: String,
 }
 
@@ -67,15 +76,25 @@ impl Failure {
     pub fn new(step: Step, message: impl fmt::Display) -> Failure {
         Failure {
             step,
-            network: None,
+            subject: None,
             message: message.to_string(),
         }
     }
 
+    /// A failure on one network.
     pub fn on(step: Step, network: &str, message: impl fmt::Display) -> Failure {
         Failure {
             step,
-            network: Some(network.to_owned()),
+            subject: Some(format!("network {network}")),
+            message: message.to_string(),
+        }
+    }
+
+    /// A failure on one profile.
+    pub fn profile(step: Step, profile: &str, message: impl fmt::Display) -> Failure {
+        Failure {
+            step,
+            subject: Some(format!("profile {profile}")),
             message: message.to_string(),
         }
     }
@@ -83,8 +102,8 @@ impl Failure {
 
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(network) = &self.network {
-            write!(f, "network {network}: ")?;
+        if let Some(subject) = &self.subject {
+            write!(f, "{subject}: ")?;
         }
         // Messages from the kernel or from parsers may span lines; the
         // contract is one line per failure.

@@ -6,18 +6,18 @@
 //! nsbypass. Only then parse, load the config, start logging, and work.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::ValueEnum;
-use nsutil::netns::{self, Netns};
+use nsutil::ns::{self, Netns, NetnsId};
 use runtime_config::bundle::{self, mentions_nsbypass};
 use runtime_config::{Bundle, Config, Request, State};
 
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{RealKernel, RealReach};
-use crate::records::StateDir;
-use crate::{logging, setup, teardown};
+use crate::records::{ProfilesRecord, StateDir};
+use crate::{logging, profile, setup, teardown};
 
 /// OCI hook stages, named as in the runtime spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -111,12 +111,13 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
             return Ok(());
         }
         let config = prepare(config_path).map_err(with_container)?;
-        let wired = run_setup(&state, &bundle, &request, &config).map_err(with_container)?;
+        let done = run_setup(&state, &bundle, &request, &config).map_err(with_container)?;
         tracing::info!(
             container = %state.id,
             stage = stage.name(),
             networks = %request.networks.join(","),
-            wired = %wired.iter().map(describe).collect::<Vec<_>>().join("; "),
+            wired = %done.wired.iter().map(describe).collect::<Vec<_>>().join("; "),
+            profiles = %done.profiles.join(","),
             elapsed_us = started.elapsed().as_micros() as u64,
             "setup done"
         );
@@ -161,12 +162,18 @@ fn prepare(config_path: &Path) -> Result<Config, Failure> {
     Ok(config)
 }
 
+/// What one setup did, for the log line.
+struct Done {
+    wired: Vec<setup::Wired>,
+    profiles: Vec<String>,
+}
+
 fn run_setup(
     state: &State,
     bundle: &Bundle,
     request: &Request,
     config: &Config,
-) -> Result<Vec<setup::Wired>, Failure> {
+) -> Result<Done, Failure> {
     let pid = state.pid.ok_or_else(|| {
         Failure::new(
             Step::OpenNamespace,
@@ -176,42 +183,132 @@ fn run_setup(
             ),
         )
     })?;
-    let pid_path = netns::pid_path(pid);
-    let target = Netns::open(&pid_path).step(Step::OpenNamespace)?;
-    let home = Netns::current().step(Step::OpenNamespace)?;
-    if target.id() == home.id() {
-        return Err(Failure::new(
-            Step::OpenNamespace,
-            "the container shares the host's network namespace; nsbypass needs it to have its own",
-        ));
-    }
-    // The spec's path is recorded as a second way back in only if it leads
-    // to this very namespace.
-    let pinned = bundle
-        .netns_path
-        .clone()
-        .filter(|p| netns::id_of(p).is_ok_and(|id| id == target.id()));
-    let host_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
-    let ctx = setup::Context {
-        container: &state.id,
-        host_id: host_id.trim(),
-        netns: target.id(),
-        process: pid_path,
-        pinned,
-        request,
-        config,
+    // Everything the profiles need is opened and checked before anything changes.
+    let profiles = match request.profiles.is_empty() {
+        true => None,
+        false => {
+            let rootfs = bundle
+                .root
+                .clone()
+                .ok_or_else(|| Failure::new(Step::OpenRootfs, "config.json has no root.path"))?;
+            Some((profile::plan(&request.profiles, config)?, rootfs))
+        }
     };
-    let mut kernel = RealKernel::new(target).step(Step::OpenNamespace)?;
-    tracing::debug!(netns = %ctx.netns, "netlink open in host and container namespaces");
+    let mut target = match request.networks.is_empty() {
+        true => None,
+        false => Some(NetworkTarget::open(bundle, pid)?),
+    };
     let state_dir = StateDir::lock(&config.state_dir).step(Step::LockState)?;
     tracing::debug!("state locked");
     let mut leases = state_dir.leases();
-    let mut stores = setup::Stores {
-        state: &state_dir,
-        leases: &mut leases,
-        reach: &mut RealReach,
+
+    let mut done = Done {
+        wired: Vec::new(),
+        profiles: Vec::new(),
     };
-    setup::setup(&ctx, &mut kernel, &mut stores)
+    if let Some(target) = &mut target {
+        let host_id = std::fs::read_to_string("/etc/machine-id").unwrap_or_default();
+        let ctx = setup::Context {
+            container: &state.id,
+            host_id: host_id.trim(),
+            netns: target.netns,
+            process: target.process.clone(),
+            pinned: target.pinned.clone(),
+            request,
+            config,
+        };
+        let mut stores = setup::Stores {
+            state: &state_dir,
+            leases: &mut leases,
+            reach: &mut RealReach,
+        };
+        done.wired = setup::setup(&ctx, &mut target.kernel, &mut stores)?;
+    }
+    if let Some((plan, rootfs)) = profiles {
+        if let Err(mut failure) = carry_profiles(&state.id, &plan, pid, &rootfs, &state_dir) {
+            // Undo the networks this setup wired, as a poststop would.
+            if target.is_some() {
+                if let Err(e) =
+                    teardown::teardown(&state.id, &mut RealReach, &state_dir, &mut leases)
+                {
+                    failure.message = format!("{} (rollback: {e})", failure.message);
+                }
+            }
+            return Err(failure);
+        }
+        done.profiles = plan.names;
+    }
+    Ok(done)
+}
+
+/// Applies the profiles unless this container instance has them already,
+/// and records them; undoes them if recording fails.
+fn carry_profiles(
+    container: &str,
+    plan: &profile::Plan,
+    pid: i32,
+    rootfs: &Path,
+    state_dir: &StateDir,
+) -> Result<(), Failure> {
+    let mut record = state_dir
+        .container(container)
+        .step(Step::ReadRecords)?
+        .unwrap_or_default();
+    let already = record
+        .profiles
+        .as_ref()
+        .is_some_and(|p| p.pid == pid && plan.names.iter().all(|n| p.names.contains(n)));
+    if already {
+        return Ok(());
+    }
+    let scratch = state_dir.scratch().step(Step::Preload)?;
+    let applied = profile::apply(plan, pid, rootfs, &scratch)?;
+    record.profiles = Some(ProfilesRecord {
+        pid,
+        names: plan.names.clone(),
+    });
+    if let Err(e) = state_dir.put_container(container, &record) {
+        let _ = applied.roll_back();
+        return Err(Failure::new(Step::WriteRecord, e));
+    }
+    Ok(())
+}
+
+/// The container's own network namespace, and netlink into it.
+struct NetworkTarget {
+    kernel: RealKernel,
+    netns: NetnsId,
+    process: PathBuf,
+    pinned: Option<PathBuf>,
+}
+
+impl NetworkTarget {
+    fn open(bundle: &Bundle, pid: i32) -> Result<NetworkTarget, Failure> {
+        let process = ns::pid_path(pid);
+        let netns = Netns::open(&process).step(Step::OpenNamespace)?;
+        let home = Netns::current().step(Step::OpenNamespace)?;
+        if netns.id() == home.id() {
+            return Err(Failure::new(
+                Step::OpenNamespace,
+                "the container shares the host's network namespace; nsbypass needs it to have its own",
+            ));
+        }
+        // The spec's path is recorded as a second way back in only if it
+        // leads to this very namespace.
+        let id = netns.id();
+        let pinned = bundle
+            .netns_path
+            .clone()
+            .filter(|p| ns::id_of(p).is_ok_and(|found| found == id));
+        let kernel = RealKernel::new(netns).step(Step::OpenNamespace)?;
+        tracing::debug!(netns = %id, "netlink open in host and container namespaces");
+        Ok(NetworkTarget {
+            kernel,
+            netns: id,
+            process,
+            pinned,
+        })
+    }
 }
 
 fn run_teardown(

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 use nsutil::netlink::{Link, MacvlanMode, Netlink, NewMacvlan};
-use nsutil::netns::{self, Netns, NetnsId};
+use nsutil::ns::{self, Netns, NetnsId};
 use nsutil::sysctl;
 
 use crate::records::{Member, NetnsRecord};
@@ -170,7 +170,7 @@ pub struct RealReach;
 
 impl Reach for RealReach {
     fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool {
-        netns::id_of(path).is_ok_and(|found| found == id)
+        ns::id_of(path).is_ok_and(|found| found == id)
     }
 
     fn enter(&mut self, path: &Path, id: NetnsId) -> Result<Option<Box<dyn Kernel>>> {

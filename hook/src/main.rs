@@ -8,6 +8,7 @@ mod hook;
 mod kernel;
 mod lease;
 mod logging;
+mod profile;
 mod records;
 mod setup;
 mod teardown;

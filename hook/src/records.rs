@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use ipnet::IpNet;
 use nix::fcntl::{Flock, FlockArg};
 use nsutil::netlink::Link;
-use nsutil::netns::NetnsId;
+use nsutil::ns::NetnsId;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -50,10 +50,24 @@ impl RecordError {
     }
 }
 
-/// Points from a container to the namespace record it is a member of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// What setup did for one container: the namespace record it is a member
+/// of, and the profiles carried into it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ContainerRecord {
-    pub netns: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profiles: Option<ProfilesRecord>,
+}
+
+/// Profiles applied to one container instance. Nothing needs undoing at
+/// poststop (the mounts and device grants die with the container's mount
+/// namespace and cgroup); the record makes a second setup stage a no-op.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProfilesRecord {
+    /// The container init they were applied for.
+    pub pid: i32,
+    pub names: Vec<String>,
 }
 
 /// One wired network namespace.
@@ -208,6 +222,14 @@ impl StateDir {
             .exists()
     }
 
+    /// A private directory for files that exist only long enough to be
+    /// bind-mounted (the composed ld.so.preload).
+    pub fn scratch(&self) -> Result<PathBuf, RecordError> {
+        let dir = self.root.join("tmp");
+        std::fs::create_dir_all(&dir).map_err(|e| RecordError::new("create", &dir, e))?;
+        Ok(dir)
+    }
+
     pub fn leases(&self) -> FileLeases {
         FileLeases::new(self.root.join("leases"))
     }
@@ -299,12 +321,18 @@ mod tests {
         );
         state.put_netns(&ns).unwrap();
         state
-            .put_container("c1", &ContainerRecord { netns: ns.key() })
+            .put_container(
+                "c1",
+                &ContainerRecord {
+                    netns: Some(ns.key()),
+                    profiles: None,
+                },
+            )
             .unwrap();
         assert_eq!(state.netns(&ns.key()).unwrap(), Some(ns.clone()));
         assert_eq!(
-            state.container("c1").unwrap().unwrap().netns,
-            "4-4026532000"
+            state.container("c1").unwrap().unwrap().netns.as_deref(),
+            Some("4-4026532000")
         );
 
         ns.members.clear();

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use ipnet::IpNet;
 use nsutil::netlink::{format_mac, MacvlanMode};
-use nsutil::netns::NetnsId;
+use nsutil::ns::NetnsId;
 use runtime_config::{Config, Ipv4Pool, MacvlanMode as Mode, Network, Request};
 
 use crate::derive;
@@ -129,10 +129,14 @@ pub fn setup(
         add_member(&mut record, ctx, &wanted);
         // The pointer first: should the hook die before the namespace
         // record is written, poststop still finds its way here.
+        let pointer = ContainerRecord {
+            netns: Some(key.clone()),
+            profiles: previous_pointer.as_ref().and_then(|p| p.profiles.clone()),
+        };
         undo.push(Undo::RestoreContainer(previous_pointer));
         stores
             .state
-            .put_container(ctx.container, &ContainerRecord { netns: key.clone() })
+            .put_container(ctx.container, &pointer)
             .step(Step::WriteRecord)?;
         undo.push(Undo::RestoreNetns(before));
         stores.state.put_netns(&record).step(Step::WriteRecord)
@@ -221,10 +225,10 @@ fn clear_stale_container(
     else {
         return Ok(None);
     };
-    if old.netns == ctx.netns.key() {
+    let Some(old_netns) = old.netns.clone().filter(|k| *k != ctx.netns.key()) else {
         return Ok(Some(old));
-    }
-    if let Some(record) = stores.state.netns(&old.netns).step(Step::ReadRecords)? {
+    };
+    if let Some(record) = stores.state.netns(&old_netns).step(Step::ReadRecords)? {
         if let Some(member) = record.members.get(ctx.container) {
             if kernel::alive(stores.reach, member, record.id()) {
                 return Err(Failure::new(
@@ -237,7 +241,7 @@ fn clear_stale_container(
             }
         }
     }
-    tracing::warn!(container = ctx.container, old = %old.netns, "clearing a stale record of this container id");
+    tracing::warn!(container = ctx.container, old = %old_netns, "clearing a stale record of this container id");
     teardown::teardown(ctx.container, stores.reach, stores.state, stores.leases).map_err(
         |mut f| {
             f.message = format!(

@@ -33,7 +33,12 @@ pub fn teardown(
     let Some(pointer) = state.container(container).step(Step::ReadRecords)? else {
         return Ok(None);
     };
-    let Some(mut record) = state.netns(&pointer.netns).step(Step::ReadRecords)? else {
+    let Some(key) = pointer.netns.as_deref() else {
+        // Profiles only: mounts and device grants died with the container.
+        state.remove_container(container).step(Step::WriteRecord)?;
+        return Ok(Some(Vec::new()));
+    };
+    let Some(mut record) = state.netns(key).step(Step::ReadRecords)? else {
         state.remove_container(container).step(Step::WriteRecord)?;
         return Ok(Some(Vec::new()));
     };

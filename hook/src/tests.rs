@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use nsutil::netlink::Link;
-use nsutil::netns::NetnsId;
+use nsutil::ns::NetnsId;
 use runtime_config::{Config, Request};
 
 use crate::failure::{Failure, Step};
