@@ -414,12 +414,22 @@ fn missing_capabilities_are_named_plainly() {
     let config = dir.path().join("config.toml");
     std::fs::write(
         &config,
-        format!("state_dir = \"{}/state\"\n[networks.fast]\nparent = \"eth9\"\n", dir.path().display()),
+        format!(
+            "state_dir = \"{}/state\"\n[networks.fast]\nparent = \"eth9\"\n",
+            dir.path().display()
+        ),
     )
     .unwrap();
     std::fs::create_dir(dir.path().join("b")).unwrap();
-    std::fs::write(dir.path().join("b/config.json"), r#"{"annotations":{"nsbypass.io/network":"fast"}}"#).unwrap();
-    let state = format!(r#"{{"id":"c1","pid":1,"bundle":"{}/b"}}"#, dir.path().display());
+    std::fs::write(
+        dir.path().join("b/config.json"),
+        r#"{"annotations":{"nsbypass.io/network":"fast"}}"#,
+    )
+    .unwrap();
+    let state = format!(
+        r#"{{"id":"c1","pid":1,"bundle":"{}/b"}}"#,
+        dir.path().display()
+    );
     // Root, but with CAP_NET_ADMIN and CAP_SYS_ADMIN out of the bounding set.
     let mut child = Command::new("setpriv")
         .args(["--bounding-set", "-net_admin,-sys_admin", "--"])
@@ -429,7 +439,12 @@ fn missing_capabilities_are_named_plainly() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(state.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(state.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(!out.status.success());
     assert_eq!(

@@ -27,11 +27,13 @@
 
 mod cmd;
 mod container;
+mod files;
 mod rootfs;
 mod runc;
 mod testbed;
 
 pub use container::{Container, ContainerBuilder, HOOK_ENV, HOOK_TIMEOUT_SECS};
+pub use files::{mknod_char, symlink_in};
 pub use testbed::{Testbed, DEFAULT_PREFIX};
 
 use anyhow::{bail, Context, Result};
@@ -85,6 +87,28 @@ pub(crate) fn check_tools() -> Result<()> {
     }
     if !missing.is_empty() {
         bail!("missing test tools: {}; {SETUP_HINT}", missing.join(", "));
+    }
+    Ok(())
+}
+
+/// What [`Testbed::new_cgroup2`] needs beyond [`check_tools`]: util-linux's
+/// `unshare` and `mount` and a `sh` to put cgroup2 over `/sys/fs/cgroup` in
+/// runc's mount namespace, and a kernel that has cgroup2.
+pub(crate) fn check_cgroup2_tools() -> Result<()> {
+    let missing: Vec<&str> = ["unshare", "mount", "sh"]
+        .into_iter()
+        .filter(|tool| cmd::which(tool).is_none())
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "missing tools for a cgroup v2 testbed: {}; {SETUP_HINT}",
+            missing.join(", ")
+        );
+    }
+    let filesystems =
+        std::fs::read_to_string("/proc/filesystems").context("reading /proc/filesystems")?;
+    if !filesystems.lines().any(|l| l.ends_with("\tcgroup2")) {
+        bail!("the kernel has no cgroup2 filesystem for a cgroup v2 testbed");
     }
     Ok(())
 }
@@ -367,6 +391,235 @@ mod tests {
         assert!(!netns_exists(&host_ns));
         assert!(!alive(pid), "container init {pid} lives");
         drop(c);
+        Ok(())
+    }
+
+    /// The cgroup of `pid` in the hierarchy of `controller` (`"devices"`, or
+    /// `""` for the cgroup v2 line `0::<path>`), as this process sees it.
+    fn cgroup_of(pid: u32, controller: &str) -> Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        text.lines()
+            .find_map(|l| {
+                let (_, rest) = l.split_once(':')?;
+                let (names, path) = rest.split_once(':')?;
+                (names.split(',').any(|n| n == controller)).then(|| path.to_owned())
+            })
+            .with_context(|| format!("no {controller:?} line in /proc/{pid}/cgroup: {text}"))
+    }
+
+    /// Where the machine mounts the cgroup2 hierarchy, if it does.
+    fn unified_mount() -> Option<&'static Path> {
+        ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"]
+            .into_iter()
+            .map(Path::new)
+            .find(|p| p.join("cgroup.controllers").exists())
+    }
+
+    /// In a cgroup v2 testbed, runc (and its hooks) see cgroup2 and put the
+    /// container in a cgroup of its own in the unified hierarchy, leaving v1
+    /// alone; delete removes that cgroup.
+    #[test]
+    fn cgroup2_testbed_runs_containers_under_cgroup_v2() -> Result<()> {
+        if skip() {
+            return Ok(());
+        }
+        let tb = Testbed::new_cgroup2()?;
+        assert!(tb.cgroup2());
+        let seen = tb.dir.join("hook-saw");
+        let hook_cmd = format!("stat -f -c %T /sys/fs/cgroup > {}", seen.display());
+        let c = tb
+            .container("v2")
+            .edit_spec(|spec| {
+                spec["hooks"]["prestart"] = json!([{
+                    "path": "/bin/sh",
+                    "args": ["sh", "-c", hook_cmd],
+                    "env": [HOOK_ENV],
+                }]);
+            })
+            .create()?;
+        assert_eq!(std::fs::read_to_string(&seen)?, "cgroup2fs\n");
+        c.start()?;
+        assert_eq!(c.exec_ok(&["echo", "in v2"])?, "in v2\n");
+
+        let own = format!("/{}-v2", tb.tag);
+        let unified = cgroup_of(c.pid, "")?;
+        assert!(
+            unified != "/" && unified.ends_with(&own),
+            "0::{unified} is not the container's own cgroup"
+        );
+        let devices = cgroup_of(c.pid, "devices")?;
+        assert!(!devices.ends_with(&own), "v1 devices:{devices} was used");
+        let dir = unified_mount().map(|m| m.join(unified.trim_start_matches('/')));
+        if let Some(dir) = &dir {
+            assert!(dir.is_dir(), "{} is missing", dir.display());
+        }
+        let deleted = c.kill_and_delete()?;
+        assert!(deleted.status.success(), "runc delete: {deleted:?}");
+        if let Some(dir) = &dir {
+            assert!(!dir.exists(), "runc delete left {}", dir.display());
+        }
+        assert!(tb.runc_list()?.is_empty());
+        Ok(())
+    }
+
+    /// A default testbed's runc uses the machine's v1 devices controller.
+    #[test]
+    fn default_testbed_runs_containers_in_a_v1_devices_cgroup() -> Result<()> {
+        if skip() {
+            return Ok(());
+        }
+        let tb = Testbed::new()?;
+        assert!(!tb.cgroup2());
+        let c = tb.container("v1").create()?;
+        let devices = cgroup_of(c.pid, "devices")?;
+        assert!(
+            devices.ends_with(&format!("/{}-v1", tb.tag)),
+            "devices:{devices} is not the container's own cgroup"
+        );
+        Ok(())
+    }
+
+    /// A node from `mknod_char` is a working device in a container, and the
+    /// device cgroup (v1 or v2) refuses one runc did not allow: the tests of
+    /// device grants rely on both.
+    #[test]
+    fn mknod_char_nodes_work_and_device_cgroups_police_them() -> Result<()> {
+        if skip() {
+            return Ok(());
+        }
+        for tb in [Testbed::new()?, Testbed::new_cgroup2()?] {
+            let rootfs = tb.new_rootfs("nodes")?;
+            let null = rootfs.join("tmp/null");
+            mknod_char(&null, 1, 3)?;
+            // An unassigned major runc's default allow-list does not name.
+            mknod_char(&rootfs.join("tmp/denied"), 240, 7)?;
+            let meta = std::fs::metadata(&null)?;
+            assert_eq!(meta.mode(), 0o20666, "mode of {}", null.display());
+            assert_eq!(meta.rdev(), nix::sys::stat::makedev(1, 3));
+            assert!(mknod_char(&null, 1, 3).is_err(), "mknod over a node");
+
+            let c = tb.container("nodes").rootfs(rootfs).create()?;
+            c.exec_ok(&["sh", "-c", "echo x > /tmp/null"])?;
+            let denied = c.exec(&["cat", "/tmp/denied"])?;
+            let stderr = String::from_utf8_lossy(&denied.stderr);
+            assert!(
+                !denied.status.success() && stderr.contains("Operation not permitted"),
+                "cgroup2={}: {denied:?}",
+                tb.cgroup2()
+            );
+        }
+        Ok(())
+    }
+
+    const HELLO_C: &str = r#"
+#include <stdio.h>
+int main(void) { puts("hello from a dynamic program"); return 0; }
+"#;
+
+    /// A program and a preload library from `build_c` run in a container
+    /// whose rootfs `new_rootfs_with` made, from real copies of their
+    /// libraries.
+    #[test]
+    fn build_c_programs_run_in_a_new_rootfs_with_them() -> Result<()> {
+        if skip() {
+            return Ok(());
+        }
+        let tb = Testbed::new()?;
+        let hello = tb.build_c("hello", HELLO_C, false)?;
+        assert_eq!(hello, tb.dir.join("c/hello"));
+        let greet = tb.build_c(
+            "greet",
+            "#include <stdio.h>\n\
+             __attribute__((constructor)) static void greet(void) { fputs(\"preloaded\\n\", stderr); }\n",
+            true,
+        )?;
+        assert_eq!(greet, tb.dir.join("c/libgreet.so"));
+        let err = tb.build_c("broken", "int main(void) { return nope; }\n", false);
+        let err = format!("{:#}", err.expect_err("broken C compiled"));
+        assert!(err.contains("nope") && err.contains("error"), "{err}");
+
+        let rootfs = tb.new_rootfs_with("dyn", &[&hello, &greet])?;
+        for inside in [
+            "usr/local/bin/hello",
+            "usr/local/bin/libgreet.so",
+            "lib64/ld-linux-x86-64.so.2",
+            "lib/x86_64-linux-gnu/libc.so.6",
+        ] {
+            let meta = std::fs::symlink_metadata(rootfs.join(inside))
+                .with_context(|| format!("{inside} in the rootfs"))?;
+            assert!(meta.is_file(), "{inside} is not a regular file");
+        }
+        let tmp = std::fs::metadata(rootfs.join("tmp"))?;
+        assert_eq!(tmp.mode() & 0o7777, 0o1777);
+        assert_eq!(std::fs::read_dir(rootfs.join("etc"))?.count(), 0);
+
+        let c = tb
+            .container("dyn")
+            .rootfs(rootfs)
+            .env("LD_PRELOAD=/usr/local/bin/libgreet.so")
+            .create()?;
+        c.start()?;
+        let out = c.exec(&["hello"])?;
+        assert!(out.status.success(), "hello: {out:?}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "hello from a dynamic program\n"
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "preloaded\n");
+        Ok(())
+    }
+
+    /// `peer_udp`'s socket listens in the peer netns, and making it leaves
+    /// the caller's thread in its own netns.
+    #[test]
+    fn peer_udp_receives_in_the_peer_netns() -> Result<()> {
+        if skip() {
+            return Ok(());
+        }
+        let tb = Testbed::new()?;
+        let before = std::fs::read_link("/proc/thread-self/ns/net")?;
+        let socket = tb.peer_udp(40123)?;
+        assert_eq!(std::fs::read_link("/proc/thread-self/ns/net")?, before);
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        // Debian's busybox nc has no -u; bash's /dev/udp sends a datagram.
+        tb.in_peer_ok(&["bash", "-c", "echo hi > /dev/udp/127.0.0.1/40123"])?;
+        let mut buf = [0u8; 64];
+        let (n, _) = socket
+            .recv_from(&mut buf)
+            .context("receiving from the peer")?;
+        // Sent to 127.0.0.1 in the peer netns: only a socket there gets it.
+        assert_eq!(&buf[..n], b"hi\n");
+        Ok(())
+    }
+
+    #[test]
+    fn symlink_in_plants_verbatim_links_and_replaces_what_was_there() -> Result<()> {
+        if skip() {
+            return Ok(());
+        }
+        let tb = Testbed::new()?;
+        let rootfs = tb.new_rootfs("hostile")?;
+        symlink_in(&rootfs, "/etc/ld.so.preload", "/tmp/host-dir")?;
+        assert_eq!(
+            std::fs::read_link(rootfs.join("etc/ld.so.preload"))?,
+            Path::new("/tmp/host-dir")
+        );
+        std::fs::create_dir_all(rootfs.join("usr/lib/bypass/sub"))?;
+        std::fs::write(rootfs.join("usr/lib/bypass/sub/file"), "x")?;
+        symlink_in(&rootfs, "usr/lib/bypass", "../../../../tmp/host-dir")?;
+        assert_eq!(
+            std::fs::read_link(rootfs.join("usr/lib/bypass"))?,
+            Path::new("../../../../tmp/host-dir")
+        );
+        symlink_in(&rootfs, "new/dirs/link", "x")?;
+        assert!(rootfs.join("new/dirs").is_dir());
+        symlink_in(&rootfs, "new/dirs/link", "y")?;
+        assert_eq!(
+            std::fs::read_link(rootfs.join("new/dirs/link"))?,
+            Path::new("y")
+        );
+        assert!(symlink_in(&rootfs, "etc/../../escape", "x").is_err());
+        assert!(symlink_in(&rootfs, "/", "x").is_err());
         Ok(())
     }
 }

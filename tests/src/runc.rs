@@ -6,6 +6,15 @@
 //! testbed has container ids of its own. `ip netns exec` is not used: it
 //! remounts /sys in a new mount namespace, which hides the cgroup mounts runc
 //! needs.
+//!
+//! In a cgroup v2 testbed ([`crate::Testbed::new_cgroup2`]) each runc is
+//! started one step earlier, as `unshare -m --propagation private sh -c
+//! 'mount -t cgroup2 none /sys/fs/cgroup && exec "$@"' sh nsenter ... runc
+//! ...`: in a mount namespace of its own, cgroup2 covers the machine's v1
+//! (hybrid) `/sys/fs/cgroup`, so runc finds a unified hierarchy and manages
+//! the container as on a cgroup v2 machine (`0::/<cgroupsPath>`, devices
+//! policed by an eBPF program), and the hooks it runs see the same. The
+//! testbed's arguments reach runc as `"$@"`, never through the shell's parser.
 
 use crate::cmd;
 use anyhow::{bail, Context, Result};
@@ -14,6 +23,12 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
+
+/// The shell script that puts a cgroup2 mount over `/sys/fs/cgroup` in the
+/// (new, private) mount namespace `unshare` made and then runs its arguments.
+/// `exec`, so that the deadline in [`cmd`] kills runc itself; `&&`, because
+/// without the mount runc would quietly fall back to cgroup v1.
+const CGROUP2_SCRIPT: &str = "mount -t cgroup2 none /sys/fs/cgroup && exec \"$@\"";
 
 /// What a runc invocation of one testbed needs; cheap to clone so that each
 /// [`crate::Container`] owns one and outlives no borrow.
@@ -25,20 +40,40 @@ pub(crate) struct Runc {
     root: PathBuf,
     /// Where [`cmd::output`] may put its capture files.
     scratch: PathBuf,
+    /// Whether runc runs with cgroup2 mounted at `/sys/fs/cgroup` (see the
+    /// module docs).
+    cgroup2: bool,
 }
 
 impl Runc {
-    pub(crate) fn new(host_netns: PathBuf, root: PathBuf, scratch: PathBuf) -> Runc {
+    pub(crate) fn new(host_netns: PathBuf, root: PathBuf, scratch: PathBuf, cgroup2: bool) -> Runc {
         Runc {
             host_netns,
             root,
             scratch,
+            cgroup2,
         }
     }
 
-    /// `nsenter --net=<host netns> runc --root <root> <args>`, not yet run.
+    /// Whether runc sees cgroup v2 (see the module docs).
+    pub(crate) fn cgroup2(&self) -> bool {
+        self.cgroup2
+    }
+
+    /// `nsenter --net=<host netns> runc --root <root> <args>`, not yet run;
+    /// in cgroup v2 mode wrapped in `unshare -m ... sh -c 'mount ... && exec
+    /// "$@"' sh` (see the module docs).
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut c = cmd::command("nsenter");
+        let mut c = if self.cgroup2 {
+            let mut c = cmd::command("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(CGROUP2_SCRIPT)
+                // $0 of the script; the command proper follows as "$@".
+                .args(["sh", "nsenter"]);
+            c
+        } else {
+            cmd::command("nsenter")
+        };
         c.arg(format!("--net={}", self.host_netns.display()))
             .arg("runc")
             .arg("--root")

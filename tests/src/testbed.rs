@@ -6,10 +6,10 @@ use crate::cmd;
 use crate::container::ContainerBuilder;
 use crate::rootfs;
 use crate::runc::Runc;
-use anyhow::{bail, Context, Result};
-use std::fs;
+use anyhow::{anyhow, bail, Context, Result};
+use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -55,9 +55,24 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// A testbed on the [`DEFAULT_PREFIX`] subnet.
+    /// A testbed on the [`DEFAULT_PREFIX`] subnet whose runc sees the
+    /// machine's cgroups as they are (here: v1, with cgroup2 only at
+    /// `/sys/fs/cgroup/unified`), so devices are policed by the v1 devices
+    /// controller.
     pub fn new() -> Result<Testbed> {
         Testbed::with_subnet(DEFAULT_PREFIX)
+    }
+
+    /// Like [`Testbed::new`], but runc, and so the hooks it runs, see cgroup v2
+    /// at `/sys/fs/cgroup`, as on a machine booted with the unified hierarchy
+    /// only: containers land in `0::/<cgroupsPath>` and runc polices their
+    /// devices with an eBPF program instead of `devices.allow`. Each runc
+    /// invocation gets a throwaway mount namespace with cgroup2 mounted over
+    /// `/sys/fs/cgroup`, so this works on a v1 (hybrid) machine and touches
+    /// nothing outside the testbed. Also needs util-linux's `unshare` and
+    /// `mount`.
+    pub fn new_cgroup2() -> Result<Testbed> {
+        Testbed::setup(DEFAULT_PREFIX, true)
     }
 
     /// A testbed whose wire is `<prefix24>.0/24`, e.g. `"10.77.0"`, for tests
@@ -65,7 +80,15 @@ impl Testbed {
     /// the namespaces are private, but a private-range address is the
     /// harmless choice should one ever leak.
     pub fn with_subnet(prefix24: &str) -> Result<Testbed> {
+        Testbed::setup(prefix24, false)
+    }
+
+    /// The constructors' common part; `cgroup2` as in [`Testbed::new_cgroup2`].
+    fn setup(prefix24: &str, cgroup2: bool) -> Result<Testbed> {
         crate::check_tools()?;
+        if cgroup2 {
+            crate::check_cgroup2_tools()?;
+        }
         let base: Ipv4Addr = format!("{prefix24}.0").parse().with_context(|| {
             format!("subnet prefix {prefix24:?} is not three octets like \"10.77.0\"")
         })?;
@@ -80,6 +103,7 @@ impl Testbed {
             Path::new("/run/netns").join(&host_ns),
             dir.join("runc"),
             dir.clone(),
+            cgroup2,
         );
         // From here on, Drop removes whatever part of the setup was made.
         let tb = Testbed {
@@ -126,6 +150,13 @@ impl Testbed {
         Ok(())
     }
 
+    /// Whether runc in this testbed sees cgroup v2 ([`Testbed::new_cgroup2`]),
+    /// for tests that expect v1 or v2 behaviour, e.g. where a device grant
+    /// shows up.
+    pub fn cgroup2(&self) -> bool {
+        self.runc.cgroup2()
+    }
+
     /// Address `.<host>` of the testbed's subnet, e.g. to expect a lease.
     pub fn addr(&self, host: u8) -> Ipv4Addr {
         let [a, b, c] = self.prefix;
@@ -161,6 +192,26 @@ impl Testbed {
             self.in_peer(argv)?,
             &format!("{} in {}", argv.join(" "), self.peer_ns),
         )
+    }
+
+    /// A UDP socket bound to `0.0.0.0:<port>` in the peer netns, for a test
+    /// to receive what a container sends to [`Testbed::peer_ip`] (or what a
+    /// peer-side tool sends to 127.0.0.1) without running a server process.
+    /// Made on a short-lived thread that alone enters the peer netns, so the
+    /// caller's threads stay where they are; the socket stays in the peer
+    /// netns for its whole life. Set a read timeout before receiving.
+    pub fn peer_udp(&self, port: u16) -> Result<UdpSocket> {
+        let path = Path::new("/run/netns").join(&self.peer_ns);
+        let netns = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
+        let bind = move || -> Result<UdpSocket> {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .with_context(|| format!("entering {}", path.display()))?;
+            UdpSocket::bind((Ipv4Addr::UNSPECIFIED, port))
+                .with_context(|| format!("binding UDP 0.0.0.0:{port} in {}", path.display()))
+        };
+        std::thread::spawn(bind)
+            .join()
+            .map_err(|_| anyhow!("the thread binding UDP port {port} in the peer netns panicked"))?
     }
 
     fn in_netns(&self, netns: &str, argv: &[&str]) -> Result<Output> {
@@ -200,6 +251,68 @@ impl Testbed {
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         rootfs::make(&dir)?;
         Ok(dir)
+    }
+
+    /// Like [`Testbed::new_rootfs`], plus the dynamically linked `programs`
+    /// (e.g. made by [`Testbed::build_c`]) and what they need to run: each is
+    /// copied to `/usr/local/bin/<file name>` (on runc's default `PATH`), and
+    /// every shared library `ldd` says it loads, the dynamic loader included,
+    /// to the same absolute path inside (e.g. `/lib64/ld-linux-x86-64.so.2`,
+    /// `/lib/x86_64-linux-gnu/libc.so.6`), as real files, not symlinks into
+    /// the machine. `/etc` is empty and `/tmp` is mode 1777. Libraries a
+    /// program only `dlopen`s are not found this way; pass them as programs
+    /// too (they then land in `/usr/local/bin`) or copy them yourself.
+    pub fn new_rootfs_with(&self, name: &str, programs: &[&Path]) -> Result<PathBuf> {
+        let dir = self.new_rootfs(name)?;
+        for program in programs {
+            rootfs::add_program(&dir, program, &self.dir).with_context(|| {
+                format!(
+                    "adding {} to the rootfs {}",
+                    program.display(),
+                    dir.display()
+                )
+            })?;
+        }
+        Ok(dir)
+    }
+
+    /// Compiles the C program `source` with the machine's `gcc` (`-O2
+    /// -Wall`), for tests that need a real dynamically linked program or a
+    /// library to preload: writes `<dir>/c/<name>.c` and returns the path of
+    /// the executable `<dir>/c/<name>` or, if `shared_library`, of
+    /// `<dir>/c/lib<name>.so` (`-shared -fPIC`, linked with `-ldl` for
+    /// `dlsym(RTLD_NEXT, ...)`). A compile error carries gcc's stderr.
+    pub fn build_c(&self, name: &str, source: &str, shared_library: bool) -> Result<PathBuf> {
+        if name.is_empty() || name.contains('/') {
+            bail!("C program name {name:?} must be a plain file name");
+        }
+        if cmd::which("gcc").is_none() {
+            bail!("no gcc to build {name}.c with (apt-get install -y gcc)");
+        }
+        let dir = self.dir.join("c");
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let src = dir.join(format!("{name}.c"));
+        fs::write(&src, source).with_context(|| format!("writing {}", src.display()))?;
+        let out = if shared_library {
+            dir.join(format!("lib{name}.so"))
+        } else {
+            dir.join(name)
+        };
+        let mut gcc = cmd::command("gcc");
+        gcc.args(["-O2", "-Wall"]);
+        if shared_library {
+            gcc.args(["-shared", "-fPIC"]);
+        }
+        gcc.arg("-o").arg(&out).arg(&src);
+        if shared_library {
+            // After the source: the linker takes libraries in order.
+            gcc.arg("-ldl");
+        }
+        cmd::check(
+            cmd::output(gcc, &self.dir)?,
+            &format!("gcc {}", src.display()),
+        )?;
+        Ok(out)
     }
 
     /// Starts describing a container with id `id` (unique within this testbed).

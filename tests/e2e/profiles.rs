@@ -1,0 +1,442 @@
+//! Bypass-stack profiles end to end: a real preloaded shim intercepting a
+//! real program's sends, device access granted exactly on cgroup v1 and v2,
+//! and hostile images that try to steer mounts onto the host.
+
+mod common;
+
+use std::net::UdpSocket;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use nsbypass_testbed::{mknod_char, symlink_in, Container, Testbed};
+
+/// A stand-in for libonload: interposes sendto(), opens the stack's device
+/// node once, and records both in /tmp/shim.log inside the container.
+const SHIM: &str = r#"
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void record(const char *what, const char *detail) {
+    FILE *f = fopen("/tmp/shim.log", "a");
+    if (f) { fprintf(f, "%s %s\n", what, detail); fclose(f); }
+}
+
+ssize_t sendto(int fd, const void *buf, size_t len, int flags,
+               const struct sockaddr *to, socklen_t tolen) {
+    static ssize_t (*real)(int, const void *, size_t, int, const struct sockaddr *, socklen_t);
+    static int opened;
+    if (!real) real = dlsym(RTLD_NEXT, "sendto");
+    if (!opened) {
+        int dev = open("/dev/nsbtest", O_RDWR);
+        record("open", dev >= 0 ? "ok" : strerror(errno));
+        if (dev >= 0) close(dev);
+        opened = 1;
+    }
+    char size[32];
+    snprintf(size, sizeof size, "%zu", len);
+    record("sendto", size);
+    return real(fd, buf, len, flags, to, tolen);
+}
+"#;
+
+/// A dynamically linked program that sends COUNT datagrams to HOST:PORT.
+const SENDER: &str = r#"
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+int main(int argc, char **argv) {
+    if (argc != 4) return 2;
+    int s = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in to = { .sin_family = AF_INET, .sin_port = htons(atoi(argv[2])) };
+    inet_pton(AF_INET, argv[1], &to.sin_addr);
+    for (int i = 0; i < atoi(argv[3]); i++) {
+        char msg[32];
+        int n = snprintf(msg, sizeof msg, "datagram %d", i);
+        if (sendto(s, msg, n, 0, (struct sockaddr *)&to, sizeof to) != n) { perror("sendto"); return 1; }
+    }
+    return 0;
+}
+"#;
+
+/// Major and minor of a real, harmless device runc does not allow by
+/// default: /dev/fuse (opening it only creates an unused connection).
+fn fuse() -> (u32, u32) {
+    let rdev = std::fs::metadata("/dev/fuse")
+        .expect("this machine has /dev/fuse")
+        .rdev();
+    (
+        nix::sys::stat::major(rdev) as u32,
+        nix::sys::stat::minor(rdev) as u32,
+    )
+}
+
+/// A "host device node" for the profile, made in the testbed's directory.
+fn host_device(tb: &Testbed) -> PathBuf {
+    let path = tb.dir.join("dev-nsbtest");
+    if !path.exists() {
+        let (major, minor) = fuse();
+        mknod_char(&path, major, minor).unwrap();
+    }
+    path
+}
+
+/// Config with network `fast` and profile `stack`: the test device, the
+/// shim (if built) and its preload.
+fn stack_config(tb: &Testbed, shim: Option<&Path>) -> PathBuf {
+    let device = host_device(tb);
+    let mut profile = format!(
+        "[profiles.stack]\ndevices = [{{ source = \"{}\", target = \"/dev/nsbtest\" }}]\n",
+        device.display()
+    );
+    if let Some(shim) = shim {
+        profile += &format!(
+            "mounts = [{{ source = \"{}\", target = \"/usr/lib/nsbypass/libnsbshim.so\" }}]\n\
+             preload = [\"/usr/lib/nsbypass/libnsbshim.so\"]\n",
+            shim.display()
+        );
+    }
+    config(tb, &profile)
+}
+
+/// Opens `path` read-write inside the container; the shell's error on failure.
+fn open_in(c: &Container, path: &str) -> Result<(), String> {
+    let out = c.exec(&["sh", "-c", &format!("exec 3<>{path}")]).unwrap();
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn a_preloaded_shim_intercepts_sends_over_net1_and_opens_the_device() {
+    let Some(tb) = testbed() else { return };
+    let shim = tb.build_c("nsbshim", SHIM, true).unwrap();
+    let sender = tb.build_c("udpsend", SENDER, false).unwrap();
+    let config = stack_config(&tb, Some(&shim));
+    let rootfs = tb.new_rootfs_with("shim", &[&sender]).unwrap();
+    let c = hooked(&tb, &config, "shim")
+        .rootfs(rootfs.clone())
+        .annotation("nsbypass.io/network", "fast")
+        .annotation("nsbypass.io/profile", "stack")
+        .create()
+        .unwrap();
+    c.start().unwrap();
+
+    let peer = tb.peer_udp(9999).unwrap();
+    peer.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let sent = c
+        .exec(&["udpsend", &tb.peer_ip.to_string(), "9999", "3"])
+        .unwrap();
+    assert!(
+        sent.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sent.stderr)
+    );
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(receive(&peer));
+    }
+    assert_eq!(got, ["datagram 0", "datagram 1", "datagram 2"]);
+
+    let log = c.exec_ok(&["cat", "/tmp/shim.log"]).unwrap();
+    assert_eq!(
+        log, "open ok\nsendto 10\nsendto 10\nsendto 10\n",
+        "the shim's record"
+    );
+    let preload = c.exec_ok(&["cat", "/etc/ld.so.preload"]).unwrap();
+    assert_eq!(preload, "/usr/lib/nsbypass/libnsbshim.so\n");
+
+    // The profile's files are read-only, its device usable but not writable as a node.
+    for path in ["/etc/ld.so.preload", "/usr/lib/nsbypass/libnsbshim.so"] {
+        let out = c.exec(&["sh", "-c", &format!("echo x >> {path}")]).unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("Read-only file system"),
+            "{path}: {err}"
+        );
+    }
+    let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid)).unwrap();
+    let options = |target: &str| -> String {
+        mounts
+            .lines()
+            .find(|l| l.split_whitespace().nth(4) == Some(target))
+            .unwrap_or_else(|| panic!("{target} is not a mount point: {mounts}"))
+            .split_whitespace()
+            .nth(5)
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(
+        options("/usr/lib/nsbypass/libnsbshim.so"),
+        "ro,nosuid,nodev,relatime"
+    );
+    assert_eq!(options("/etc/ld.so.preload"), "ro,nosuid,nodev,relatime");
+    assert_eq!(options("/dev/nsbtest"), "ro,nosuid,noexec,relatime");
+    // The image on disk is untouched: the preload file is a bound copy.
+    assert_eq!(
+        std::fs::read_to_string(rootfs.join("etc/ld.so.preload")).unwrap(),
+        ""
+    );
+
+    delete(c);
+    assert!(
+        leases(&tb).is_empty() && records(&tb).is_empty(),
+        "{:?}",
+        records(&tb)
+    );
+}
+
+fn receive(socket: &UdpSocket) -> String {
+    let mut buf = [0u8; 64];
+    let n = socket
+        .recv(&mut buf)
+        .expect("a datagram from the container");
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Without the profile the device is refused, with it exactly the named
+/// device opens, on the cgroup version `tb` runs runc with.
+fn device_access_is_exact(tb: &Testbed) {
+    let config = stack_config(tb, None);
+    let (major, minor) = fuse();
+    // The same device, and an unnamed one (loop-control's numbers), shipped
+    // inside the image where the container can reach them.
+    let rootfs = tb.new_rootfs("devices").unwrap();
+    std::fs::create_dir_all(rootfs.join("opt")).unwrap();
+    mknod_char(&rootfs.join("opt/same"), major, minor).unwrap();
+    mknod_char(&rootfs.join("opt/unnamed"), 10, 237).unwrap();
+
+    let plain = hooked(tb, &config, "plain")
+        .rootfs(rootfs.clone())
+        .create()
+        .unwrap();
+    let err = open_in(&plain, "/opt/same").unwrap_err();
+    assert!(
+        err.contains("Operation not permitted"),
+        "without the profile: {err}"
+    );
+    delete(plain);
+
+    let stack = hooked(tb, &config, "stack")
+        .rootfs(rootfs)
+        .annotation("nsbypass.io/profile", "stack")
+        .create()
+        .unwrap();
+    open_in(&stack, "/dev/nsbtest").unwrap();
+    open_in(&stack, "/opt/same").unwrap();
+    let err = open_in(&stack, "/opt/unnamed").unwrap_err();
+    assert!(
+        err.contains("Operation not permitted"),
+        "a device nobody named: {err}"
+    );
+    // The second setup stage (createRuntime) granted nothing twice.
+    delete(stack);
+    assert!(records(tb).is_empty(), "{:?}", records(tb));
+}
+
+#[test]
+fn device_access_is_granted_exactly_on_cgroup_v1() {
+    let Some(tb) = testbed() else { return };
+    assert!(!tb.cgroup2());
+    device_access_is_exact(&tb);
+}
+
+#[test]
+fn device_access_is_granted_exactly_on_cgroup_v2() {
+    let Some(_) = testbed() else { return };
+    let tb = Testbed::new_cgroup2().unwrap();
+    device_access_is_exact(&tb);
+}
+
+/// Mount points of `pid`'s mount namespace.
+fn mount_points(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+        .collect()
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn hostile_images_cannot_steer_anything_onto_the_host() {
+    let Some(tb) = testbed() else { return };
+    let shim = tb.build_c("nsbshim", SHIM, true).unwrap();
+    let config = stack_config(&tb, Some(&shim));
+    let victim = tb.dir.join("host-victim");
+    let abs = victim.display().to_string();
+    let climb = format!("../../../../../../../../..{abs}");
+    let canary = format!("{abs}/canary");
+    // (name, link in the image, its target, whether the image also has a
+    // directory at the target's path inside itself). With that mirror the
+    // links resolve inside the rootfs and setup must succeed there; an
+    // implementation that followed them onto the host would fail (or worse).
+    let variants: [(&str, &str, &str, bool); 7] = [
+        ("usr-abs", "/usr", &abs, true),
+        ("usrlib-climb", "/usr/lib", &climb, true),
+        ("etc-abs", "/etc", &abs, true),
+        ("etc-climb", "/etc", &climb, false),
+        ("dev-abs", "/dev", &abs, true),
+        (
+            "target-abs",
+            "/usr/lib/nsbypass/libnsbshim.so",
+            &canary,
+            true,
+        ),
+        (
+            "target-dangling",
+            "/usr/lib/nsbypass/libnsbshim.so",
+            &canary,
+            false,
+        ),
+    ];
+    for (name, link, target, mirror) in variants {
+        // What the image does to the host with runc alone (runc 1.1.5
+        // follows an image's /dev link out of the rootfs for its own /dev
+        // entries), then with the profile: nsbypass may add nothing.
+        let mut seen = Vec::new();
+        for profile in [false, true] {
+            let _ = std::fs::remove_dir_all(&victim);
+            std::fs::create_dir_all(&victim).unwrap();
+            std::fs::write(victim.join("canary"), "untouched").unwrap();
+            let id = format!("{name}-{profile}");
+            let rootfs = tb.new_rootfs(&id).unwrap();
+            if mirror {
+                let inside = rootfs.join(abs.trim_start_matches('/'));
+                std::fs::create_dir_all(&inside).unwrap();
+                std::fs::write(inside.join("canary"), "image's own").unwrap();
+            }
+            symlink_in(&rootfs, link, target).unwrap();
+            let mut builder = hooked(&tb, &config, &id).rootfs(rootfs);
+            if profile {
+                builder = builder.annotation("nsbypass.io/profile", "stack");
+            }
+            match (builder.create(), profile, mirror) {
+                (Ok(c), true, true) => {
+                    // Wired inside the rootfs, where the image's links lead.
+                    let preload = c.exec_ok(&["cat", "/etc/ld.so.preload"]).unwrap();
+                    assert_eq!(preload, "/usr/lib/nsbypass/libnsbshim.so\n", "{id}");
+                    assert!(
+                        c.exec(&["test", "-s", "/usr/lib/nsbypass/libnsbshim.so"])
+                            .unwrap()
+                            .status
+                            .success(),
+                        "{id}"
+                    );
+                    open_in(&c, "/dev/nsbtest").unwrap();
+                    delete(c);
+                }
+                (Ok(c), false, _) => delete(c),
+                (Err(e), true, false) => {
+                    let line = hook_line(&e.to_string());
+                    assert!(
+                        line.contains("leads nowhere inside the rootfs"),
+                        "{id}: {line}"
+                    );
+                }
+                (Ok(_), true, false) => panic!("{id}: a link leading nowhere was accepted"),
+                (Err(e), _, _) => panic!("{id}: {e}"),
+            }
+            assert_eq!(
+                std::fs::read_to_string(victim.join("canary")).unwrap(),
+                "untouched",
+                "{id}"
+            );
+            let host_mounts = mount_points(std::process::id());
+            assert!(
+                !host_mounts.iter().any(|p| p.starts_with(&abs)),
+                "{id}: a host mount in the victim: {host_mounts:?}"
+            );
+            seen.push(listing(&victim));
+        }
+        assert_eq!(
+            seen[1], seen[0],
+            "{name}: nsbypass created something in the host directory"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&victim);
+    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+}
+
+#[test]
+fn bad_profiles_fail_with_one_clear_line_and_undo_the_network() {
+    let Some(tb) = testbed() else { return };
+    let device = host_device(&tb);
+    std::os::unix::fs::symlink(&device, tb.dir.join("dev-link")).unwrap();
+    let profiles = format!(
+        "[profiles.stack]\ndevices = [\"{dev}\"]\n\
+         [profiles.needs]\nrequires = [\"/sys/module/no_such_driver\"]\n\
+         [profiles.gone]\nmounts = [\"{dir}/no-such-lib.so\"]\n\
+         [profiles.linked]\ndevices = [\"{dir}/dev-link\"]\n\
+         [profiles.noglob]\ndevices = [\"{dir}/dev-none*\"]\n\
+         [profiles.etc]\nmounts = [{{ source = \"{dev}\", target = \"/etc/x/y\" }}]\n",
+        dev = device.display(),
+        dir = tb.dir.display()
+    );
+    let config = config(&tb, &profiles);
+    let cases = [
+        ("nope", "container bad: profile nope: validate: no such profile in"),
+        ("needs", "container bad: profile needs: validate: requires /sys/module/no_such_driver, which this host lacks"),
+        ("gone", "container bad: profile gone: validate: "),
+        ("linked", "is a symlink (to "),
+        ("noglob", "matches nothing on this host"),
+        ("etc", "container bad: profile etc: validate: mount "),
+    ];
+    for (profile, want) in cases {
+        let line = hook_line(
+            &hooked(&tb, &config, "bad")
+                .annotation("nsbypass.io/network", "fast")
+                .annotation("nsbypass.io/profile", profile)
+                .create_err(),
+        );
+        assert!(
+            line.contains(want),
+            "{profile}:\n got: {line}\nwant: {want}"
+        );
+        assert!(leases(&tb).is_empty(), "{profile}: {:?}", leases(&tb));
+        assert!(records(&tb).is_empty(), "{profile}: {:?}", records(&tb));
+    }
+
+    // A profile that fails while being carried in (the image's /etc is a
+    // dangling link) undoes the network wired just before it.
+    let rootfs = tb.new_rootfs("dangling").unwrap();
+    symlink_in(&rootfs, "/etc", "/nonexistent-dir").unwrap();
+    let shim = tb.build_c("nsbshim", SHIM, true).unwrap();
+    let with_preload = stack_config(&tb, Some(&shim));
+    let line = hook_line(
+        &hooked(&tb, &with_preload, "late")
+            .rootfs(rootfs)
+            .annotation("nsbypass.io/network", "fast")
+            .annotation("nsbypass.io/profile", "stack")
+            .create_err(),
+    );
+    assert!(
+        line.contains("container late: write ld.so.preload: ")
+            || line.contains("container late: profile stack: mount: "),
+        "{line}"
+    );
+    assert!(line.contains("leads nowhere"), "{line}");
+    assert!(leases(&tb).is_empty(), "{:?}", leases(&tb));
+    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+}
