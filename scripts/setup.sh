@@ -10,8 +10,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# gcc, libc6-dev: the profile tests build a preload shim and a sender.
 # containernetworking-plugins: the CNI macvlan plugin scripts/bench.py compares against.
-packages=(runc busybox-static iproute2 util-linux containernetworking-plugins)
+packages=(runc busybox-static iproute2 util-linux gcc libc6-dev containernetworking-plugins)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update
