@@ -254,10 +254,13 @@ fn carry_profiles(
         .container(container)
         .step(Step::ReadRecords)?
         .unwrap_or_default();
-    let already = record
-        .profiles
-        .as_ref()
-        .is_some_and(|p| p.pid == pid && plan.names.iter().all(|n| p.names.contains(n)));
+    let mntns = nsutil::ns::Mntns::open(Path::new(&format!("/proc/{pid}/ns/mnt")))
+        .step(Step::OpenRootfs)?
+        .id()
+        .ino;
+    let already = record.profiles.as_ref().is_some_and(|p| {
+        p.pid == pid && p.mntns == mntns && plan.names.iter().all(|n| p.names.contains(n))
+    });
     if already {
         return Ok(());
     }
@@ -265,11 +268,16 @@ fn carry_profiles(
     let applied = profile::apply(plan, pid, rootfs, &scratch)?;
     record.profiles = Some(ProfilesRecord {
         pid,
+        mntns,
         names: plan.names.clone(),
     });
     if let Err(e) = state_dir.put_container(container, &record) {
-        let _ = applied.roll_back();
-        return Err(Failure::new(Step::WriteRecord, e));
+        let mut failure = Failure::new(Step::WriteRecord, e);
+        let problems = applied.roll_back();
+        if !problems.is_empty() {
+            failure.message = format!("{} (rollback: {})", failure.message, problems.join("; "));
+        }
+        return Err(failure);
     }
     Ok(())
 }

@@ -76,7 +76,35 @@ pub fn plan(names: &[String], config: &Config) -> Result<Plan, Failure> {
         })?;
         add_profile(&mut plan, profile)?;
     }
+    check_nesting(&plan)?;
     Ok(plan)
+}
+
+/// Targets are resolved before anything is mounted, so one target inside
+/// another (or `/etc/ld.so.preload` inside a mounted `/etc`) would land on
+/// the image's file underneath and be hidden by the outer mount.
+fn check_nesting(plan: &Plan) -> Result<(), Failure> {
+    let preload = Path::new("/etc/ld.so.preload");
+    for outer in &plan.sources {
+        let inner = plan
+            .sources
+            .iter()
+            .map(|s| s.target.as_path())
+            .chain((!plan.preload.is_empty()).then_some(preload))
+            .find(|inner| *inner != outer.target && inner.starts_with(&outer.target));
+        if let Some(inner) = inner {
+            return Err(Failure::profile(
+                Step::Validate,
+                &outer.profile,
+                format!(
+                    "{} would be hidden under the mount on {}",
+                    inner.display(),
+                    outer.target.display()
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn add_profile(plan: &mut Plan, profile: &Profile) -> Result<(), Failure> {
@@ -227,7 +255,7 @@ fn add_source(
 
 /// What `apply` did, to undo it.
 pub struct Applied {
-    mntns: Mntns,
+    pub mntns: Mntns,
     attached: Vec<DetachedMount>,
     created: Vec<Created>,
     grant: Option<Grant>,
@@ -321,10 +349,10 @@ fn carry(
             SourceKind::File | SourceKind::Dir => Lockdown::Files,
         };
         mount.lock_down(lockdown).map_err(on(Step::Mount))?;
-        let kind = if source.kind == SourceKind::Dir {
-            TargetKind::Dir
-        } else {
-            TargetKind::File
+        let kind = match source.kind {
+            SourceKind::Device(_) => TargetKind::Device,
+            SourceKind::File => TargetKind::File,
+            SourceKind::Dir => TargetKind::Dir,
         };
         let target = root
             .mount_target(&source.target, kind, &mut applied.created)
@@ -383,6 +411,24 @@ fn carry(
     Ok(())
 }
 
+/// Removes scratch files of hooks that died before removing their own
+/// (their pid is in the name and no longer runs). Runs under the state lock.
+fn sweep_scratch(scratch: &Path) {
+    let Ok(entries) = std::fs::read_dir(scratch) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.rsplit('.').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 fn remove_scratch(file: Option<&Path>) {
     if let Some(file) = file {
         let _ = std::fs::remove_file(file);
@@ -416,6 +462,7 @@ fn preload_file(
             lines.push(path);
         }
     }
+    sweep_scratch(scratch);
     let file = scratch.join(format!("ld.so.preload.{}", std::process::id()));
     let made = std::fs::write(&file, lines.join("\n") + "\n")
         .map_err(|e| nsutil::Error::new(format!("write {}", file.display()), e))

@@ -65,8 +65,10 @@ pub struct ContainerRecord {
 /// namespace and cgroup); the record makes a second setup stage a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfilesRecord {
-    /// The container init they were applied for.
+    /// The container init they were applied for, and its mount namespace
+    /// (a pid alone can be reused).
     pub pid: i32,
+    pub mntns: u64,
     pub names: Vec<String>,
 }
 

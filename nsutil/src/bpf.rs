@@ -116,9 +116,21 @@ fn owned(fd: i64) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd as i32) }
 }
 
-/// Device programs attached to `cgroup`, and whether they were attached
-/// with `BPF_F_ALLOW_MULTI` (the only mode that can be replaced in place).
-pub fn attached_device_programs(cgroup: BorrowedFd) -> Result<(Vec<OwnedFd>, bool)> {
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+
+/// The device programs on a cgroup.
+pub struct Attached {
+    /// Attached to the cgroup itself.
+    pub own: Vec<OwnedFd>,
+    /// Whether they were attached with `BPF_F_ALLOW_MULTI` (the only mode
+    /// that can be replaced in place).
+    pub multi: bool,
+    /// How many programs judge its devices in all, inherited ones included.
+    pub effective: usize,
+}
+
+/// Device programs attached to `cgroup`.
+pub fn device_programs(cgroup: BorrowedFd) -> Result<Attached> {
     let mut ids = [0u32; 64];
     let mut query = ProgQuery {
         target_fd: cgroup.as_raw_fd() as u32,
@@ -133,19 +145,36 @@ pub fn attached_device_programs(cgroup: BorrowedFd) -> Result<(Vec<OwnedFd>, boo
         "query the cgroup's device programs",
     )?;
     let multi = query.attach_flags & BPF_F_ALLOW_MULTI != 0;
-    let mut programs = Vec::new();
+    let mut own = Vec::new();
     for &id in &ids[..query.prog_cnt as usize] {
         let mut get = GetFdById {
             id,
             ..GetFdById::default()
         };
-        programs.push(owned(bpf(
+        own.push(owned(bpf(
             BPF_PROG_GET_FD_BY_ID,
             &mut get,
             "open a device program",
         )?));
     }
-    Ok((programs, multi))
+    let mut effective = ProgQuery {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        query_flags: BPF_F_QUERY_EFFECTIVE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..ProgQuery::default()
+    };
+    bpf(
+        BPF_PROG_QUERY,
+        &mut effective,
+        "query the cgroup's effective device programs",
+    )?;
+    Ok(Attached {
+        own,
+        multi,
+        effective: effective.prog_cnt as usize,
+    })
 }
 
 /// A device the widened filter lets through, any access.

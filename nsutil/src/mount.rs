@@ -66,7 +66,10 @@ impl DetachedMount {
         })
     }
 
-    /// Sets the lockdown flags on the whole (detached) tree.
+    /// Sets the lockdown flags on the whole (detached) tree, and makes it
+    /// private: a clone starts in its source's peer group, through which a
+    /// mount made on it inside the container would reach the host's file
+    /// (and the host's mounts would reach the container unlocked).
     pub fn lock_down(&self, lockdown: Lockdown) -> Result<()> {
         let attr = MountAttr {
             attr_set: MOUNT_ATTR_RDONLY
@@ -76,7 +79,7 @@ impl DetachedMount {
                     Lockdown::Devices => MOUNT_ATTR_NOEXEC,
                 },
             attr_clr: 0,
-            propagation: 0,
+            propagation: libc::MS_PRIVATE,
             userns_fd: 0,
         };
         let flags = libc::AT_EMPTY_PATH | libc::AT_RECURSIVE;

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -23,10 +23,53 @@ use crate::{Error, Result};
 /// What a mount target must be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
-    /// A file (or device node) to bind a file or device over.
+    /// A regular file, to bind a file over.
     File,
-    /// A directory to bind a directory over.
+    /// A regular file or a device node, to bind a device node over.
+    Device,
+    /// A directory, to bind a directory over.
     Dir,
+}
+
+/// Filesystems nothing is read from or mounted into: kernel interfaces a
+/// hostile image could point a link at (`/etc/ld.so.preload -> /proc/kmsg`,
+/// a target under `/sys/fs/cgroup`), where the hook, as root, would leak
+/// host data into the container or change host state.
+fn is_pseudo_fs(fd: &OwnedFd) -> bool {
+    const PSEUDO: [i64; 15] = [
+        0x9fa0,      // proc
+        0x6265_6572, // sysfs
+        0x0027_e0eb, // cgroup
+        0x6367_7270, // cgroup2
+        0x1cd1,      // devpts
+        0x1980_0202, // mqueue
+        0x6462_6720, // debugfs
+        0x7363_6673, // securityfs
+        0xcafe_4a11, // bpf
+        0x7472_6163, // tracefs
+        0x6165_676c, // pstore
+        0xde5e_81e4, // efivarfs
+        0x6265_6570, // configfs
+        0x6573_5543, // fusectl
+        0x6e73_6673, // nsfs
+    ];
+    match nix::sys::statfs::fstatfs(fd) {
+        Ok(fs) => PSEUDO.contains(&fs.filesystem_type().0),
+        // Unknown is refused too.
+        Err(_) => true,
+    }
+}
+
+/// `openat2` returns EAGAIN when a concurrent rename or mount raced the
+/// lookup; a few retries settle it.
+fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
+    for _ in 0..8 {
+        match f() {
+            Err(Errno::EAGAIN) => continue,
+            other => return other,
+        }
+    }
+    f()
 }
 
 /// Something the rootfs did not have until nsbypass made it.
@@ -82,29 +125,37 @@ impl Rootfs {
     }
 
     fn open_in(&self, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-        openat2(&self.fd, path, how(flags))
+        retry(|| openat2(&self.fd, path, how(flags)))
     }
 
-    /// The contents of the regular file at `path` in the rootfs (at most
-    /// `max` bytes), or `None` if there is none.
+    /// The contents of the regular file at `path` in the rootfs, or `None`
+    /// if there is none. It is located with `O_PATH` (no side effects),
+    /// must be a regular file on the rootfs's own filesystem (not a link
+    /// into the container's /proc or /sys), and must not exceed `max`
+    /// bytes; only then is it opened for reading.
     pub fn read(&self, path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
         let op = || format!("read {} in the rootfs", path.display());
-        let fd = match self.open_in(path, OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY) {
+        let refuse = |why: &str| Error::new(op(), std::io::Error::other(why.to_owned()));
+        let located = match self.open_in(path, OFlag::O_PATH) {
             Ok(fd) => fd,
             Err(Errno::ENOENT) => return Ok(None),
             Err(e) => return Err(Error::new(op(), e.into())),
         };
-        let stat = fstat(&fd).map_err(|e| Error::new(op(), e.into()))?;
+        let stat = fstat(&located).map_err(|e| Error::new(op(), e.into()))?;
+        let root = fstat(&self.fd).map_err(|e| Error::new(op(), e.into()))?;
         if SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-            return Err(Error::new(
-                op(),
-                std::io::Error::other("not a regular file"),
-            ));
+            return Err(refuse("not a regular file"));
         }
+        if stat.st_dev != root.st_dev {
+            return Err(refuse("it lies outside the rootfs's own filesystem"));
+        }
+        if stat.st_size as u64 > max {
+            return Err(refuse(&format!("larger than {max} bytes")));
+        }
+        let reopened = PathBuf::from(format!("/proc/self/fd/{}", located.as_raw_fd()));
         let mut bytes = Vec::new();
-        std::fs::File::from(fd)
-            .take(max)
-            .read_to_end(&mut bytes)
+        std::fs::File::open(reopened)
+            .and_then(|f| f.take(max).read_to_end(&mut bytes))
             .map_err(|e| Error::new(op(), e))?;
         Ok(Some(bytes))
     }
@@ -163,13 +214,24 @@ impl Rootfs {
         let format = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
         let fits = match kind {
             TargetKind::Dir => format == SFlag::S_IFDIR,
-            TargetKind::File => matches!(format, SFlag::S_IFREG | SFlag::S_IFCHR | SFlag::S_IFBLK),
+            TargetKind::File => format == SFlag::S_IFREG,
+            TargetKind::Device => {
+                matches!(format, SFlag::S_IFREG | SFlag::S_IFCHR | SFlag::S_IFBLK)
+            }
         };
+        if is_pseudo_fs(&target) {
+            return Err(Error::new(
+                format!("mount onto {}", path.display()),
+                std::io::Error::other(
+                    "it leads into a kernel filesystem (/proc, /sys, cgroup, ...)",
+                ),
+            ));
+        }
         if !fits {
-            let want = if kind == TargetKind::Dir {
-                "a directory"
-            } else {
-                "a file"
+            let want = match kind {
+                TargetKind::Dir => "a directory",
+                TargetKind::File => "a regular file",
+                TargetKind::Device => "a file or device node",
             };
             return Err(Error::new(
                 format!("mount onto {}", path.display()),
@@ -189,9 +251,17 @@ impl Rootfs {
         kind: TargetKind,
         created: &mut Vec<Created>,
     ) -> Result<()> {
+        if is_pseudo_fs(dir) {
+            return Err(Error::new(
+                format!("create {} in the rootfs", path.display()),
+                std::io::Error::other(
+                    "it leads into a kernel filesystem (/proc, /sys, cgroup, ...)",
+                ),
+            ));
+        }
         let made = match kind {
             TargetKind::Dir => mkdirat(dir, name, Mode::from_bits_truncate(0o755)),
-            TargetKind::File => nix::fcntl::openat(
+            TargetKind::File | TargetKind::Device => nix::fcntl::openat(
                 dir,
                 name,
                 OFlag::O_CREAT
@@ -234,7 +304,6 @@ impl Rootfs {
         let why = match e {
             Errno::ENOTDIR => "a part of the path is not a directory".to_owned(),
             Errno::ELOOP => "too many symlinks, or a /proc magic link".to_owned(),
-            Errno::EXDEV => "the path leaves the rootfs".to_owned(),
             other => std::io::Error::from(other).to_string(),
         };
         Error::new(
@@ -355,6 +424,42 @@ mod tests {
     }
 
     #[test]
+    fn links_into_kernel_filesystems_are_neither_read_nor_mounted_into() {
+        let (_dir, root, _) = setup();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        // A rootfs with a procfs and sysfs inside, as at prestart.
+        symlink("/proc/self/status", root.join("etc/ld.so.preload")).unwrap();
+        symlink("/sys/kernel", root.join("kern")).unwrap();
+        let host_root = Rootfs::open(Path::new("/")).unwrap();
+        let e = host_root
+            .read(Path::new("/proc/self/status"), 1 << 20)
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("outside the rootfs's own filesystem"),
+            "{e}"
+        );
+        let mut created = Vec::new();
+        let e = host_root
+            .mount_target(
+                Path::new("/sys/kernel/nsbypass-test"),
+                TargetKind::File,
+                &mut created,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("kernel filesystem"), "{e}");
+        let e = host_root
+            .mount_target(
+                Path::new("/proc/self/status"),
+                TargetKind::File,
+                &mut created,
+            )
+            .unwrap_err();
+        assert!(e.to_string().contains("kernel filesystem"), "{e}");
+        assert!(created.is_empty());
+    }
+
+    #[test]
     fn reads_files_and_refuses_kinds_that_do_not_fit() {
         let (_dir, root, _) = setup();
         std::fs::create_dir_all(root.join("etc")).unwrap();
@@ -373,7 +478,11 @@ mod tests {
         let e = rootfs
             .mount_target(Path::new("/etc"), TargetKind::File, &mut created)
             .unwrap_err();
-        assert!(e.to_string().contains("something other than a file"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("something other than a regular file"),
+            "{e}"
+        );
         rootfs
             .mount_target(Path::new("/etc"), TargetKind::Dir, &mut created)
             .unwrap();

@@ -225,11 +225,20 @@ impl Config {
                 })?;
             profiles.insert(name, profile);
         }
+        let state_dir = raw
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
+        if !state_dir.is_absolute() {
+            return Err(ConfigError::Syntax {
+                path: path.to_owned(),
+                line: 1,
+                col: 1,
+                message: format!("state_dir {} is not an absolute path", state_dir.display()),
+            });
+        }
         Ok(Config {
             path: path.to_owned(),
-            state_dir: raw
-                .state_dir
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            state_dir,
             log: raw.log,
             networks,
             profiles,
@@ -598,6 +607,11 @@ parent = "ens1f1"
             "config /etc/nsbypass/config.toml: network b: range: 10.0.0.20-10.0.0.30 overlaps network a's 10.0.0.10-10.0.0.20 on the same parent p0"
         );
         assert!(parse(&two("p1")).is_ok(), "another parent is another wire");
+    }
+
+    #[test]
+    fn state_dir_must_be_absolute() {
+        assert!(err("state_dir = \"run/x\"").contains("state_dir run/x is not an absolute path"));
     }
 
     #[test]

@@ -124,6 +124,9 @@ fn a_preloaded_shim_intercepts_sends_over_net1_and_opens_the_device() {
     let Some(tb) = testbed() else { return };
     let shim = tb.build_c("nsbshim", SHIM, true).unwrap();
     let sender = tb.build_c("udpsend", SENDER, false).unwrap();
+    // The shim lives on a shared mount, as /usr does on systemd hosts: a
+    // clone of it would join that peer group unless made private.
+    let _shared = SharedMount::new(shim.parent().unwrap());
     let config = stack_config(&tb, Some(&shim));
     let rootfs = tb.new_rootfs_with("shim", &[&sender]).unwrap();
     let c = hooked(&tb, &config, "shim")
@@ -184,6 +187,13 @@ fn a_preloaded_shim_intercepts_sends_over_net1_and_opens_the_device() {
     );
     assert_eq!(options("/etc/ld.so.preload"), "ro,nosuid,nodev,relatime");
     assert_eq!(options("/dev/nsbtest"), "ro,nosuid,noexec,relatime");
+    // Private: no peer group through which mounts could cross to the host.
+    for line in mounts
+        .lines()
+        .filter(|l| l.contains("nsbtest") || l.contains("nsbypass") || l.contains("ld.so.preload"))
+    {
+        assert!(!line.contains("shared:"), "propagates: {line}");
+    }
     // The image on disk is untouched: the preload file is a bound copy.
     assert_eq!(
         std::fs::read_to_string(rootfs.join("etc/ld.so.preload")).unwrap(),
@@ -196,6 +206,34 @@ fn a_preloaded_shim_intercepts_sends_over_net1_and_opens_the_device() {
         "{:?}",
         records(&tb)
     );
+}
+
+/// A directory bind-mounted onto itself and made shared, for the test's
+/// duration (host mount namespace; removed on drop).
+struct SharedMount(PathBuf);
+
+impl SharedMount {
+    fn new(dir: &Path) -> SharedMount {
+        for args in [vec!["--bind", "DIR", "DIR"], vec!["--make-shared", "DIR"]] {
+            let args: Vec<String> = args
+                .iter()
+                .map(|a| a.replace("DIR", &dir.display().to_string()))
+                .collect();
+            let ok = std::process::Command::new("mount")
+                .args(&args)
+                .status()
+                .unwrap()
+                .success();
+            assert!(ok, "mount {args:?}");
+        }
+        SharedMount(dir.to_owned())
+    }
+}
+
+impl Drop for SharedMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
 }
 
 fn receive(socket: &UdpSocket) -> String {
@@ -241,7 +279,22 @@ fn device_access_is_exact(tb: &Testbed) {
         err.contains("Operation not permitted"),
         "a device nobody named: {err}"
     );
-    // The second setup stage (createRuntime) granted nothing twice.
+    if !tb.cgroup2() {
+        // The second setup stage (createRuntime) granted nothing twice.
+        let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", stack.pid)).unwrap();
+        let path = cgroup
+            .lines()
+            .find_map(|l| l.split_once(":devices:").map(|(_, p)| p.to_owned()))
+            .unwrap();
+        let list =
+            std::fs::read_to_string(format!("/sys/fs/cgroup/devices{path}/devices.list")).unwrap();
+        let rule = format!("c {major}:{minor} ");
+        assert_eq!(
+            list.lines().filter(|l| l.starts_with(&rule)).count(),
+            1,
+            "{list}"
+        );
+    }
     delete(stack);
     assert!(records(tb).is_empty(), "{:?}", records(tb));
 }
