@@ -11,8 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # gcc, libc6-dev: the profile tests build a preload shim and a sender.
+# podman, docker.io, containerd: the runtimes the install tests drive.
 # containernetworking-plugins: the CNI macvlan plugin scripts/bench.py compares against.
-packages=(runc busybox-static iproute2 util-linux gcc libc6-dev containernetworking-plugins)
+packages=(runc busybox-static iproute2 util-linux gcc libc6-dev
+          podman docker.io containerd containernetworking-plugins)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update

@@ -184,14 +184,15 @@ fn run_setup(
         )
     })?;
     // Everything the profiles need is opened and checked before anything changes.
-    let profiles = match request.profiles.is_empty() {
+    let to_carry = request.profiles_to_carry();
+    let profiles = match to_carry.is_empty() {
         true => None,
         false => {
             let rootfs = bundle
                 .root
                 .clone()
                 .ok_or_else(|| Failure::new(Step::OpenRootfs, "config.json has no root.path"))?;
-            Some((profile::plan(&request.profiles, config)?, rootfs))
+            Some((profile::plan(&to_carry, config)?, rootfs))
         }
     };
     let mut target = match request.networks.is_empty() {

@@ -1,25 +1,28 @@
 //! `nsbypass`: an OCI runtime hook that wires containers into MACVLAN
-//! networks on a kernel-bypass NIC. See ARCHITECTURE.md for the path from
-//! stdin to netlink.
+//! networks on a kernel-bypass NIC and carries the bypass stack in. See
+//! ARCHITECTURE.md for the path from stdin to netlink.
 
 mod derive;
 mod failure;
 mod hook;
+mod install;
 mod kernel;
 mod lease;
 mod logging;
 mod profile;
 mod records;
+mod runtime;
 mod setup;
 mod teardown;
 
 #[cfg(test)]
 mod tests;
 
+use std::ffi::OsString;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use runtime_config::config::DEFAULT_CONFIG_PATH;
 
 /// Environment variable naming the config file when `--config` is not given.
@@ -29,7 +32,7 @@ const CONFIG_ENV: &str = "NSBYPASS_CONFIG";
 #[command(
     name = "nsbypass",
     version,
-    about = "Wire containers into MACVLAN networks on a kernel-bypass NIC"
+    about = "Wire containers into MACVLAN networks on a kernel-bypass NIC and carry the bypass stack in"
 )]
 struct Cli {
     /// Config file [default: $NSBYPASS_CONFIG, else /etc/nsbypass/config.toml]
@@ -48,6 +51,82 @@ enum Command {
         #[arg(value_enum)]
         stage: hook::Stage,
     },
+    /// Register nsbypass with a runtime.
+    Install {
+        #[arg(value_enum)]
+        runtime: Runtime,
+        #[command(flatten)]
+        places: Places,
+        /// The real OCI runtime the docker entry execs [default: runc on PATH]
+        #[arg(long, value_name = "PATH")]
+        runtime_path: Option<PathBuf>,
+        /// The nsbypass binary hooks run [default: this executable]
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Print what would be written instead of writing it
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Remove exactly what `install` added.
+    Uninstall {
+        #[arg(value_enum)]
+        runtime: Runtime,
+        #[command(flatten)]
+        places: Places,
+        /// Print what would be removed instead of removing it
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Container Device Interface specs.
+    Cdi {
+        #[command(subcommand)]
+        command: CdiCommand,
+    },
+    /// Docker runtime mode: edit the bundle on create, then exec the real
+    /// runtime with the same arguments (given after `--`).
+    Runtime {
+        /// The real OCI runtime
+        #[arg(long, value_name = "PATH", default_value = "runc")]
+        runtime: PathBuf,
+        #[arg(last = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CdiCommand {
+    /// Write a CDI spec (kind nsbypass.io/profile) with one device per profile.
+    Generate {
+        #[arg(long, value_name = "PATH", default_value = install::DEFAULT_CDI_SPEC)]
+        output: PathBuf,
+        /// The nsbypass binary the spec's hooks run [default: this executable]
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Print the spec instead of writing it
+        #[arg(long)]
+        dry_run: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Runtime {
+    Podman,
+    Crio,
+    Docker,
+}
+
+/// Where install and uninstall write.
+#[derive(Args)]
+struct Places {
+    /// hooks.d directory (podman, crio)
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_HOOKS_DIR)]
+    hooks_dir: PathBuf,
+    /// CRI-O drop-in directory (crio)
+    #[arg(long, value_name = "DIR", default_value = install::DEFAULT_CRIO_DROPIN_DIR)]
+    dropin_dir: PathBuf,
+    /// Docker daemon config (docker)
+    #[arg(long, value_name = "PATH", default_value = install::DEFAULT_DAEMON_JSON)]
+    daemon_json: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -56,16 +135,103 @@ fn main() -> ExitCode {
         .config
         .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    match cli.command {
-        Command::Hook { stage } => match hook::run(stage, &config, std::io::stdin().lock()) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                if logging::to_file() {
-                    tracing::error!(stage = stage.name(), "{e}");
+    let (what, result) = match cli.command {
+        Command::Hook { stage } => {
+            return match hook::run(stage, &config, std::io::stdin().lock()) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    if logging::to_file() {
+                        tracing::error!(stage = stage.name(), "{e}");
+                    }
+                    eprintln!("nsbypass: hook {}: {e}", stage.name());
+                    ExitCode::FAILURE
                 }
-                eprintln!("nsbypass: hook {}: {e}", stage.name());
-                ExitCode::FAILURE
+            };
+        }
+        Command::Install {
+            runtime,
+            places,
+            runtime_path,
+            binary,
+            dry_run,
+        } => (
+            format!("install {}", runtime.name()),
+            install::Target::new(binary, &config, dry_run).and_then(|target| match runtime {
+                Runtime::Podman => install::install_hooks_d(&target, &places.hooks_dir),
+                Runtime::Crio => {
+                    install::install_crio(&target, &places.hooks_dir, &places.dropin_dir)
+                }
+                Runtime::Docker => {
+                    install::install_docker(&target, &places.daemon_json, runtime_path)
+                }
+            }),
+        ),
+        Command::Uninstall {
+            runtime,
+            places,
+            dry_run,
+        } => (
+            format!("uninstall {}", runtime.name()),
+            match runtime {
+                Runtime::Podman => install::uninstall_hooks_d(&places.hooks_dir, dry_run),
+                Runtime::Crio => {
+                    install::uninstall_crio(&places.hooks_dir, &places.dropin_dir, dry_run)
+                }
+                Runtime::Docker => install::uninstall_docker(&places.daemon_json, dry_run),
+            },
+        ),
+        Command::Cdi {
+            command:
+                CdiCommand::Generate {
+                    output,
+                    binary,
+                    dry_run,
+                },
+        } => (
+            "cdi generate".to_owned(),
+            install::Target::new(binary, &config, dry_run)
+                .and_then(|t| install::cdi_generate(&t, &output)),
+        ),
+        Command::Runtime { runtime, args } => {
+            ("runtime".to_owned(), runtime::run(&config, &runtime, &args))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let line = failure::one_line(&chain_line(&e));
+            if logging::to_file() {
+                tracing::error!("{what}: {line}");
             }
-        },
+            eprintln!("nsbypass: {what}: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// An error and its causes on one line, each cause once (many errors
+/// already include their source's text).
+fn chain_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.ends_with(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
+impl Runtime {
+    fn name(self) -> &'static str {
+        match self {
+            Runtime::Podman => "podman",
+            Runtime::Crio => "crio",
+            Runtime::Docker => "docker",
+        }
     }
 }

@@ -20,6 +20,7 @@ use nsutil::devices::{Device, DeviceCgroup, Grant};
 use nsutil::mount::{DetachedMount, Lockdown};
 use nsutil::ns::Mntns;
 use nsutil::rootfs::{Created, Rootfs, TargetKind};
+use runtime_config::install::{CarriedDevice, CarriedMount, Carry};
 use runtime_config::{Config, Profile};
 
 use crate::failure::{Failure, Step, StepExt};
@@ -34,6 +35,10 @@ struct Source {
     target: PathBuf,
     fd: OwnedFd,
     kind: SourceKind,
+    /// The host node's mode, uid and gid, for runtimes that recreate it.
+    mode: u32,
+    uid: u32,
+    gid: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +53,7 @@ pub struct Plan {
     pub names: Vec<String>,
     sources: Vec<Source>,
     preload: Vec<PathBuf>,
+    env: Vec<(String, String)>,
 }
 
 /// Opens and checks every host source of `names`; touches nothing.
@@ -56,6 +62,7 @@ pub fn plan(names: &[String], config: &Config) -> Result<Plan, Failure> {
         names: names.to_vec(),
         sources: Vec::new(),
         preload: Vec::new(),
+        env: Vec::new(),
     };
     for name in names {
         let profile = config.profiles.get(name).ok_or_else(|| {
@@ -154,7 +161,7 @@ fn add_profile(plan: &mut Plan, profile: &Profile) -> Result<(), Failure> {
                 &profile.name,
                 host,
                 target,
-                fd,
+                (fd, &meta),
                 SourceKind::Device(device),
             )?;
         }
@@ -176,13 +183,24 @@ fn add_profile(plan: &mut Plan, profile: &Profile) -> Result<(), Failure> {
             &profile.name,
             spec.source.clone(),
             spec.target.clone(),
-            fd,
+            (fd, &meta),
             kind,
         )?;
     }
     for path in &profile.preload {
         if !plan.preload.contains(path) {
             plan.preload.push(path.clone());
+        }
+    }
+    for (key, value) in &profile.env {
+        match plan.env.iter().find(|(k, _)| k == key) {
+            Some((_, v)) if v == value => {}
+            Some((_, v)) => {
+                return Err(fail(format!(
+                    "env {key}={value} conflicts with {key}={v} of another profile"
+                )))
+            }
+            None => plan.env.push((key.clone(), value.clone())),
         }
     }
     Ok(())
@@ -225,7 +243,7 @@ fn add_source(
     profile: &str,
     host: PathBuf,
     target: PathBuf,
-    fd: OwnedFd,
+    (fd, meta): (OwnedFd, &std::fs::Metadata),
     kind: SourceKind,
 ) -> Result<(), Failure> {
     if let Some(other) = plan.sources.iter().find(|s| s.target == target) {
@@ -249,8 +267,44 @@ fn add_source(
         target,
         fd,
         kind,
+        mode: meta.mode(),
+        uid: meta.uid(),
+        gid: meta.gid(),
     });
     Ok(())
+}
+
+impl Plan {
+    /// The plan as spec edits, for runtimes that take profiles through the
+    /// spec (the docker runtime entry, CDI) rather than from the hook.
+    pub fn carry(&self) -> Carry {
+        let mut carry = Carry {
+            profiles: self.names.clone(),
+            preload: self.preload.clone(),
+            env: self.env.clone(),
+            ..Carry::default()
+        };
+        for source in &self.sources {
+            match source.kind {
+                SourceKind::Device(d) => carry.devices.push(CarriedDevice {
+                    source: source.host.clone(),
+                    target: source.target.clone(),
+                    block: d.block,
+                    major: d.major,
+                    minor: d.minor,
+                    mode: source.mode,
+                    uid: source.uid,
+                    gid: source.gid,
+                }),
+                SourceKind::File | SourceKind::Dir => carry.mounts.push(CarriedMount {
+                    source: source.host.clone(),
+                    target: source.target.clone(),
+                    directory: source.kind == SourceKind::Dir,
+                }),
+            }
+        }
+        carry
+    }
 }
 
 /// What `apply` did, to undo it.

@@ -39,11 +39,24 @@ pub struct Request {
     pub addresses: BTreeMap<String, IpAddr>,
     /// Bypass-stack profile names, in request order.
     pub profiles: Vec<String>,
+    /// Profiles the spec already carries (set by nsbypass's docker runtime
+    /// entry and CDI spec, see [`crate::install::PROFILE_IN_SPEC_ENV`]):
+    /// the hook must not carry them in again.
+    pub profiles_in_spec: Vec<String>,
 }
 
 impl Request {
     pub fn is_empty(&self) -> bool {
-        self.networks.is_empty() && self.profiles.is_empty()
+        self.networks.is_empty() && self.profiles_to_carry().is_empty()
+    }
+
+    /// The requested profiles the hook itself must carry in.
+    pub fn profiles_to_carry(&self) -> Vec<String> {
+        self.profiles
+            .iter()
+            .filter(|p| !self.profiles_in_spec.contains(p))
+            .cloned()
+            .collect()
     }
 
     /// Reads the request from a bundle. An annotation wins over the
@@ -77,6 +90,9 @@ impl Request {
                 origin: source.clone(),
                 message,
             })?;
+        }
+        if let Some(value) = bundle.env_var(crate::install::PROFILE_IN_SPEC_ENV) {
+            request.profiles_in_spec = value.split(',').map(|s| s.trim().to_owned()).collect();
         }
         if let Some((origin, value)) = pick(PROFILE_ANNOTATION, PROFILE_ENV) {
             request.profiles = parse_names(&value, "profile")
@@ -185,6 +201,25 @@ mod tests {
             e,
             "annotation nsbypass.io/profile: profile a is named twice in \"a,a\""
         );
+    }
+
+    #[test]
+    fn profiles_already_in_the_spec_are_not_carried_again() {
+        let r = req(
+            &[],
+            &[
+                "NSBYPASS_PROFILE=onload,rdma",
+                "NSBYPASS_PROFILE_IN_SPEC=onload",
+            ],
+        )
+        .unwrap();
+        assert_eq!(r.profiles_to_carry(), ["rdma"]);
+        let r = req(
+            &[],
+            &["NSBYPASS_PROFILE=onload", "NSBYPASS_PROFILE_IN_SPEC=onload"],
+        )
+        .unwrap();
+        assert!(r.is_empty());
     }
 
     #[test]

@@ -1,0 +1,636 @@
+//! What installs nsbypass into each runtime, as data: hooks.d files for
+//! podman and CRI-O, the CRI-O drop-in, the docker runtime entry, the CDI
+//! spec, and the edit the docker runtime entry makes to a bundle's spec.
+//!
+//! Everything here is pure (text in, text out), so it is unit-tested and
+//! `--dry-run` shows exactly what would be written; the `nsbypass` binary
+//! does the file I/O.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Hook, HookBuilder, LinuxDeviceBuilder, LinuxDeviceCgroupBuilder, LinuxDeviceType, MountBuilder,
+};
+use serde_json::{json, Map, Value};
+
+/// The environment every generated hook entry runs with: never the
+/// runtime's or the container's (a root hook that inherits `LD_PRELOAD`
+/// from an image is NVIDIA's CVE-2025-23266).
+pub const HOOK_ENV: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
+/// Seconds a runtime waits for a generated hook before failing it.
+pub const HOOK_TIMEOUT: i64 = 10;
+/// hooks.d `when.annotations` key: the containers whose hooks run.
+pub const REQUEST_ANNOTATION_PATTERN: &str = r"^nsbypass\.io/(network|profile)$";
+/// Set in a container's environment by the docker runtime entry and by the
+/// CDI spec: these profiles' devices, mounts and env are already in the
+/// spec, so the prestart hook must not carry them in again.
+pub const PROFILE_IN_SPEC_ENV: &str = "NSBYPASS_PROFILE_IN_SPEC";
+/// The docker runtime name `install docker` registers.
+pub const DOCKER_RUNTIME_NAME: &str = "nsbypass";
+/// The CDI kind `cdi generate` writes.
+pub const CDI_KIND: &str = "nsbypass.io/profile";
+/// Marks files nsbypass writes, so uninstall removes only its own.
+pub const MARKER: &str = "written by nsbypass install";
+
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error("{what} is not valid JSON: {message}")]
+    Json { what: String, message: String },
+    #[error("{what}: {message}")]
+    Shape { what: String, message: String },
+}
+
+/// The command every generated hook entry runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookCommand {
+    /// Absolute path of the nsbypass binary.
+    pub binary: PathBuf,
+    /// Absolute path of the config it reads.
+    pub config: PathBuf,
+}
+
+impl HookCommand {
+    pub fn args(&self, stage: &str) -> Vec<String> {
+        vec![
+            "nsbypass".into(),
+            "--config".into(),
+            self.config.display().to_string(),
+            "hook".into(),
+            stage.into(),
+        ]
+    }
+
+    /// The OCI hook entry for `stage`, with explicit env and a timeout.
+    pub fn oci_hook(&self, stage: &str) -> Hook {
+        HookBuilder::default()
+            .path(self.binary.clone())
+            .args(self.args(stage))
+            .env(vec![HOOK_ENV.to_owned()])
+            .timeout(HOOK_TIMEOUT)
+            .build()
+            .expect("every field is set")
+    }
+}
+
+/// The stages nsbypass registers for: setup and teardown.
+pub const STAGES: [&str; 2] = ["prestart", "poststop"];
+
+/// hooks.d files (schema 1.0.0), one per stage since each runs its own
+/// arguments: `(file name, contents)`. They fire only for containers that
+/// carry an nsbypass request annotation.
+pub fn hooks_d_files(cmd: &HookCommand) -> Vec<(String, String)> {
+    STAGES
+        .iter()
+        .map(|stage| {
+            let file = json!({
+                "version": "1.0.0",
+                "hook": cmd.oci_hook(stage),
+                "when": { "annotations": { REQUEST_ANNOTATION_PATTERN: ".+" } },
+                "stages": [stage],
+            });
+            (format!("nsbypass-{stage}.json"), pretty(&file))
+        })
+        .collect()
+}
+
+/// Whether `text` is a hooks.d file nsbypass wrote (for uninstall).
+pub fn is_our_hooks_d_file(text: &str) -> bool {
+    let Ok(value) = serde_json::from_str::<Value>(text) else {
+        return false;
+    };
+    let args: Vec<&str> = value["hook"]["args"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    args.first() == Some(&"nsbypass") && args.contains(&"hook")
+}
+
+/// The CRI-O drop-in putting `hooks_dirs` on `hooks_dir`. A drop-in's array
+/// replaces CRI-O's default, so the default directory is listed too.
+pub fn crio_dropin(hooks_dir: &Path) -> String {
+    let mut dirs = vec![PathBuf::from("/usr/share/containers/oci/hooks.d")];
+    if !dirs.iter().any(|d| d == hooks_dir) {
+        dirs.push(hooks_dir.to_owned());
+    }
+    let list = dirs
+        .iter()
+        .map(|d| format!("{:?}", d.display().to_string()))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "# {MARKER} crio; remove with `nsbypass uninstall crio`.\n\
+         # CRI-O reads hooks_dir only at start: restart crio after changing it.\n\
+         [crio.runtime]\nhooks_dir = [{list}]\n"
+    )
+}
+
+/// The docker `runtimes` entry: nsbypass in runtime mode, exec'ing `runtime`.
+pub fn docker_runtime_entry(cmd: &HookCommand, runtime: &Path) -> Value {
+    json!({
+        "path": cmd.binary,
+        "runtimeArgs": [
+            "--config", cmd.config,
+            "runtime", "--runtime", runtime,
+            "--",
+        ],
+    })
+}
+
+/// `daemon.json` with the nsbypass runtime entry set, everything else kept.
+/// `None` when it is already there as given.
+pub fn daemon_json_with(existing: &str, entry: &Value) -> Result<Option<String>, InstallError> {
+    let mut config = parse_object(existing, "daemon.json")?;
+    let runtimes = config
+        .entry("runtimes")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(runtimes) = runtimes.as_object_mut() else {
+        return Err(InstallError::Shape {
+            what: "daemon.json".into(),
+            message: "\"runtimes\" is not an object".into(),
+        });
+    };
+    if runtimes.get(DOCKER_RUNTIME_NAME) == Some(entry) {
+        return Ok(None);
+    }
+    runtimes.insert(DOCKER_RUNTIME_NAME.into(), entry.clone());
+    Ok(Some(pretty(&Value::Object(config))))
+}
+
+/// `daemon.json` without the nsbypass runtime entry (and without an empty
+/// `runtimes` left behind). `None` when there was no entry.
+pub fn daemon_json_without(existing: &str) -> Result<Option<Map<String, Value>>, InstallError> {
+    let mut config = parse_object(existing, "daemon.json")?;
+    let Some(runtimes) = config.get_mut("runtimes").and_then(Value::as_object_mut) else {
+        return Ok(None);
+    };
+    if runtimes.remove(DOCKER_RUNTIME_NAME).is_none() {
+        return Ok(None);
+    }
+    if runtimes.is_empty() {
+        config.remove("runtimes");
+    }
+    Ok(Some(config))
+}
+
+/// Parses a JSON object; an empty text is an empty object.
+pub fn parse_object(text: &str, what: &str) -> Result<Map<String, Value>, InstallError> {
+    if text.trim().is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(map)) => Ok(map),
+        Ok(_) => Err(InstallError::Shape {
+            what: what.into(),
+            message: "not a JSON object".into(),
+        }),
+        Err(e) => Err(InstallError::Json {
+            what: what.into(),
+            message: e.to_string(),
+        }),
+    }
+}
+
+/// JSON as nsbypass writes it: two-space indent, trailing newline.
+pub fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).expect("JSON values serialise") + "\n"
+}
+
+/// A profile's pieces resolved on the host, for runtimes that take them
+/// through the spec (docker runtime entry, CDI) instead of the hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Carry {
+    pub profiles: Vec<String>,
+    pub devices: Vec<CarriedDevice>,
+    pub mounts: Vec<CarriedMount>,
+    pub preload: Vec<PathBuf>,
+    pub env: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedDevice {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub block: bool,
+    pub major: u32,
+    pub minor: u32,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedMount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub directory: bool,
+}
+
+impl CarriedMount {
+    /// Read-only, nosuid, nodev, private: as the hook binds them.
+    fn options(&self) -> Vec<String> {
+        let bind = if self.directory { "rbind" } else { "bind" };
+        let private = if self.directory {
+            "rprivate"
+        } else {
+            "private"
+        };
+        [bind, "ro", "nosuid", "nodev", private]
+            .map(str::to_owned)
+            .to_vec()
+    }
+}
+
+impl Carry {
+    /// The process environment additions: `LD_PRELOAD` from the preload
+    /// list, the profiles' env, and the marker telling the hook the
+    /// profiles are already in the spec.
+    pub fn env_entries(&self) -> Vec<(String, String)> {
+        let mut env = Vec::new();
+        if !self.preload.is_empty() {
+            let list = self
+                .preload
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(":");
+            env.push(("LD_PRELOAD".to_owned(), list));
+        }
+        env.extend(self.env.iter().cloned());
+        if !self.profiles.is_empty() {
+            env.push((PROFILE_IN_SPEC_ENV.to_owned(), self.profiles.join(",")));
+        }
+        env
+    }
+}
+
+/// The docker runtime entry's edit of a bundle's `config.json`: adds the
+/// nsbypass hooks (never twice) and, for `carry`, the device nodes with
+/// their cgroup rules (so the runtime itself creates and grants them, on
+/// cgroup v1 and v2), the bind mounts and the environment. A variable the
+/// container already sets keeps its value, except `LD_PRELOAD`, which gets
+/// the profiles' libraries appended. Unknown fields of the spec are kept.
+pub fn edit_spec(spec: &mut Value, cmd: &HookCommand, carry: &Carry) -> Result<(), InstallError> {
+    let shape = |message: &str| InstallError::Shape {
+        what: "config.json".into(),
+        message: message.into(),
+    };
+    let root = spec
+        .as_object_mut()
+        .ok_or_else(|| shape("not a JSON object"))?;
+
+    let hooks = object_at(root, "hooks").ok_or_else(|| shape("\"hooks\" is not an object"))?;
+    for stage in STAGES {
+        let list = array_at(hooks, stage).ok_or_else(|| shape("a hook stage is not a list"))?;
+        let hook = serde_json::to_value(cmd.oci_hook(stage)).expect("hooks serialise");
+        let ours = |h: &Value| h["path"] == hook["path"] && h["args"] == hook["args"];
+        if !list.iter().any(ours) {
+            list.push(hook);
+        }
+    }
+
+    if !carry.devices.is_empty() {
+        let linux = object_at(root, "linux").ok_or_else(|| shape("\"linux\" is not an object"))?;
+        let devices =
+            array_at(linux, "devices").ok_or_else(|| shape("\"linux.devices\" is not a list"))?;
+        for d in &carry.devices {
+            if devices.iter().any(|e| e["path"] == json!(d.target)) {
+                continue;
+            }
+            let device = LinuxDeviceBuilder::default()
+                .path(d.target.clone())
+                .typ(if d.block {
+                    LinuxDeviceType::B
+                } else {
+                    LinuxDeviceType::C
+                })
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .file_mode(d.mode & 0o7777)
+                .uid(d.uid)
+                .gid(d.gid)
+                .build()
+                .expect("every field is set");
+            devices.push(serde_json::to_value(device).expect("devices serialise"));
+        }
+        let resources = object_at(linux, "resources")
+            .ok_or_else(|| shape("\"linux.resources\" is not an object"))?;
+        let rules = array_at(resources, "devices")
+            .ok_or_else(|| shape("\"linux.resources.devices\" is not a list"))?;
+        for d in &carry.devices {
+            let rule = LinuxDeviceCgroupBuilder::default()
+                .allow(true)
+                .typ(if d.block {
+                    LinuxDeviceType::B
+                } else {
+                    LinuxDeviceType::C
+                })
+                .major(i64::from(d.major))
+                .minor(i64::from(d.minor))
+                .access("rwm".to_owned())
+                .build()
+                .expect("every field is set");
+            rules.push(serde_json::to_value(rule).expect("rules serialise"));
+        }
+    }
+
+    if !carry.mounts.is_empty() {
+        let mounts = array_at(root, "mounts").ok_or_else(|| shape("\"mounts\" is not a list"))?;
+        for m in &carry.mounts {
+            if mounts.iter().any(|e| e["destination"] == json!(m.target)) {
+                continue;
+            }
+            let mount = MountBuilder::default()
+                .destination(m.target.clone())
+                .typ("bind".to_owned())
+                .source(m.source.clone())
+                .options(m.options())
+                .build()
+                .map_err(|e| shape(&e.to_string()))?;
+            mounts.push(serde_json::to_value(mount).expect("mounts serialise"));
+        }
+    }
+
+    let additions = carry.env_entries();
+    if !additions.is_empty() {
+        let process =
+            object_at(root, "process").ok_or_else(|| shape("\"process\" is not an object"))?;
+        let env = array_at(process, "env").ok_or_else(|| shape("\"process.env\" is not a list"))?;
+        for (key, value) in additions {
+            let prefix = format!("{key}=");
+            let existing = env
+                .iter()
+                .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)));
+            match existing {
+                Some(i) if key == "LD_PRELOAD" => {
+                    let old = env[i].as_str().unwrap_or_default().to_owned();
+                    if !old.split([':', ' ']).any(|p| p == value) {
+                        env[i] = Value::String(format!("{old}:{value}"));
+                    }
+                }
+                Some(_) => {}
+                None => env.push(Value::String(format!("{key}={value}"))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The CDI spec for `profiles`: one device per profile (its nodes, mounts
+/// and env), and the nsbypass hooks once for the whole kind. Device nodes
+/// name only paths: the CDI runtime reads major and minor from the host
+/// node when the container is created (Onload's majors are dynamic).
+pub fn cdi_spec(cmd: &HookCommand, profiles: &[Carry]) -> Value {
+    let devices: Vec<Value> = profiles
+        .iter()
+        .map(|carry| {
+            let nodes: Vec<Value> = carry
+                .devices
+                .iter()
+                .map(|d| json!({ "path": d.target, "hostPath": d.source }))
+                .collect();
+            let mounts: Vec<Value> = carry
+                .mounts
+                .iter()
+                .map(|m| json!({ "hostPath": m.source, "containerPath": m.target, "options": m.options() }))
+                .collect();
+            let env: Vec<String> = carry
+                .env_entries()
+                .into_iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            json!({
+                "name": carry.profiles.join(","),
+                "containerEdits": { "deviceNodes": nodes, "mounts": mounts, "env": env },
+            })
+        })
+        .collect();
+    let hooks: Vec<Value> = STAGES
+        .iter()
+        .map(|stage| {
+            json!({
+                "hookName": stage,
+                "path": cmd.binary,
+                "args": cmd.args(stage),
+                "env": [HOOK_ENV],
+                "timeout": HOOK_TIMEOUT,
+            })
+        })
+        .collect();
+    json!({
+        "cdiVersion": "0.5.0",
+        "kind": CDI_KIND,
+        "devices": devices,
+        "containerEdits": { "hooks": hooks },
+    })
+}
+
+/// `map[key]` as an object, created if absent; `None` if it is something else.
+fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
+    map.entry(key)
+        .or_insert_with(|| Value::Object(Map::new()))
+        .as_object_mut()
+}
+
+/// `map[key]` as an array, created if absent (or null).
+fn array_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Vec<Value>> {
+    let slot = map.entry(key).or_insert_with(|| Value::Array(Vec::new()));
+    if slot.is_null() {
+        *slot = Value::Array(Vec::new());
+    }
+    slot.as_array_mut()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cmd() -> HookCommand {
+        HookCommand {
+            binary: "/usr/local/bin/nsbypass".into(),
+            config: "/etc/nsbypass/config.toml".into(),
+        }
+    }
+
+    fn carry() -> Carry {
+        Carry {
+            profiles: vec!["onload".into()],
+            devices: vec![CarriedDevice {
+                source: "/dev/onload".into(),
+                target: "/dev/onload".into(),
+                block: false,
+                major: 241,
+                minor: 0,
+                mode: 0o20666,
+                uid: 0,
+                gid: 0,
+            }],
+            mounts: vec![
+                CarriedMount {
+                    source: "/usr/lib64/libonload.so.1".into(),
+                    target: "/usr/lib64/libonload.so".into(),
+                    directory: false,
+                },
+                CarriedMount {
+                    source: "/opt/onload/bin".into(),
+                    target: "/usr/local/onload/bin".into(),
+                    directory: true,
+                },
+            ],
+            preload: vec!["/usr/lib64/libonload.so".into()],
+            env: vec![("EF_POLL_USEC".into(), "100000".into())],
+        }
+    }
+
+    #[test]
+    fn hooks_d_files_run_only_for_requests_with_explicit_env() {
+        let files = hooks_d_files(&cmd());
+        assert_eq!(files.len(), 2);
+        let (name, text) = &files[0];
+        assert_eq!(name, "nsbypass-prestart.json");
+        let v: Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["version"], "1.0.0");
+        assert_eq!(v["stages"], json!(["prestart"]));
+        assert_eq!(
+            v["hook"]["args"],
+            json!([
+                "nsbypass",
+                "--config",
+                "/etc/nsbypass/config.toml",
+                "hook",
+                "prestart"
+            ])
+        );
+        assert_eq!(v["hook"]["env"], json!([HOOK_ENV]));
+        assert_eq!(v["hook"]["timeout"], 10);
+        assert_eq!(v["when"]["annotations"][REQUEST_ANNOTATION_PATTERN], ".+");
+        assert!(is_our_hooks_d_file(text));
+        assert!(!is_our_hooks_d_file(
+            r#"{"hook":{"args":["nvidia-container-toolkit","prestart"]}}"#
+        ));
+    }
+
+    #[test]
+    fn crio_dropin_keeps_the_default_directory() {
+        let text = crio_dropin(Path::new("/etc/containers/oci/hooks.d"));
+        assert!(text.contains(r#"hooks_dir = ["/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d"]"#), "{text}");
+        assert!(text.contains(MARKER) && text.contains("[crio.runtime]"));
+        let text = crio_dropin(Path::new("/usr/share/containers/oci/hooks.d"));
+        assert!(
+            text.contains(r#"hooks_dir = ["/usr/share/containers/oci/hooks.d"]"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn daemon_json_merge_keeps_everything_else_and_round_trips() {
+        let entry = docker_runtime_entry(&cmd(), Path::new("/usr/sbin/runc"));
+        let before = r#"{"log-level": "warn", "runtimes": {"kata": {"path": "/usr/bin/kata"}}}"#;
+        let merged = daemon_json_with(before, &entry).unwrap().unwrap();
+        let v: Value = serde_json::from_str(&merged).unwrap();
+        assert_eq!(v["log-level"], "warn");
+        assert_eq!(v["runtimes"]["kata"]["path"], "/usr/bin/kata");
+        assert_eq!(
+            v["runtimes"]["nsbypass"]["runtimeArgs"],
+            json!([
+                "--config",
+                "/etc/nsbypass/config.toml",
+                "runtime",
+                "--runtime",
+                "/usr/sbin/runc",
+                "--"
+            ])
+        );
+        assert_eq!(
+            daemon_json_with(&merged, &entry).unwrap(),
+            None,
+            "idempotent"
+        );
+        let removed = daemon_json_without(&merged).unwrap().unwrap();
+        assert_eq!(
+            Value::Object(removed),
+            serde_json::from_str::<Value>(before).unwrap()
+        );
+        let fresh = daemon_json_with("", &entry).unwrap().unwrap();
+        assert!(daemon_json_without(&fresh).unwrap().unwrap().is_empty());
+        assert!(daemon_json_without("{}").unwrap().is_none());
+        assert!(matches!(
+            daemon_json_with("[1]", &entry),
+            Err(InstallError::Shape { .. })
+        ));
+        assert!(matches!(
+            daemon_json_with("{", &entry),
+            Err(InstallError::Json { .. })
+        ));
+    }
+
+    #[test]
+    fn spec_edit_adds_hooks_once_devices_with_rules_mounts_and_env() {
+        let mut spec = json!({
+            "ociVersion": "1.0.2",
+            "process": {"env": ["PATH=/bin", "LD_PRELOAD=/lib/libmine.so", "EF_POLL_USEC=5"]},
+            "hooks": {"prestart": [{"path": "/usr/bin/other"}]},
+            "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}},
+            "vendorThing": {"kept": true}
+        });
+        for _ in 0..2 {
+            edit_spec(&mut spec, &cmd(), &carry()).unwrap();
+        }
+        assert_eq!(spec["vendorThing"]["kept"], true);
+        assert_eq!(
+            spec["hooks"]["prestart"].as_array().unwrap().len(),
+            2,
+            "ours once, theirs kept"
+        );
+        assert_eq!(spec["hooks"]["poststop"][0]["args"][4], "poststop");
+        assert_eq!(
+            spec["linux"]["devices"],
+            json!([{"path": "/dev/onload", "type": "c", "major": 241, "minor": 0, "fileMode": 0o666, "uid": 0, "gid": 0}])
+        );
+        let rules = spec["linux"]["resources"]["devices"].as_array().unwrap();
+        assert_eq!(rules[0]["allow"], false, "the default deny stays first");
+        assert_eq!(
+            rules[1],
+            json!({"allow": true, "type": "c", "major": 241, "minor": 0, "access": "rwm"})
+        );
+        let mounts = spec["mounts"].as_array().unwrap();
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(
+            mounts[0]["options"],
+            json!(["bind", "ro", "nosuid", "nodev", "private"])
+        );
+        assert_eq!(mounts[1]["options"][0], "rbind");
+        let env: Vec<&str> = spec["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            env,
+            [
+                "PATH=/bin",
+                "LD_PRELOAD=/lib/libmine.so:/usr/lib64/libonload.so",
+                "EF_POLL_USEC=5",
+                "NSBYPASS_PROFILE_IN_SPEC=onload"
+            ]
+        );
+    }
+
+    #[test]
+    fn cdi_spec_names_paths_only_and_carries_hooks_once() {
+        let spec = cdi_spec(&cmd(), &[carry()]);
+        assert_eq!(spec["kind"], CDI_KIND);
+        let device = &spec["devices"][0];
+        assert_eq!(device["name"], "onload");
+        assert_eq!(
+            device["containerEdits"]["deviceNodes"],
+            json!([{"path": "/dev/onload", "hostPath": "/dev/onload"}])
+        );
+        assert_eq!(
+            device["containerEdits"]["env"][0],
+            "LD_PRELOAD=/usr/lib64/libonload.so"
+        );
+        assert_eq!(spec["containerEdits"]["hooks"][1]["hookName"], "poststop");
+        assert_eq!(spec["containerEdits"]["hooks"][0]["env"], json!([HOOK_ENV]));
+    }
+}
