@@ -4,7 +4,10 @@
 //! by a veth pair (the MACVLAN parent "NIC" and a peer machine on its wire)
 //! and a private runc root, so tests run real `runc` containers with the real
 //! `nsbypass` hook without touching the machine's own network, and many tests
-//! can run at once. Everything is removed on drop, also when a test panics.
+//! can run at once. [`Testbed::podman`] and [`Testbed::dockerd`] run podman
+//! and a private dockerd the same way, in the testbed's host netns with their
+//! state in its directory. Everything is removed on drop, also when a test
+//! panics.
 //!
 //! ```no_run
 //! # fn main() -> anyhow::Result<()> {
@@ -27,13 +30,18 @@
 
 mod cmd;
 mod container;
+mod docker;
 mod files;
+mod podman;
+mod procs;
 mod rootfs;
 mod runc;
 mod testbed;
 
 pub use container::{Container, ContainerBuilder, HOOK_ENV, HOOK_TIMEOUT_SECS};
+pub use docker::Dockerd;
 pub use files::{mknod_char, symlink_in};
+pub use podman::{Podman, PodmanContainer, PodmanRun};
 pub use testbed::{Testbed, DEFAULT_PREFIX};
 
 use anyhow::{bail, Context, Result};

@@ -27,8 +27,10 @@ pub const DEFAULT_PREFIX: &str = "10.77.0";
 /// runs inside `<tag>-h` with its state under [`Testbed::dir`], so containers,
 /// the hooks runc runs and everything they create stay inside the testbed.
 ///
-/// Dropping it deletes its containers (running their poststop hooks), both
-/// namespaces (and so the veth pair) and its directory, also when a test
+/// Dropping it deletes its containers (runc, podman and a still running
+/// [`crate::Dockerd`]'s, running their poststop hooks), stops that dockerd,
+/// deletes both namespaces (and so the veth pair), unmounts whatever was left
+/// mounted in its directory and removes the directory, also when a test
 /// panics.
 #[derive(Debug)]
 pub struct Testbed {
@@ -341,6 +343,8 @@ impl Drop for Testbed {
                 Err(e) => eprintln!("testbed {}: listing containers: {e:#}", self.tag),
             }
         }
+        crate::podman::cleanup(self);
+        crate::docker::cleanup(self);
         for ns in [&self.host_ns, &self.peer_ns] {
             if Path::new("/run/netns").join(ns).exists() {
                 let mut del = cmd::command("ip");
@@ -351,6 +355,16 @@ impl Drop for Testbed {
                     eprintln!("testbed {}: deleting netns {ns}: {e:#}", self.tag);
                 }
             }
+        }
+        // Anything podman, dockerd or a hook left mounted in the directory;
+        // remove_dir_all would descend into a mount.
+        if let Err(e) = crate::procs::unmount_under(&self.dir) {
+            eprintln!(
+                "testbed {}: {e:#}; keeping {}",
+                self.tag,
+                self.dir.display()
+            );
+            return;
         }
         if let Err(e) = fs::remove_dir_all(&self.dir) {
             eprintln!("testbed {}: removing {}: {e}", self.tag, self.dir.display());

@@ -80,9 +80,23 @@ pub struct Iface {
 
 /// Every interface in `c`'s network namespace.
 pub fn ifaces(c: &Container) -> Vec<Iface> {
-    let json = c
-        .netns_exec_ok(&["ip", "-d", "-j", "addr", "show"])
-        .expect("ip addr in the container's namespace");
+    ifaces_of(c.pid)
+}
+
+/// Every interface in the network namespace of process `pid` (a container
+/// init, whichever runtime started it).
+pub fn ifaces_of(pid: u32) -> Vec<Iface> {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .args(["ip", "-d", "-j", "addr", "show"])
+        .output()
+        .expect("nsenter ip addr");
+    assert!(
+        out.status.success(),
+        "ip addr in {pid}'s namespace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = String::from_utf8(out.stdout).unwrap();
     let list: Vec<Value> = serde_json::from_str(&json).expect("ip -j output");
     list.iter()
         .map(|i| Iface {
@@ -113,11 +127,25 @@ pub fn ifaces(c: &Container) -> Vec<Iface> {
 
 /// The interface `name` in `c`'s namespace; panics listing what is there if absent.
 pub fn iface(c: &Container, name: &str) -> Iface {
-    let all = ifaces(c);
+    iface_of(c.pid, name)
+}
+
+/// The interface `name` in process `pid`'s network namespace.
+pub fn iface_of(pid: u32, name: &str) -> Iface {
+    let all = ifaces_of(pid);
     all.iter()
         .find(|i| i.name == name)
         .cloned()
-        .unwrap_or_else(|| panic!("no {name} in container {}: {all:?}", c.id))
+        .unwrap_or_else(|| panic!("no {name} in the namespace of {pid}: {all:?}"))
+}
+
+/// Polls `check` for up to 5 s: poststop runs after the runtime returns.
+pub fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The address (without prefix) of `name` in `c`.
