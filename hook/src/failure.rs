@@ -113,6 +113,25 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// "no such network in FILE (configured: a, b)": a request named something
+/// the config does not define.
+pub fn no_such<'a>(
+    what: &str,
+    config: &std::path::Path,
+    known: impl Iterator<Item = &'a String>,
+) -> String {
+    let known: Vec<&str> = known.map(String::as_str).collect();
+    let known = if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    };
+    format!(
+        "no such {what} in {} (configured: {known})",
+        config.display()
+    )
+}
+
 /// Collapses line breaks so a message stays on one line.
 pub fn one_line(text: &str) -> String {
     text.split(['\n', '\r'])

@@ -23,7 +23,7 @@ use nsutil::rootfs::{Created, Rootfs, TargetKind};
 use runtime_config::install::{CarriedDevice, CarriedMount, Carry};
 use runtime_config::{Config, Profile};
 
-use crate::failure::{Failure, Step, StepExt};
+use crate::failure::{no_such, Failure, Step, StepExt};
 
 /// The most of an image's `/etc/ld.so.preload` that is carried over.
 const MAX_PRELOAD_BYTES: u64 = 64 << 10;
@@ -66,19 +66,10 @@ pub fn plan(names: &[String], config: &Config) -> Result<Plan, Failure> {
     };
     for name in names {
         let profile = config.profiles.get(name).ok_or_else(|| {
-            let known: Vec<&str> = config.profiles.keys().map(String::as_str).collect();
             Failure::profile(
                 Step::Validate,
                 name,
-                format!(
-                    "no such profile in {} (configured: {})",
-                    config.path.display(),
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
+                no_such("profile", &config.path, config.profiles.keys()),
             )
         })?;
         add_profile(&mut plan, profile)?;

@@ -11,7 +11,7 @@ use nsutil::ns::NetnsId;
 use runtime_config::{Config, Ipv4Pool, MacvlanMode as Mode, Network, Request};
 
 use crate::derive;
-use crate::failure::{Failure, Step, StepExt};
+use crate::failure::{no_such, Failure, Step, StepExt};
 use crate::kernel::{self, Kernel, MacvlanSpec, Reach};
 use crate::lease::{check_assignable, Holder, LeaseError, LeaseStore};
 use crate::records::{ContainerRecord, LinkRecord, Member, NetnsRecord, StateDir};
@@ -161,19 +161,10 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
     let mut wanted: Vec<Wanted> = Vec::new();
     for (position, name) in request.networks.iter().enumerate() {
         let network = config.networks.get(name).ok_or_else(|| {
-            let known: Vec<&str> = config.networks.keys().map(String::as_str).collect();
             Failure::on(
                 Step::Validate,
                 name,
-                format!(
-                    "no such network in {} (configured: {})",
-                    config.path.display(),
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
+                no_such("network", &config.path, config.networks.keys()),
             )
         })?;
         let ifname = network

@@ -132,21 +132,10 @@ pub struct Attached {
 /// Device programs attached to `cgroup`.
 pub fn device_programs(cgroup: BorrowedFd) -> Result<Attached> {
     let mut ids = [0u32; 64];
-    let mut query = ProgQuery {
-        target_fd: cgroup.as_raw_fd() as u32,
-        attach_type: BPF_CGROUP_DEVICE,
-        prog_ids: ids.as_mut_ptr() as u64,
-        prog_cnt: ids.len() as u32,
-        ..ProgQuery::default()
-    };
-    bpf(
-        BPF_PROG_QUERY,
-        &mut query,
-        "query the cgroup's device programs",
-    )?;
-    let multi = query.attach_flags & BPF_F_ALLOW_MULTI != 0;
+    let own_query = query(cgroup, 0, &mut ids)?;
+    let multi = own_query.attach_flags & BPF_F_ALLOW_MULTI != 0;
     let mut own = Vec::new();
-    for &id in &ids[..query.prog_cnt as usize] {
+    for &id in &ids[..own_query.prog_cnt as usize] {
         let mut get = GetFdById {
             id,
             ..GetFdById::default()
@@ -157,24 +146,30 @@ pub fn device_programs(cgroup: BorrowedFd) -> Result<Attached> {
             "open a device program",
         )?));
     }
-    let mut effective = ProgQuery {
+    let effective = query(cgroup, BPF_F_QUERY_EFFECTIVE, &mut ids)?.prog_cnt as usize;
+    Ok(Attached {
+        own,
+        multi,
+        effective,
+    })
+}
+
+/// `BPF_PROG_QUERY` for device programs on `cgroup`, ids into `ids`.
+fn query(cgroup: BorrowedFd, flags: u32, ids: &mut [u32]) -> Result<ProgQuery> {
+    let mut query = ProgQuery {
         target_fd: cgroup.as_raw_fd() as u32,
         attach_type: BPF_CGROUP_DEVICE,
-        query_flags: BPF_F_QUERY_EFFECTIVE,
+        query_flags: flags,
         prog_ids: ids.as_mut_ptr() as u64,
         prog_cnt: ids.len() as u32,
         ..ProgQuery::default()
     };
     bpf(
         BPF_PROG_QUERY,
-        &mut effective,
-        "query the cgroup's effective device programs",
+        &mut query,
+        "query the cgroup's device programs",
     )?;
-    Ok(Attached {
-        own,
-        multi,
-        effective: effective.prog_cnt as usize,
-    })
+    Ok(query)
 }
 
 /// A device the widened filter lets through, any access.

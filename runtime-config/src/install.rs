@@ -218,6 +218,16 @@ pub struct CarriedDevice {
     pub gid: u32,
 }
 
+impl CarriedDevice {
+    fn kind(&self) -> LinuxDeviceType {
+        if self.block {
+            LinuxDeviceType::B
+        } else {
+            LinuxDeviceType::C
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CarriedMount {
     pub source: PathBuf,
@@ -298,11 +308,7 @@ pub fn edit_spec(spec: &mut Value, cmd: &HookCommand, carry: &Carry) -> Result<(
             }
             let device = LinuxDeviceBuilder::default()
                 .path(d.target.clone())
-                .typ(if d.block {
-                    LinuxDeviceType::B
-                } else {
-                    LinuxDeviceType::C
-                })
+                .typ(d.kind())
                 .major(i64::from(d.major))
                 .minor(i64::from(d.minor))
                 .file_mode(d.mode & 0o7777)
@@ -319,11 +325,7 @@ pub fn edit_spec(spec: &mut Value, cmd: &HookCommand, carry: &Carry) -> Result<(
         for d in &carry.devices {
             let rule = LinuxDeviceCgroupBuilder::default()
                 .allow(true)
-                .typ(if d.block {
-                    LinuxDeviceType::B
-                } else {
-                    LinuxDeviceType::C
-                })
+                .typ(d.kind())
                 .major(i64::from(d.major))
                 .minor(i64::from(d.minor))
                 .access("rwm".to_owned())
