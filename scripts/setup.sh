@@ -12,9 +12,10 @@ fi
 
 # gcc, libc6-dev: the profile tests build a preload shim and a sender.
 # podman, docker.io, containerd: the runtimes the install tests drive.
-# containernetworking-plugins: the CNI macvlan plugin scripts/bench.py compares against.
+# containernetworking-plugins, netavark: the CNI and podman macvlan drivers
+# scripts/bench.py compares against.
 packages=(runc busybox-static iproute2 util-linux gcc libc6-dev
-          podman docker.io containerd containernetworking-plugins)
+          podman docker.io containerd containernetworking-plugins netavark)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update
