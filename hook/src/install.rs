@@ -100,8 +100,22 @@ pub fn install_crio(target: &Target, hooks_dir: &Path, dropin_dir: &Path) -> Res
 pub fn install_docker(target: &Target, daemon_json: &Path, runtime: Option<PathBuf>) -> Result<()> {
     let runtime = match runtime {
         Some(r) => r,
-        None => find_in_path("runc").context("no runc on PATH; name the runtime with --runtime")?,
+        None => {
+            find_in_path("runc").context("no runc on PATH; name the runtime with --runtime-path")?
+        }
     };
+    // dockerd runs the entry through `sh -c "<path> <args> $@"`, unquoted.
+    for path in [&target.cmd.binary, &target.cmd.config, &runtime] {
+        if path
+            .to_string_lossy()
+            .contains(|c: char| c.is_whitespace() || "'\"\\$`;&|<>(){}*?[]#~".contains(c))
+        {
+            bail!(
+                "{} has a character dockerd's runtime wrapper would mangle; use a plain path",
+                path.display()
+            );
+        }
+    }
     let existing = read_optional(daemon_json)?;
     let entry = install::docker_runtime_entry(&target.cmd, &runtime);
     let Some(merged) = install::daemon_json_with(existing.as_deref().unwrap_or(""), &entry)
@@ -112,7 +126,10 @@ pub fn install_docker(target: &Target, daemon_json: &Path, runtime: Option<PathB
     };
     let backup = backup_path(daemon_json);
     if let (Some(original), false, false) = (&existing, backup.exists(), target.dry_run) {
-        write_atomically(&backup, original)?;
+        let mode = std::fs::metadata(daemon_json)
+            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()))
+            .ok();
+        write_new(&backup, original, mode.unwrap_or(0o600))?;
         println!("kept the original as {}", backup.display());
     }
     target.write(daemon_json, &merged)?;
@@ -202,6 +219,14 @@ pub fn cdi_generate(target: &Target, output: &Path) -> Result<()> {
     let config = Config::load(&target.cmd.config)?;
     let mut carries = Vec::new();
     for name in config.profiles.keys() {
+        // CDI device names start and end with a letter or digit.
+        let edges = [name.chars().next(), name.chars().last()];
+        if !edges
+            .iter()
+            .all(|c| c.is_some_and(|c| c.is_ascii_alphanumeric()))
+        {
+            bail!("profile {name} cannot be a CDI device name: it must start and end with a letter or digit");
+        }
         let plan = profile::plan(std::slice::from_ref(name), &config)
             .map_err(|f| anyhow::anyhow!("{f}"))?;
         carries.push(plan.carry());
@@ -244,24 +269,46 @@ fn remove(path: &Path, dry_run: bool) -> Result<()> {
     Ok(())
 }
 
-/// Writes through a temporary file in the same directory, keeping the
-/// permissions of a file being replaced.
+/// Writes through a temporary file in the same directory and renames it
+/// into place. A symlink is written through (its target is replaced, the
+/// link stays); a replaced file keeps its mode, a new one gets 0644.
 pub fn write_atomically(path: &Path, content: &str) -> Result<()> {
+    let path = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(_) => path.to_owned(),
+    };
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    let mode = std::fs::metadata(&path)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777)
+        .unwrap_or(0o644);
     let tmp = dir.join(format!(
         ".{}.nsbypass-{}",
         path.file_name().unwrap_or_default().to_string_lossy(),
         std::process::id()
     ));
-    std::fs::write(&tmp, content).with_context(|| format!("write {}", tmp.display()))?;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let _ = std::fs::set_permissions(&tmp, meta.permissions());
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("replace {}", path.display()))
+    let _ = std::fs::remove_file(&tmp);
+    write_new(&tmp, content, mode)?;
+    std::fs::rename(&tmp, &path).with_context(|| format!("replace {}", path.display()))
+}
+
+/// Creates `path` (which must not exist) with `mode` from the start, so a
+/// file holding secrets is never readable by others even briefly.
+fn write_new(path: &Path, content: &str, mode: u32) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .with_context(|| format!("create {}", path.display()))?;
+    file.write_all(content.as_bytes())
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("write {}", path.display()))
 }
 
 /// `name` looked up on `$PATH` (the installer's, not a container's).

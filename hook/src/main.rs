@@ -130,7 +130,24 @@ struct Places {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Usage errors are one line too; help and version print as usual.
+        Err(e) if e.use_stderr() => {
+            let rendered = e.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or_default();
+            let first = first.trim_start_matches("error: ");
+            eprintln!("nsbypass: {first} (see nsbypass --help)");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+    };
     let config = cli
         .config
         .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
@@ -211,7 +228,7 @@ fn main() -> ExitCode {
 
 /// An error and its causes on one line, each cause once (many errors
 /// already include their source's text).
-fn chain_line(error: &anyhow::Error) -> String {
+pub(crate) fn chain_line(error: &anyhow::Error) -> String {
     let mut line = String::new();
     for cause in error.chain() {
         let text = cause.to_string();

@@ -20,18 +20,54 @@ use runtime_config::{Bundle, Config, Request};
 
 use crate::{install as installer, logging, profile};
 
-/// runc's global options that take a value.
-const VALUED_GLOBALS: [&str; 5] = ["--root", "--log", "--log-format", "--criu", "--rootless"];
+/// Global options that take a value, of runc and of crun.
+const VALUED_GLOBALS: [&str; 7] = [
+    "--root",
+    "--log",
+    "--log-format",
+    "--log-level",
+    "--criu",
+    "--rootless",
+    "--cgroup-manager",
+];
 
 /// Edits the bundle if the command creates a container that asks for
 /// something, then becomes `runtime` with the same arguments. Returns only
-/// on failure.
+/// on failure, after writing the failure where the engine looks for it.
 pub fn run(config: &Path, runtime: &Path, args: &[OsString]) -> Result<()> {
     if let Some((bundle, id)) = created_bundle(args) {
-        edit(config, &bundle).with_context(|| format!("container {id}"))?;
+        if let Err(e) = edit(config, &bundle).with_context(|| format!("container {id}")) {
+            report_to_engine(args, &e);
+            return Err(e);
+        }
     }
     let error = std::process::Command::new(runtime).args(args).exec();
     Err(error).with_context(|| format!("exec {}", runtime.display()))
+}
+
+/// containerd hands the runtime the container's own stdio on create and
+/// reads the error it shows the user from the `--log` file (runc's JSON
+/// log format): the failure goes there too.
+fn report_to_engine(args: &[OsString], error: &anyhow::Error) {
+    let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap_or("")).collect();
+    let log = args.iter().enumerate().find_map(|(i, a)| match *a {
+        "--log" => args.get(i + 1).copied(),
+        a => a.strip_prefix("--log="),
+    });
+    let Some(log) = log else { return };
+    let message = format!(
+        "nsbypass: runtime: {}",
+        crate::failure::one_line(&crate::chain_line(error))
+    );
+    let line = serde_json::json!({ "level": "error", "msg": message }).to_string() + "\n";
+    let written = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(log)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
+    if let Err(e) = written {
+        tracing::warn!(log, error = %e, "cannot write the runtime log");
+    }
 }
 
 /// The bundle (and container id) of a `create` or `run` command line.
@@ -76,7 +112,10 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
         return Ok(());
     }
     let config = Config::load(config_path)?;
-    logging::init(&config.log).map_err(anyhow::Error::msg)?;
+    // Runtime mode's stderr is the container's: log only to a file.
+    if config.log.file.is_some() {
+        logging::init(&config.log).map_err(anyhow::Error::msg)?;
+    }
     let to_carry = request.profiles_to_carry();
     let carry = match to_carry.is_empty() {
         true => Default::default(),
@@ -91,7 +130,9 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
         config: std::path::absolute(config_path)?,
     };
     let mut spec: serde_json::Value = serde_json::from_slice(&bytes).context("config.json")?;
-    install::edit_spec(&mut spec, &cmd, &carry)?;
+    // The hooks are for networks; profiles alone are all in the spec.
+    let hooks = (!request.networks.is_empty()).then_some(&cmd);
+    install::edit_spec(&mut spec, hooks, &carry)?;
     let path = bundle::spec_path(&bundle);
     installer::write_atomically(&path, &install::pretty(&spec))?;
     tracing::info!(

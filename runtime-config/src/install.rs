@@ -105,10 +105,19 @@ pub fn is_our_hooks_d_file(text: &str) -> bool {
     args.first() == Some(&"nsbypass") && args.contains(&"hook")
 }
 
-/// The CRI-O drop-in putting `hooks_dirs` on `hooks_dir`. A drop-in's array
-/// replaces CRI-O's default, so the default directory is listed too.
+/// hooks.d directories some CRI-O build or distribution reads by default
+/// (OpenShift lists all three). A drop-in's `hooks_dir` replaces the whole
+/// list, so every one of them stays on it.
+pub const STANDARD_HOOKS_DIRS: [&str; 3] = [
+    "/usr/share/containers/oci/hooks.d",
+    "/etc/containers/oci/hooks.d",
+    "/run/containers/oci/hooks.d",
+];
+
+/// The CRI-O drop-in putting `hooks_dir` on CRI-O's `hooks_dir` list,
+/// beside the standard directories (other tools install hooks there).
 pub fn crio_dropin(hooks_dir: &Path) -> String {
-    let mut dirs = vec![PathBuf::from("/usr/share/containers/oci/hooks.d")];
+    let mut dirs: Vec<PathBuf> = STANDARD_HOOKS_DIRS.iter().map(PathBuf::from).collect();
     if !dirs.iter().any(|d| d == hooks_dir) {
         dirs.push(hooks_dir.to_owned());
     }
@@ -252,8 +261,7 @@ impl CarriedMount {
 
 impl Carry {
     /// The process environment additions: `LD_PRELOAD` from the preload
-    /// list, the profiles' env, and the marker telling the hook the
-    /// profiles are already in the spec.
+    /// list, and the profiles' env.
     pub fn env_entries(&self) -> Vec<(String, String)> {
         let mut env = Vec::new();
         if !self.preload.is_empty() {
@@ -266,20 +274,22 @@ impl Carry {
             env.push(("LD_PRELOAD".to_owned(), list));
         }
         env.extend(self.env.iter().cloned());
-        if !self.profiles.is_empty() {
-            env.push((PROFILE_IN_SPEC_ENV.to_owned(), self.profiles.join(",")));
-        }
         env
     }
 }
 
 /// The docker runtime entry's edit of a bundle's `config.json`: adds the
-/// nsbypass hooks (never twice) and, for `carry`, the device nodes with
-/// their cgroup rules (so the runtime itself creates and grants them, on
-/// cgroup v1 and v2), the bind mounts and the environment. A variable the
-/// container already sets keeps its value, except `LD_PRELOAD`, which gets
-/// the profiles' libraries appended. Unknown fields of the spec are kept.
-pub fn edit_spec(spec: &mut Value, cmd: &HookCommand, carry: &Carry) -> Result<(), InstallError> {
+/// nsbypass hooks if `hooks` is given (never twice) and, for `carry`, the
+/// device nodes with their cgroup rules (so the runtime itself creates and
+/// grants them, on cgroup v1 and v2), the bind mounts and the environment.
+/// A variable the container already sets keeps its value, except
+/// `LD_PRELOAD`, which gets the profiles' libraries appended, and the
+/// in-spec marker, which is always nsbypass's. Unknown fields are kept.
+pub fn edit_spec(
+    spec: &mut Value,
+    hooks: Option<&HookCommand>,
+    carry: &Carry,
+) -> Result<(), InstallError> {
     let shape = |message: &str| InstallError::Shape {
         what: "config.json".into(),
         message: message.into(),
@@ -288,13 +298,15 @@ pub fn edit_spec(spec: &mut Value, cmd: &HookCommand, carry: &Carry) -> Result<(
         .as_object_mut()
         .ok_or_else(|| shape("not a JSON object"))?;
 
-    let hooks = object_at(root, "hooks").ok_or_else(|| shape("\"hooks\" is not an object"))?;
-    for stage in STAGES {
-        let list = array_at(hooks, stage).ok_or_else(|| shape("a hook stage is not a list"))?;
-        let hook = serde_json::to_value(cmd.oci_hook(stage)).expect("hooks serialise");
-        let ours = |h: &Value| h["path"] == hook["path"] && h["args"] == hook["args"];
-        if !list.iter().any(ours) {
-            list.push(hook);
+    if let Some(cmd) = hooks {
+        let hooks = object_at(root, "hooks").ok_or_else(|| shape("\"hooks\" is not an object"))?;
+        for stage in STAGES {
+            let list = array_at(hooks, stage).ok_or_else(|| shape("a hook stage is not a list"))?;
+            let hook = serde_json::to_value(cmd.oci_hook(stage)).expect("hooks serialise");
+            let ours = |h: &Value| h["path"] == hook["path"] && h["args"] == hook["args"];
+            if !list.iter().any(ours) {
+                list.push(hook);
+            }
         }
     }
 
@@ -352,35 +364,52 @@ pub fn edit_spec(spec: &mut Value, cmd: &HookCommand, carry: &Carry) -> Result<(
         }
     }
 
-    let additions = carry.env_entries();
+    let mut additions = carry.env_entries();
+    if !carry.profiles.is_empty() {
+        additions.push((PROFILE_IN_SPEC_ENV.to_owned(), carry.profiles.join(",")));
+    }
     if !additions.is_empty() {
         let process =
             object_at(root, "process").ok_or_else(|| shape("\"process\" is not an object"))?;
         let env = array_at(process, "env").ok_or_else(|| shape("\"process.env\" is not a list"))?;
         for (key, value) in additions {
-            let prefix = format!("{key}=");
-            let existing = env
-                .iter()
-                .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)));
-            match existing {
-                Some(i) if key == "LD_PRELOAD" => {
-                    let old = env[i].as_str().unwrap_or_default().to_owned();
-                    if !old.split([':', ' ']).any(|p| p == value) {
-                        env[i] = Value::String(format!("{old}:{value}"));
-                    }
-                }
-                Some(_) => {}
-                None => env.push(Value::String(format!("{key}={value}"))),
-            }
+            set_env(env, &key, &value);
         }
     }
     Ok(())
 }
 
+/// Sets `key=value` in a spec's env list, by the rules of `edit_spec`.
+fn set_env(env: &mut Vec<Value>, key: &str, value: &str) {
+    let prefix = format!("{key}=");
+    let existing = env
+        .iter()
+        .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)));
+    let Some(i) = existing else {
+        env.push(Value::String(format!("{prefix}{value}")));
+        return;
+    };
+    if key == "LD_PRELOAD" {
+        let old = env[i].as_str().unwrap_or_default()[prefix.len()..].to_owned();
+        // ld.so takes spaces or colons between entries.
+        let mut list: Vec<&str> = old.split([':', ' ']).filter(|p| !p.is_empty()).collect();
+        for path in value.split(':') {
+            if !list.contains(&path) {
+                list.push(path);
+            }
+        }
+        env[i] = Value::String(format!("{prefix}{}", list.join(":")));
+    } else if key == PROFILE_IN_SPEC_ENV {
+        env[i] = Value::String(format!("{prefix}{value}"));
+    }
+}
+
 /// The CDI spec for `profiles`: one device per profile (its nodes, mounts
 /// and env), and the nsbypass hooks once for the whole kind. Device nodes
 /// name only paths: the CDI runtime reads major and minor from the host
-/// node when the container is created (Onload's majors are dynamic).
+/// node when the container is created (Onload's majors are dynamic). CDI
+/// sets env by name, replacing: a container's own `LD_PRELOAD`, or another
+/// nsbypass device's, is replaced by this device's.
 pub fn cdi_spec(cmd: &HookCommand, profiles: &[Carry]) -> Value {
     let devices: Vec<Value> = profiles
         .iter()
@@ -512,15 +541,35 @@ mod tests {
     }
 
     #[test]
-    fn crio_dropin_keeps_the_default_directory() {
+    fn crio_dropin_keeps_the_standard_directories() {
+        let standard = r#""/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d", "/run/containers/oci/hooks.d""#;
         let text = crio_dropin(Path::new("/etc/containers/oci/hooks.d"));
-        assert!(text.contains(r#"hooks_dir = ["/usr/share/containers/oci/hooks.d", "/etc/containers/oci/hooks.d"]"#), "{text}");
-        assert!(text.contains(MARKER) && text.contains("[crio.runtime]"));
-        let text = crio_dropin(Path::new("/usr/share/containers/oci/hooks.d"));
         assert!(
-            text.contains(r#"hooks_dir = ["/usr/share/containers/oci/hooks.d"]"#),
+            text.contains(&format!("hooks_dir = [{standard}]")),
             "{text}"
         );
+        assert!(text.contains(MARKER) && text.contains("[crio.runtime]"));
+        let text = crio_dropin(Path::new("/opt/hooks.d"));
+        assert!(
+            text.contains(&format!(r#"hooks_dir = [{standard}, "/opt/hooks.d"]"#)),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_when_pattern_selects_request_annotations_only() {
+        let pattern = regex::Regex::new(REQUEST_ANNOTATION_PATTERN).unwrap();
+        for key in ["nsbypass.io/network", "nsbypass.io/profile"] {
+            assert!(pattern.is_match(key), "{key}");
+        }
+        for key in [
+            "nsbypass.io/ip",
+            "xnsbypass.io/network",
+            "nsbypass.io/networks",
+            "nsbypassXio/network",
+        ] {
+            assert!(!pattern.is_match(key), "{key}");
+        }
     }
 
     #[test]
@@ -574,8 +623,10 @@ mod tests {
             "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}},
             "vendorThing": {"kept": true}
         });
+        let mut two = carry();
+        two.preload.push("/usr/lib64/libonload_ext.so".into());
         for _ in 0..2 {
-            edit_spec(&mut spec, &cmd(), &carry()).unwrap();
+            edit_spec(&mut spec, Some(&cmd()), &two).unwrap();
         }
         assert_eq!(spec["vendorThing"]["kept"], true);
         assert_eq!(
@@ -611,11 +662,26 @@ mod tests {
             env,
             [
                 "PATH=/bin",
-                "LD_PRELOAD=/lib/libmine.so:/usr/lib64/libonload.so",
+                "LD_PRELOAD=/lib/libmine.so:/usr/lib64/libonload.so:/usr/lib64/libonload_ext.so",
                 "EF_POLL_USEC=5",
                 "NSBYPASS_PROFILE_IN_SPEC=onload"
             ]
         );
+    }
+
+    #[test]
+    fn env_edge_cases_and_profile_only_edits_without_hooks() {
+        let mut spec = json!({"process": {"env": ["LD_PRELOAD=", "NSBYPASS_PROFILE_IN_SPEC="]}});
+        edit_spec(&mut spec, None, &carry()).unwrap();
+        assert_eq!(
+            spec["process"]["env"],
+            json!([
+                "LD_PRELOAD=/usr/lib64/libonload.so",
+                "NSBYPASS_PROFILE_IN_SPEC=onload",
+                "EF_POLL_USEC=100000"
+            ])
+        );
+        assert!(spec.get("hooks").is_none(), "profiles alone need no hooks");
     }
 
     #[test]

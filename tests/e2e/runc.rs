@@ -394,6 +394,12 @@ fn malformed_hook_input_is_one_clear_line() {
         format!("nsbypass: hook prestart: container c9: read config.json: {}/gone/config.json: No such file or directory (os error 2)", dir.path().display())
     );
 
+    // An unknown stage (a typo in a hook entry) is one line too.
+    let (ok, err) = run_hook("prestrat", &config, b"{}");
+    assert!(!ok);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("nsbypass: invalid value 'prestrat'"), "{err}");
+
     // Stages that do nothing, and a poststop for a container never set up, succeed quietly.
     for stage in ["createContainer", "startContainer", "poststart"] {
         assert_eq!(run_hook(stage, &config, b"garbage"), (true, String::new()));

@@ -178,11 +178,10 @@ fn podman_with_the_generated_cdi_spec_gets_the_device_mounts_and_env() {
     );
     let env = environ(c.pid);
     for want in [
-        "LD_PRELOAD=/usr/lib/nsbypass/libnsbempty.so".to_owned(),
-        "EF_POLL_USEC=100000".to_owned(),
-        format!("NSBYPASS_PROFILE_IN_SPEC={name}"),
+        "LD_PRELOAD=/usr/lib/nsbypass/libnsbempty.so",
+        "EF_POLL_USEC=100000",
     ] {
-        assert!(env.contains(&want), "{want} not in {env:?}");
+        assert!(env.iter().any(|l| l == want), "{want} not in {env:?}");
     }
     c.rm().unwrap();
     eventually("podman rm frees the address", || leases(&tb).is_empty());
@@ -259,6 +258,29 @@ fn docker_with_the_installed_runtime_entry_wires_and_carries_the_profile() {
     dockerd.docker_ok(&["rm", "-f", id]).unwrap();
     eventually("docker rm frees the address", || leases(&tb).is_empty());
     assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+
+    // A bad request fails the container with nsbypass's line in docker's error.
+    let out = dockerd
+        .docker(&[
+            "run",
+            "--rm",
+            "--runtime",
+            "nsbypass",
+            "--network",
+            "none",
+            "-e",
+            "NSBYPASS_PROFILE=nope",
+            "nsbtest:1",
+            "true",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("nsbypass: runtime: container ")
+            && err.contains("profile nope: validate: no such profile"),
+        "{err}"
+    );
     drop(dockerd);
 
     nsbypass_ok(&[
@@ -274,18 +296,29 @@ fn docker_with_the_installed_runtime_entry_wires_and_carries_the_profile() {
     );
 }
 
-/// Every file below `dir` with its contents.
-fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    let mut files = BTreeMap::new();
+/// Every entry below `dir`: files with their contents and mode,
+/// directories, and symlinks with their targets.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut entries = BTreeMap::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
-        if path.is_dir() {
-            files.extend(snapshot(&path));
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let what = if meta.file_type().is_symlink() {
+            format!("link -> {}", std::fs::read_link(&path).unwrap().display())
+        } else if meta.is_dir() {
+            entries.extend(snapshot(&path));
+            "dir".to_owned()
         } else {
-            files.insert(path.clone(), std::fs::read(&path).unwrap());
-        }
+            let mode = meta.permissions().mode() & 0o7777;
+            format!(
+                "{mode:o} {}",
+                String::from_utf8_lossy(&std::fs::read(&path).unwrap())
+            )
+        };
+        entries.insert(path, what);
     }
-    files
+    entries
 }
 
 #[test]
@@ -318,6 +351,13 @@ fn install_then_uninstall_leaves_the_files_as_they_were() {
     .unwrap();
     let absent = root.join("absent/daemon.json");
     std::fs::create_dir_all(absent.parent().unwrap()).unwrap();
+    // A daemon.json that is a symlink (config management) and private.
+    let real = root.join("etc-real/daemon.json");
+    std::fs::create_dir_all(real.parent().unwrap()).unwrap();
+    std::fs::write(&real, "{\"debug\": false}\n").unwrap();
+    std::fs::set_permissions(&real, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let linked = root.join("daemon-link.json");
+    std::os::unix::fs::symlink(&real, &linked).unwrap();
     let before = snapshot(root);
 
     let c = config.to_string_lossy().into_owned();
@@ -325,9 +365,25 @@ fn install_then_uninstall_leaves_the_files_as_they_were() {
         hooks.to_string_lossy().into_owned(),
         dropins.to_string_lossy().into_owned(),
     );
-    let installs: [Vec<&str>; 4] = [
-        vec!["--config", &c, "install", "podman", "--hooks-dir", &h],
-        vec![
+    let docker = |path: &Path| -> Vec<String> {
+        let path = path.to_string_lossy();
+        [
+            "--config",
+            &c,
+            "install",
+            "docker",
+            "--daemon-json",
+            &path,
+            "--runtime-path",
+            "/usr/sbin/runc",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    };
+    let owned = |args: &[&str]| args.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+    let installs: Vec<Vec<String>> = vec![
+        owned(&["--config", &c, "install", "podman", "--hooks-dir", &h]),
+        owned(&[
             "--config",
             &c,
             "install",
@@ -336,28 +392,15 @@ fn install_then_uninstall_leaves_the_files_as_they_were() {
             &h,
             "--dropin-dir",
             &d,
-        ],
-        vec![
-            "--config",
-            &c,
-            "install",
-            "docker",
-            "--daemon-json",
-            with_runtimes.to_str().unwrap(),
-            "--runtime-path",
-            "/usr/sbin/runc",
-        ],
-        vec![
-            "--config",
-            &c,
-            "install",
-            "docker",
-            "--daemon-json",
-            absent.to_str().unwrap(),
-            "--runtime-path",
-            "/usr/sbin/runc",
-        ],
+        ]),
+        docker(&with_runtimes),
+        docker(&absent),
+        docker(&linked),
     ];
+    let installs: Vec<Vec<&str>> = installs
+        .iter()
+        .map(|a| a.iter().map(String::as_str).collect())
+        .collect();
     for args in &installs {
         nsbypass_ok(args);
     }
@@ -365,9 +408,19 @@ fn install_then_uninstall_leaves_the_files_as_they_were() {
     assert!(installed.contains_key(&hooks.join("nsbypass-prestart.json")));
     assert!(installed.contains_key(&dropins.join("50-nsbypass.conf")));
     assert!(installed.contains_key(&absent));
-    let merged: serde_json::Value = serde_json::from_slice(&installed[&with_runtimes]).unwrap();
+    let merged: serde_json::Value =
+        serde_json::from_str(installed[&with_runtimes].split_once(' ').unwrap().1).unwrap();
     assert_eq!(merged["runtimes"]["kata"]["path"], "/usr/bin/kata");
     assert_eq!(merged["debug"], true);
+    assert!(
+        installed[&linked].starts_with("link -> "),
+        "the symlink stays a symlink"
+    );
+    assert!(
+        installed[&real].starts_with("600 ") && installed[&real].contains("nsbypass"),
+        "{}",
+        installed[&real]
+    );
 
     // Installing again changes nothing.
     for args in &installs {
@@ -401,6 +454,12 @@ fn install_then_uninstall_leaves_the_files_as_they_were() {
             "docker",
             "--daemon-json",
             absent.to_str().unwrap(),
+        ],
+        vec![
+            "uninstall",
+            "docker",
+            "--daemon-json",
+            linked.to_str().unwrap(),
         ],
     ] {
         nsbypass_ok(&args);
