@@ -398,7 +398,10 @@ fn malformed_hook_input_is_one_clear_line() {
     let (ok, err) = run_hook("prestrat", &config, b"{}");
     assert!(!ok);
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("nsbypass: invalid value 'prestrat'"), "{err}");
+    assert!(
+        err.starts_with("nsbypass: invalid value 'prestrat'"),
+        "{err}"
+    );
 
     // Stages that do nothing, and a poststop for a container never set up, succeed quietly.
     for stage in ["createContainer", "startContainer", "poststart"] {
