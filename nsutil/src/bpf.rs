@@ -222,20 +222,21 @@ pub fn widen(original: BorrowedFd, devices: &[Allowed]) -> Result<OwnedFd> {
     Ok(owned(program))
 }
 
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info` (whose buffers the caller set).
+fn prog_info(program: BorrowedFd, info: &mut ProgInfo, op: &str) -> Result<()> {
+    let mut by_fd = InfoByFd {
+        bpf_fd: program.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfo>() as u32,
+        info: info as *mut ProgInfo as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut by_fd, op).map(drop)
+}
+
 /// The original program's instructions as the kernel holds them, refusing
 /// programs a copy could not reproduce (maps, helper calls).
 fn instructions(program: BorrowedFd) -> Result<Vec<Insn>> {
     let mut info = ProgInfo::default();
-    let mut by_fd = InfoByFd {
-        bpf_fd: program.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<ProgInfo>() as u32,
-        info: &mut info as *mut ProgInfo as u64,
-    };
-    bpf(
-        BPF_OBJ_GET_INFO_BY_FD,
-        &mut by_fd,
-        "inspect the device program",
-    )?;
+    prog_info(program, &mut info, "inspect the device program")?;
     let count = info.xlated_prog_len as usize / std::mem::size_of::<Insn>();
     let mut insns = vec![insn(0, 0, 0, 0, 0); count];
     let mut info = ProgInfo {
@@ -243,16 +244,7 @@ fn instructions(program: BorrowedFd) -> Result<Vec<Insn>> {
         xlated_prog_insns: insns.as_mut_ptr() as u64,
         ..ProgInfo::default()
     };
-    let mut by_fd = InfoByFd {
-        bpf_fd: program.as_raw_fd() as u32,
-        info_len: std::mem::size_of::<ProgInfo>() as u32,
-        info: &mut info as *mut ProgInfo as u64,
-    };
-    bpf(
-        BPF_OBJ_GET_INFO_BY_FD,
-        &mut by_fd,
-        "read the device program",
-    )?;
+    prog_info(program, &mut info, "read the device program")?;
     let self_contained = info.nr_map_ids == 0
         && !insns
             .iter()
