@@ -7,7 +7,9 @@
 
 pub mod bpf;
 pub mod devices;
+pub mod dir;
 pub mod mount;
+pub mod mountinfo;
 pub mod netlink;
 pub mod ns;
 pub mod rootfs;

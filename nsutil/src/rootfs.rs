@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -35,7 +35,7 @@ pub enum TargetKind {
 /// hostile image could point a link at (`/etc/ld.so.preload -> /proc/kmsg`,
 /// a target under `/sys/fs/cgroup`), where the hook, as root, would leak
 /// host data into the container or change host state.
-fn is_pseudo_fs(fd: &OwnedFd) -> bool {
+pub fn is_pseudo_fs(fd: &OwnedFd) -> bool {
     const PSEUDO: [i64; 15] = [
         0x9fa0,      // proc
         0x6265_6572, // sysfs
@@ -72,6 +72,46 @@ fn retry<T>(mut f: impl FnMut() -> nix::Result<T>) -> nix::Result<T> {
     f()
 }
 
+/// A path inside a rootfs, resolved: see [`Rootfs::canonical`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Canonical {
+    /// The deepest part that exists, absolute inside the rootfs, no links.
+    pub existing: PathBuf,
+    /// The components below it that do not exist (yet).
+    pub missing: Vec<OsString>,
+}
+
+impl Canonical {
+    /// The whole path, missing components included.
+    pub fn path(&self) -> PathBuf {
+        let mut path = self.existing.clone();
+        path.extend(&self.missing);
+        path
+    }
+
+    pub fn exists(&self) -> bool {
+        self.missing.is_empty()
+    }
+}
+
+/// The plain names of an admin's path (checked at config load: absolute,
+/// no `.`, `..` or empty components).
+fn normal_names(path: &Path) -> impl Iterator<Item = OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name.to_owned()),
+        _ => None,
+    })
+}
+
+/// The names of a link's target, `..` kept (resolved against the walk).
+fn link_names(path: &Path) -> impl Iterator<Item = OsString> + '_ {
+    path.components().filter_map(|c| match c {
+        Component::Normal(name) => Some(name.to_owned()),
+        Component::ParentDir => Some(OsString::from("..")),
+        _ => None,
+    })
+}
+
 /// Something the rootfs did not have until nsbypass made it.
 #[derive(Debug)]
 pub struct Created {
@@ -83,6 +123,17 @@ pub struct Created {
 }
 
 impl Created {
+    fn new(parent: &OwnedFd, name: &std::ffi::OsStr, dir: bool, path: &Path) -> Result<Created> {
+        Ok(Created {
+            parent: parent
+                .try_clone()
+                .map_err(|e| Error::new(format!("keep {}", path.display()), e))?,
+            name: name.to_owned(),
+            dir,
+            path: path.to_owned(),
+        })
+    }
+
     /// Removes it again (rollback); only empty directories go.
     pub fn remove(&self) -> Result<()> {
         let flag = if self.dir {
@@ -160,144 +211,108 @@ impl Rootfs {
         Ok(Some(bytes))
     }
 
-    /// An `O_PATH` fd for `path` inside the rootfs to mount onto, creating
-    /// missing parent directories and the target itself. Everything created
-    /// is appended to `created` as soon as it exists, so the caller can
-    /// remove it even when a later step fails.
-    pub fn mount_target(
-        &self,
-        path: &Path,
-        kind: TargetKind,
-        created: &mut Vec<Created>,
-    ) -> Result<OwnedFd> {
-        let names: Vec<&std::ffi::OsStr> = path
-            .components()
-            .filter_map(|c| match c {
-                Component::Normal(name) => Some(name),
-                _ => None,
-            })
-            .collect();
-        let Some((last, parents)) = names.split_last() else {
-            return Err(Error::new(
-                format!("mount onto {}", path.display()),
-                std::io::Error::other("not a path below the root"),
-            ));
-        };
-
-        let mut prefix = PathBuf::from("/");
-        let mut dir = self
-            .open_in(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY)
-            .map_err(|e| self.err(&prefix, e))?;
-        for name in parents {
-            prefix.push(name);
-            dir = match self.open_in(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY) {
-                Ok(fd) => fd,
-                Err(Errno::ENOENT) => {
-                    self.create(&dir, name, &prefix, TargetKind::Dir, created)?;
-                    self.open_in(&prefix, OFlag::O_PATH | OFlag::O_DIRECTORY)
-                        .map_err(|e| self.err(&prefix, e))?
-                }
-                Err(e) => return Err(self.err(&prefix, e)),
-            };
-        }
-
-        let target = match self.open_in(path, OFlag::O_PATH) {
-            Ok(fd) => fd,
-            Err(Errno::ENOENT) => {
-                self.create(&dir, last, path, kind, created)?;
-                self.open_in(path, OFlag::O_PATH)
-                    .map_err(|e| self.err(path, e))?
-            }
-            Err(e) => return Err(self.err(path, e)),
-        };
-        let stat = fstat(&target).map_err(|e| self.err(path, e))?;
-        let format = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
-        let fits = match kind {
-            TargetKind::Dir => format == SFlag::S_IFDIR,
-            TargetKind::File => format == SFlag::S_IFREG,
-            TargetKind::Device => {
-                matches!(format, SFlag::S_IFREG | SFlag::S_IFCHR | SFlag::S_IFBLK)
-            }
-        };
-        if is_pseudo_fs(&target) {
-            return Err(Error::new(
-                format!("mount onto {}", path.display()),
-                std::io::Error::other(
-                    "it leads into a kernel filesystem (/proc, /sys, cgroup, ...)",
+    /// `path` with every symlink in the image resolved the way
+    /// `RESOLVE_IN_ROOT` resolves it (absolute links and `..` stay inside
+    /// the rootfs): the part that exists, as a path without links, and the
+    /// components below it that do not exist yet. Two paths that name one
+    /// place in the image (Debian's `/lib -> usr/lib`) get one canonical
+    /// form, so targets can be compared for aliases and nesting before
+    /// anything is mounted. A link that leads nowhere inside the rootfs is
+    /// refused, as is a path through something that is not a directory.
+    pub fn canonical(&self, path: &Path) -> Result<Canonical> {
+        const MAX_LINKS: usize = 40;
+        let refuse = |why: &str| {
+            Error::new(
+                format!(
+                    "resolve {} in rootfs {}",
+                    path.display(),
+                    self.path.display()
                 ),
-            ));
+                std::io::Error::other(why.to_owned()),
+            )
+        };
+        // Components still to walk, each marked with whether it came from
+        // a link's target.
+        let mut todo: std::collections::VecDeque<(OsString, bool)> =
+            normal_names(path).map(|n| (n, false)).collect();
+        let mut done = PathBuf::from("/");
+        let mut dir = self
+            .open_in(&done, OFlag::O_PATH | OFlag::O_DIRECTORY)
+            .map_err(|e| self.err(&done, e))?;
+        let mut missing = Vec::new();
+        let mut links = 0;
+        while let Some((name, from_link)) = todo.pop_front() {
+            if !missing.is_empty() {
+                missing.push(name);
+                continue;
+            }
+            if name == ".." {
+                done.pop();
+                dir = self.open_plain(&done)?;
+                continue;
+            }
+            match nix::sys::stat::fstatat(
+                &dir,
+                name.as_os_str(),
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            ) {
+                Err(Errno::ENOENT) if from_link => {
+                    return Err(refuse("a symlink there leads nowhere inside the rootfs"))
+                }
+                Err(Errno::ENOENT) => missing.push(name),
+                Err(e) => return Err(self.err(&done.join(&name), e)),
+                Ok(stat) => {
+                    let format = SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT;
+                    if format == SFlag::S_IFLNK {
+                        links += 1;
+                        if links > MAX_LINKS {
+                            return Err(refuse("too many symlinks"));
+                        }
+                        let target = nix::fcntl::readlinkat(&dir, name.as_os_str())
+                            .map_err(|e| self.err(&done.join(&name), e))?;
+                        let target = PathBuf::from(target);
+                        if target.is_absolute() {
+                            done = PathBuf::from("/");
+                            dir = self.open_plain(&done)?;
+                        }
+                        let rest: Vec<(OsString, bool)> = todo.drain(..).collect();
+                        todo.extend(link_names(&target).map(|n| (n, true)));
+                        // What followed the link is the image's path again,
+                        // unless the link itself came from a link.
+                        todo.extend(rest);
+                        continue;
+                    }
+                    done.push(&name);
+                    if format == SFlag::S_IFDIR {
+                        dir = self.open_plain(&done)?;
+                    } else if !todo.is_empty() {
+                        return Err(refuse("a part of the path is not a directory"));
+                    }
+                }
+            }
         }
-        if !fits {
-            let want = match kind {
-                TargetKind::Dir => "a directory",
-                TargetKind::File => "a regular file",
-                TargetKind::Device => "a file or device node",
-            };
-            return Err(Error::new(
-                format!("mount onto {}", path.display()),
-                std::io::Error::other(format!("the image has something other than {want} there")),
-            ));
-        }
-        Ok(target)
+        Ok(Canonical {
+            existing: done,
+            missing,
+        })
     }
 
-    /// Makes `name` in the resolved directory `dir`: a plain name in a real
-    /// directory fd, so no symlink is followed.
-    fn create(
-        &self,
-        dir: &OwnedFd,
-        name: &std::ffi::OsStr,
-        path: &Path,
-        kind: TargetKind,
-        created: &mut Vec<Created>,
-    ) -> Result<()> {
-        if is_pseudo_fs(dir) {
-            return Err(Error::new(
-                format!("create {} in the rootfs", path.display()),
-                std::io::Error::other(
-                    "it leads into a kernel filesystem (/proc, /sys, cgroup, ...)",
-                ),
-            ));
-        }
-        let made = match kind {
-            TargetKind::Dir => mkdirat(dir, name, Mode::from_bits_truncate(0o755)),
-            TargetKind::File | TargetKind::Device => nix::fcntl::openat(
-                dir,
-                name,
-                OFlag::O_CREAT
-                    | OFlag::O_EXCL
-                    | OFlag::O_NOFOLLOW
-                    | OFlag::O_WRONLY
-                    | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o644),
-            )
-            .map(drop),
-        };
-        match made {
-            Ok(()) => {
-                created.push(Created {
-                    parent: dir
-                        .as_fd()
-                        .try_clone_to_owned()
-                        .map_err(|e| Error::new(format!("keep {}", path.display()), e))?,
-                    name: name.to_owned(),
-                    dir: kind == TargetKind::Dir,
-                    path: path.to_owned(),
-                });
-                Ok(())
-            }
-            // Something is there that resolution could not follow: a
-            // symlink leading nowhere (or out of the rootfs, which is the
-            // same thing here).
-            Err(Errno::EEXIST) => Err(Error::new(
-                format!("create {} in the rootfs", path.display()),
-                std::io::Error::other("a symlink there leads nowhere inside the rootfs"),
-            )),
-            Err(e) => Err(Error::new(
-                format!("create {} in the rootfs", path.display()),
-                e.into(),
-            )),
-        }
+    /// Opens a canonical path (one without links) as `O_PATH`; any link on
+    /// the way is refused, so what is opened is exactly what was checked.
+    pub fn open_plain(&self, path: &Path) -> Result<OwnedFd> {
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+            .resolve(
+                ResolveFlag::RESOLVE_IN_ROOT
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS,
+            );
+        retry(|| openat2(&self.fd, path, how)).map_err(|e| self.err(path, e))
+    }
+
+    /// The rootfs directory itself.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 
     fn err(&self, path: &Path, e: Errno) -> Error {
@@ -317,6 +332,62 @@ impl Rootfs {
     }
 }
 
+/// Makes the entry `relative` below the directory `dir`, and the
+/// directories on the way to it that are missing, reporting each thing it
+/// made as soon as it exists (for rollback). Every step is a plain name in
+/// a directory fd, never following a link: `relative` is canonical.
+pub fn make_entry(
+    dir: BorrowedFd,
+    relative: &Path,
+    kind: TargetKind,
+    created: &mut Vec<Created>,
+) -> Result<()> {
+    let op = || format!("create {}", relative.display());
+    let names: Vec<&std::ffi::OsStr> = relative
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name),
+            _ => None,
+        })
+        .collect();
+    let Some((last, parents)) = names.split_last() else {
+        return Err(Error::new(op(), std::io::Error::other("nothing to create")));
+    };
+    let mut at = dir.try_clone_to_owned().map_err(|e| Error::new(op(), e))?;
+    let mut path = PathBuf::new();
+    let open_dir = |at: &OwnedFd, name: &std::ffi::OsStr| {
+        nix::fcntl::openat(
+            at,
+            name,
+            OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    for name in parents {
+        path.push(name);
+        match mkdirat(&at, *name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) => created.push(Created::new(&at, name, true, &path)?),
+            Err(Errno::EEXIST) => {}
+            Err(e) => return Err(Error::new(op(), e.into())),
+        }
+        at = open_dir(&at, name).map_err(|e| Error::new(op(), e.into()))?;
+    }
+    path.push(last);
+    let made = match kind {
+        TargetKind::Dir => mkdirat(&at, *last, Mode::from_bits_truncate(0o755)),
+        TargetKind::File | TargetKind::Device => nix::fcntl::openat(
+            &at,
+            *last,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(drop),
+    };
+    made.map_err(|e| Error::new(op(), e.into()))?;
+    created.push(Created::new(&at, last, kind == TargetKind::Dir, &path)?);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,41 +397,55 @@ mod tests {
         let dir = tempfile::TempDir::new().unwrap();
         let root = dir.path().join("rootfs");
         let host = dir.path().join("host");
-        std::fs::create_dir_all(root.join("usr/lib")).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib/x86_64-linux-gnu")).unwrap();
         std::fs::create_dir_all(&host).unwrap();
         (dir, root, host)
     }
 
-    #[test]
-    fn creates_missing_parents_and_the_target_inside_and_reports_them() {
-        let (_dir, root, _) = setup();
-        let rootfs = Rootfs::open(&root).unwrap();
-        let mut created = Vec::new();
-        rootfs
-            .mount_target(
-                Path::new("/usr/lib64/stack/libx.so"),
-                TargetKind::File,
-                &mut created,
-            )
-            .unwrap();
-        assert!(root.join("usr/lib64/stack/libx.so").is_file());
-        let paths: Vec<_> = created.iter().map(|c| c.path.clone()).collect();
-        assert_eq!(
-            paths,
-            ["/usr/lib64", "/usr/lib64/stack", "/usr/lib64/stack/libx.so"].map(PathBuf::from)
-        );
-        for c in created.iter().rev() {
-            c.remove().unwrap();
+    fn canonical(existing: &str, missing: &[&str]) -> Canonical {
+        Canonical {
+            existing: existing.into(),
+            missing: missing.iter().map(Into::into).collect(),
         }
-        assert!(!root.join("usr/lib64").exists());
-        assert!(
-            root.join("usr/lib").exists(),
-            "only what was created is removed"
+    }
+
+    #[test]
+    fn spellings_of_one_place_have_one_canonical_form() {
+        let (_dir, root, _) = setup();
+        // Debian 12: /lib -> usr/lib, /lib64 -> usr/lib64 (missing here).
+        symlink("usr/lib", root.join("lib")).unwrap();
+        symlink("/usr/lib/x86_64-linux-gnu", root.join("usr/lib/triple")).unwrap();
+        std::fs::write(root.join("usr/lib/x86_64-linux-gnu/libc.so.6"), "").unwrap();
+        let rootfs = Rootfs::open(&root).unwrap();
+        let want = canonical("/usr/lib/x86_64-linux-gnu", &["librte.so"]);
+        for spelling in [
+            "/lib/x86_64-linux-gnu/librte.so",
+            "/usr/lib/x86_64-linux-gnu/librte.so",
+            "/usr/lib/triple/librte.so",
+            "/lib/triple/librte.so",
+        ] {
+            assert_eq!(
+                rootfs.canonical(Path::new(spelling)).unwrap(),
+                want,
+                "{spelling}"
+            );
+        }
+        let existing = rootfs
+            .canonical(Path::new("/lib/triple/libc.so.6"))
+            .unwrap();
+        assert_eq!(
+            existing,
+            canonical("/usr/lib/x86_64-linux-gnu/libc.so.6", &[])
+        );
+        assert!(existing.exists());
+        assert_eq!(
+            rootfs.canonical(Path::new("/opt/x/y")).unwrap(),
+            canonical("/", &["opt", "x", "y"])
         );
     }
 
     #[test]
-    fn symlinks_out_of_the_rootfs_resolve_inside_it() {
+    fn links_out_of_the_rootfs_resolve_inside_it() {
         let (_dir, root, host) = setup();
         // Absolute and ../.. forms, pointing at a real host directory.
         symlink(&host, root.join("abs")).unwrap();
@@ -369,67 +454,65 @@ mod tests {
             root.join("rel"),
         )
         .unwrap();
-        std::fs::create_dir_all(root.join(host.strip_prefix("/").unwrap())).unwrap();
+        let inside = root.join(host.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(&inside).unwrap();
         let rootfs = Rootfs::open(&root).unwrap();
-        let mut created = Vec::new();
-        for link in ["/abs/a.so", "/rel/b.so"] {
-            rootfs
-                .mount_target(Path::new(link), TargetKind::File, &mut created)
-                .unwrap();
+        for link in ["/abs/a.so", "/rel/a.so"] {
+            assert_eq!(
+                rootfs.canonical(Path::new(link)).unwrap(),
+                canonical(host.to_str().unwrap(), &["a.so"]),
+                "{link}"
+            );
         }
+        // Made through the canonical path: inside the rootfs, never on the host.
+        let c = rootfs.canonical(Path::new("/abs/sub/a.so")).unwrap();
+        let at = rootfs.open_plain(&c.existing).unwrap();
+        let mut created = Vec::new();
+        let relative: PathBuf = c.missing.iter().collect();
+        make_entry(at.as_fd(), &relative, TargetKind::File, &mut created).unwrap();
+        assert!(inside.join("sub/a.so").is_file());
         assert_eq!(
             std::fs::read_dir(&host).unwrap().count(),
             0,
-            "nothing created on the host"
+            "nothing on the host"
         );
-        let inside = root.join(host.strip_prefix("/").unwrap());
-        assert!(inside.join("a.so").exists() && inside.join("b.so").exists());
+        let paths: Vec<_> = created.iter().map(|c| c.path.clone()).collect();
+        assert_eq!(paths, ["sub", "sub/a.so"].map(PathBuf::from));
+        for c in created.iter().rev() {
+            c.remove().unwrap();
+        }
+        assert!(!inside.join("sub").exists());
     }
 
     #[test]
-    fn a_dangling_symlink_or_a_symlinked_target_never_reaches_the_host() {
+    fn a_link_that_leads_nowhere_or_a_file_in_the_way_is_refused() {
         let (_dir, root, host) = setup();
         symlink(host.join("missing"), root.join("usr/lib64")).unwrap();
-        std::fs::write(host.join("secret"), "host").unwrap();
-        symlink(host.join("secret"), root.join("usr/lib/libx.so")).unwrap();
+        std::fs::write(root.join("usr/file"), "").unwrap();
         let rootfs = Rootfs::open(&root).unwrap();
-        let mut created = Vec::new();
         let e = rootfs
-            .mount_target(
-                Path::new("/usr/lib64/liby.so"),
-                TargetKind::File,
-                &mut created,
-            )
+            .canonical(Path::new("/usr/lib64/liby.so"))
             .unwrap_err();
         assert!(
             e.to_string().contains("a symlink there leads nowhere"),
             "{e}"
         );
-        // The target itself is a symlink to a host file: it resolves to the
-        // same path inside the rootfs, which does not exist, so it is refused.
-        let e = rootfs
-            .mount_target(
-                Path::new("/usr/lib/libx.so"),
-                TargetKind::File,
-                &mut created,
-            )
-            .unwrap_err();
-        assert!(e.to_string().contains("leads nowhere"), "{e}");
-        assert!(created.is_empty());
-        assert!(!host.join("missing").exists());
-        assert_eq!(
-            std::fs::read_to_string(host.join("secret")).unwrap(),
-            "host"
-        );
+        let e = rootfs.canonical(Path::new("/usr/file/x")).unwrap_err();
+        assert!(e.to_string().contains("not a directory"), "{e}");
+        symlink("loop", root.join("loop")).unwrap();
+        let e = rootfs.canonical(Path::new("/loop/x")).unwrap_err();
+        assert!(e.to_string().contains("too many symlinks"), "{e}");
+        // open_plain never follows a link, even one inside the rootfs.
+        symlink("usr", root.join("u")).unwrap();
+        assert!(rootfs.open_plain(Path::new("/u/lib")).is_err());
+        assert!(rootfs.open_plain(Path::new("/usr/lib")).is_ok());
     }
 
     #[test]
     fn links_into_kernel_filesystems_are_neither_read_nor_mounted_into() {
         let (_dir, root, _) = setup();
         std::fs::create_dir_all(root.join("etc")).unwrap();
-        // A rootfs with a procfs and sysfs inside, as at prestart.
         symlink("/proc/self/status", root.join("etc/ld.so.preload")).unwrap();
-        symlink("/sys/kernel", root.join("kern")).unwrap();
         let host_root = Rootfs::open(Path::new("/")).unwrap();
         let e = host_root
             .read(Path::new("/proc/self/status"), 1 << 20)
@@ -439,24 +522,11 @@ mod tests {
                 .contains("outside the rootfs's own filesystem"),
             "{e}"
         );
-        let mut created = Vec::new();
-        let e = host_root
-            .mount_target(
-                Path::new("/sys/kernel/nsbypass-test"),
-                TargetKind::File,
-                &mut created,
-            )
-            .unwrap_err();
-        assert!(e.to_string().contains("kernel filesystem"), "{e}");
-        let e = host_root
-            .mount_target(
-                Path::new("/proc/self/status"),
-                TargetKind::File,
-                &mut created,
-            )
-            .unwrap_err();
-        assert!(e.to_string().contains("kernel filesystem"), "{e}");
-        assert!(created.is_empty());
+        let sys = host_root.open_plain(Path::new("/sys/kernel")).unwrap();
+        assert!(is_pseudo_fs(&sys));
+        assert!(!is_pseudo_fs(
+            &host_root.open_plain(Path::new("/")).unwrap()
+        ));
     }
 
     #[test]
@@ -474,17 +544,16 @@ mod tests {
         );
         assert_eq!(rootfs.read(Path::new("/etc/none"), 100).unwrap(), None);
         assert!(rootfs.read(Path::new("/etc"), 100).is_err());
+        let etc = rootfs.open_plain(Path::new("/etc")).unwrap();
         let mut created = Vec::new();
-        let e = rootfs
-            .mount_target(Path::new("/etc"), TargetKind::File, &mut created)
-            .unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("something other than a regular file"),
-            "{e}"
-        );
-        rootfs
-            .mount_target(Path::new("/etc"), TargetKind::Dir, &mut created)
-            .unwrap();
+        let e = make_entry(
+            etc.as_fd(),
+            Path::new("ld.so.preload"),
+            TargetKind::File,
+            &mut created,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("File exists"), "{e}");
+        assert!(created.is_empty());
     }
 }

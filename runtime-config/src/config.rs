@@ -101,6 +101,18 @@ pub enum MacvlanMode {
     Passthru,
 }
 
+impl MacvlanMode {
+    /// `IFLA_MACVLAN_MODE` as linux/if_link.h numbers it (`MACVLAN_MODE_*`).
+    pub fn kernel_value(self) -> u32 {
+        match self {
+            MacvlanMode::Private => 1,
+            MacvlanMode::Vepa => 2,
+            MacvlanMode::Bridge => 4,
+            MacvlanMode::Passthru => 8,
+        }
+    }
+}
+
 /// One admin-defined network: a parent NIC and, optionally, an IPv4 pool on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
@@ -425,6 +437,15 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn macvlan_modes_have_the_kernel_values() {
+        // MACVLAN_MODE_* in linux/if_link.h.
+        assert_eq!(MacvlanMode::Private.kernel_value(), 1);
+        assert_eq!(MacvlanMode::Vepa.kernel_value(), 2);
+        assert_eq!(MacvlanMode::Bridge.kernel_value(), 4);
+        assert_eq!(MacvlanMode::Passthru.kernel_value(), 8);
     }
 
     const FULL: &str = r#"
