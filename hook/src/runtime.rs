@@ -8,8 +8,13 @@
 //! the requested profiles as spec entries: device nodes with their cgroup
 //! rules (the runtime grants them itself, on cgroup v1 and v2), bind
 //! mounts, and the environment (`LD_PRELOAD`, the profiles' env).
+//!
+//! The command line is read as runc reads it (Go's `flag` rules: `-x` and
+//! `--x` alike, `=value` or the next argument); a `create` or `run` that
+//! cannot be read for certain is refused rather than guessed at.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -20,26 +25,21 @@ use runtime_config::{Bundle, Config, Request};
 
 use crate::{install as installer, logging, profile};
 
-/// Global options that take a value, of runc and of crun.
-const VALUED_GLOBALS: [&str; 7] = [
-    "--root",
-    "--log",
-    "--log-format",
-    "--log-level",
-    "--criu",
-    "--rootless",
-    "--cgroup-manager",
-];
-
 /// Edits the bundle if the command creates a container that asks for
 /// something, then becomes `runtime` with the same arguments. Returns only
 /// on failure, after writing the failure where the engine looks for it.
 pub fn run(config: &Path, runtime: &Path, args: &[OsString]) -> Result<()> {
-    if let Some((bundle, id)) = created_bundle(args) {
-        if let Err(e) = edit(config, &bundle).with_context(|| format!("container {id}")) {
-            report_to_engine(args, &e);
-            return Err(e);
+    let line = CommandLine::parse(args);
+    let edited = match line.created {
+        Err(message) => Err(anyhow::anyhow!("command line: {message}")),
+        Ok(None) => Ok(()),
+        Ok(Some(Created { bundle, id })) => {
+            edit(config, &bundle).with_context(|| format!("container {id}"))
         }
+    };
+    if let Err(e) = edited {
+        report_to_engine(line.log.as_deref(), &e);
+        return Err(e);
     }
     let error = std::process::Command::new(runtime).args(args).exec();
     Err(error).with_context(|| format!("exec {}", runtime.display()))
@@ -48,12 +48,7 @@ pub fn run(config: &Path, runtime: &Path, args: &[OsString]) -> Result<()> {
 /// containerd hands the runtime the container's own stdio on create and
 /// reads the error it shows the user from the `--log` file (runc's JSON
 /// log format): the failure goes there too.
-fn report_to_engine(args: &[OsString], error: &anyhow::Error) {
-    let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap_or("")).collect();
-    let log = args.iter().enumerate().find_map(|(i, a)| match *a {
-        "--log" => args.get(i + 1).copied(),
-        a => a.strip_prefix("--log="),
-    });
+fn report_to_engine(log: Option<&OsStr>, error: &anyhow::Error) {
     let Some(log) = log else { return };
     let message = format!(
         "nsbypass: runtime: {}",
@@ -66,37 +61,240 @@ fn report_to_engine(args: &[OsString], error: &anyhow::Error) {
         .open(log)
         .and_then(|mut f| std::io::Write::write_all(&mut f, line.as_bytes()));
     if let Err(e) = written {
-        tracing::warn!(log, error = %e, "cannot write the runtime log");
+        tracing::warn!(log = %Path::new(log).display(), error = %e, "cannot write the runtime log");
     }
 }
 
-/// The bundle (and container id) of a `create` or `run` command line.
-fn created_bundle(args: &[OsString]) -> Option<(PathBuf, String)> {
-    let args: Vec<&str> = args.iter().map(|a| a.to_str().unwrap_or("")).collect();
-    let mut i = 0;
-    while i < args.len() && args[i].starts_with('-') {
-        let valued = VALUED_GLOBALS.contains(&args[i]) && !args[i].contains('=');
-        i += if valued { 2 } else { 1 };
-    }
-    if !matches!(args.get(i), Some(&"create") | Some(&"run")) {
-        return None;
-    }
-    let rest = &args[i + 1..];
-    let mut bundle = PathBuf::from(".");
-    let mut j = 0;
-    while j < rest.len() {
-        match rest[j] {
-            "--bundle" | "-b" => {
-                bundle = PathBuf::from(rest.get(j + 1)?);
-                j += 1;
-            }
-            a if a.starts_with("--bundle=") => bundle = PathBuf::from(&a["--bundle=".len()..]),
-            _ => {}
+/// The flags of one runc command (or of runc itself), by name: runc reads
+/// `-name` and `--name` alike, a value as `-name=V` or as the next argument.
+struct Flags {
+    /// Flags that take a value.
+    valued: &'static [&'static str],
+    /// Flags that take none (`-name=true|false` sets one explicitly).
+    boolean: &'static [&'static str],
+}
+
+/// runc's and crun's global options.
+const GLOBAL_FLAGS: Flags = Flags {
+    valued: &[
+        "root",
+        "log",
+        "log-format",
+        "log-level",
+        "criu",
+        "rootless",
+        "cgroup-manager",
+    ],
+    boolean: &["debug", "systemd-cgroup"],
+};
+
+/// `runc create`'s options.
+const CREATE_FLAGS: Flags = Flags {
+    valued: &[
+        "bundle",
+        "b",
+        "console-socket",
+        "pidfd-socket",
+        "pid-file",
+        "preserve-fds",
+    ],
+    boolean: &["no-pivot", "no-new-keyring"],
+};
+
+/// `runc run`'s options: create's, and how to wait for the container.
+const RUN_FLAGS: Flags = Flags {
+    valued: CREATE_FLAGS.valued,
+    boolean: &[
+        "no-pivot",
+        "no-new-keyring",
+        "detach",
+        "d",
+        "keep",
+        "no-subreaper",
+    ],
+};
+
+/// Flags that make runc print something and do nothing else.
+const INFO_FLAGS: [&str; 4] = ["help", "h", "version", "v"];
+
+/// One argument as Go's `flag` package (under runc's urfave/cli) reads it.
+#[derive(Debug, PartialEq, Eq)]
+enum Token<'a> {
+    /// Not a flag: a command or container id (`-` alone is one too).
+    Word,
+    /// `--`: the flags end here.
+    End,
+    /// `-name` or `--name`, with the value if it is attached as `=value`.
+    Flag(&'a [u8], Option<&'a OsStr>),
+}
+
+impl<'a> Token<'a> {
+    fn of(arg: &'a OsStr) -> Result<Token<'a>, String> {
+        let bytes = arg.as_bytes();
+        if bytes.len() < 2 || bytes[0] != b'-' {
+            return Ok(Token::Word);
         }
-        j += 1;
+        if bytes == b"--" {
+            return Ok(Token::End);
+        }
+        let name = if bytes[1] == b'-' {
+            &bytes[2..]
+        } else {
+            &bytes[1..]
+        };
+        if name.is_empty() || name[0] == b'-' || name[0] == b'=' {
+            return Err(format!("bad flag syntax {arg:?}"));
+        }
+        Ok(match name.iter().position(|&b| b == b'=') {
+            Some(i) => Token::Flag(&name[..i], Some(OsStr::from_bytes(&name[i + 1..]))),
+            None => Token::Flag(name, None),
+        })
     }
-    let id = rest.last().filter(|a| !a.starts_with('-'))?.to_string();
-    Some((bundle, id))
+}
+
+/// The flags at the front of an argument list, read as runc reads them.
+#[derive(Debug, Default)]
+struct Read<'a> {
+    /// The valued flags' values, in order.
+    values: Vec<(&'a [u8], &'a OsStr)>,
+    /// Where the first word is (after a `--`, if there was one).
+    next: usize,
+    /// `--help` or `--version`: runc runs nothing.
+    info: bool,
+    /// The argument that could not be understood, and why: reading stopped there.
+    error: Option<String>,
+}
+
+impl<'a> Read<'a> {
+    /// The last value given to any of `names` (a later flag overrides an earlier one).
+    fn value(&self, names: &[&str]) -> Option<&'a OsStr> {
+        self.values
+            .iter()
+            .rev()
+            .find(|(n, _)| names.iter().any(|name| name.as_bytes() == *n))
+            .map(|(_, v)| *v)
+    }
+}
+
+impl Flags {
+    /// Reads flags from the front of `args` up to the first word, as Go's
+    /// `flag` package does: a valued flag without `=` takes the next
+    /// argument whatever it looks like; a boolean takes none.
+    fn read<'a>(&self, args: &'a [OsString]) -> Read<'a> {
+        let mut read = Read::default();
+        let mut i = 0;
+        while i < args.len() {
+            let arg = args[i].as_os_str();
+            let (name, value) = match Token::of(arg) {
+                Ok(Token::Word) => break,
+                Ok(Token::End) => {
+                    i += 1;
+                    break;
+                }
+                Ok(Token::Flag(name, value)) => (name, value),
+                Err(message) => {
+                    read.error = Some(message);
+                    break;
+                }
+            };
+            let is = |list: &[&str]| list.iter().any(|n| n.as_bytes() == name);
+            if is(self.valued) {
+                let value = match value {
+                    Some(value) => value,
+                    None => match args.get(i + 1) {
+                        Some(next) => {
+                            i += 1;
+                            next.as_os_str()
+                        }
+                        None => {
+                            read.error = Some(format!("flag {arg:?} needs a value"));
+                            break;
+                        }
+                    },
+                };
+                read.values.push((name, value));
+            } else if is(self.boolean) || is(&INFO_FLAGS) {
+                read.info |= is(&INFO_FLAGS);
+            } else {
+                read.error = Some(format!(
+                    "unknown flag {arg:?}: nsbypass cannot tell whether it takes a value"
+                ));
+                break;
+            }
+            i += 1;
+        }
+        read.next = i;
+        read
+    }
+}
+
+/// A runc command line, as far as runtime mode needs to understand it.
+#[derive(Debug, PartialEq, Eq)]
+struct CommandLine {
+    /// runc's `--log` file, where containerd reads the error it shows.
+    log: Option<OsString>,
+    /// The container a `create` or `run` makes; `Ok(None)` for any other
+    /// command; `Err` (what could not be understood) when it may be a
+    /// `create` or `run` but nsbypass cannot tell of what bundle.
+    created: Result<Option<Created>, String>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+struct Created {
+    bundle: PathBuf,
+    id: String,
+}
+
+impl CommandLine {
+    fn parse(args: &[OsString]) -> CommandLine {
+        let globals = GLOBAL_FLAGS.read(args);
+        let log = globals.value(&["log"]).map(OsStr::to_owned);
+        let rest = &args[globals.next..];
+        let created = match globals.error {
+            // Whatever the flag is, a command line without these words
+            // creates nothing.
+            Some(message) if rest.iter().any(|a| a == "create" || a == "run") => Err(message),
+            Some(_) => Ok(None),
+            None if globals.info => Ok(None),
+            None => created(rest),
+        };
+        CommandLine { log, created }
+    }
+}
+
+/// The bundle and id of `create|run FLAGS... ID`, as runc reads them;
+/// `Ok(None)` for any other command.
+fn created(args: &[OsString]) -> Result<Option<Created>, String> {
+    let (command, flags) = match args.split_first() {
+        Some((c, rest)) if c == "create" => ("create", CREATE_FLAGS.read(rest)),
+        Some((c, rest)) if c == "run" => ("run", RUN_FLAGS.read(rest)),
+        _ => return Ok(None),
+    };
+    let rest = &args[1..];
+    if let Some(message) = flags.error {
+        return Err(format!("{command}: {message}"));
+    }
+    if flags.info {
+        return Ok(None);
+    }
+    // Without an id runc creates nothing (and says so itself).
+    let Some(id) = rest.get(flags.next) else {
+        return Ok(None);
+    };
+    if let Some(extra) = rest.get(flags.next + 1) {
+        return Err(format!(
+            "{command}: {extra:?} after the container id {id:?}: nsbypass reads flags before the id only"
+        ));
+    }
+    // runc stays in its working directory for an empty or absent bundle.
+    let bundle = match flags.value(&["bundle", "b"]) {
+        Some(b) if !b.is_empty() => PathBuf::from(b),
+        _ => PathBuf::from("."),
+    };
+    Ok(Some(Created {
+        bundle,
+        id: id.to_string_lossy().into_owned(),
+    }))
 }
 
 /// Edits `<bundle>/config.json` in place when it asks nsbypass for something.
@@ -116,10 +314,11 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
     if config.log.file.is_some() {
         logging::init(&config.log).map_err(anyhow::Error::msg)?;
     }
-    let to_carry = request.profiles_to_carry();
-    let carry = match to_carry.is_empty() {
+    // Every requested profile goes into the spec, whatever the spec's own
+    // marker claims: the marker is then set to exactly what was carried.
+    let carry = match request.profiles.is_empty() {
         true => Default::default(),
-        false => profile::plan(&to_carry, &config)
+        false => profile::plan(&request.profiles, &config)
             .map_err(|f| anyhow::anyhow!("{f}"))?
             .carry(),
     };
@@ -152,37 +351,160 @@ mod tests {
         line.split_whitespace().map(OsString::from).collect()
     }
 
+    fn created_by(line: &str) -> Result<Option<(PathBuf, String)>, String> {
+        CommandLine::parse(&args(line))
+            .created
+            .map(|c| c.map(|c| (c.bundle, c.id)))
+    }
+
+    fn some(bundle: &str, id: &str) -> Result<Option<(PathBuf, String)>, String> {
+        Ok(Some((PathBuf::from(bundle), id.to_owned())))
+    }
+
     #[test]
     fn finds_the_bundle_of_create_as_docker_calls_it() {
-        let line =
-            "--root /run/docker/runtime-runc/moby --log /x/log.json --log-format json create \
-                    --bundle /x/b --pid-file /x/init.pid c0ffee";
+        // containerd's go-runc, for docker's create and for run.
+        let line = "--root /run/docker/runtime-runc/moby --log /x/log.json --log-format json \
+                    --systemd-cgroup create --bundle /x/b --pid-file /x/init.pid \
+                    --console-socket /tmp/pty.sock --no-pivot --no-new-keyring --preserve-fds 2 c0ffee";
+        assert_eq!(created_by(line), some("/x/b", "c0ffee"));
+        let line = "--root /r --debug --log /x/log.json --log-format json --rootless=false \
+                    run --bundle /x/b --detach --pid-file /x/init.pid c0ffee";
+        assert_eq!(created_by(line), some("/x/b", "c0ffee"));
         assert_eq!(
-            created_bundle(&args(line)),
-            Some((PathBuf::from("/x/b"), "c0ffee".into()))
+            CommandLine::parse(&args(line)).log,
+            Some(OsString::from("/x/log.json"))
         );
-        assert_eq!(
-            created_bundle(&args("--debug --systemd-cgroup create -b /b id1")),
-            Some((PathBuf::from("/b"), "id1".into()))
-        );
-        assert_eq!(
-            created_bundle(&args("--root=/r run --bundle=/b2 id2"))
-                .unwrap()
-                .0,
-            PathBuf::from("/b2")
-        );
-        assert_eq!(
-            created_bundle(&args("create id3")).unwrap().0,
-            PathBuf::from(".")
-        );
-        for other in [
+    }
+
+    #[test]
+    fn every_form_runc_reads_is_read_alike() {
+        let cases = [
+            ("create -b /b id", "/b"),
+            ("create -b=/b id", "/b"),
+            ("create --b /b id", "/b"),
+            ("create --b=/b id", "/b"),
+            ("create --bundle /b id", "/b"),
+            ("create --bundle=/b id", "/b"),
+            ("create -bundle /b id", "/b"),
+            ("create -bundle=/b id", "/b"),
+            ("create -b=/b=c id", "/b=c"),
+            ("create id", "."),
+            ("create -b= id", "."),
+            ("create -b /first --bundle=/b id", "/b"),
+            ("--root /r create -b /b id", "/b"),
+            ("--root=/r create -b /b id", "/b"),
+            ("-root /r create -b /b id", "/b"),
+            ("-root=/r -log=/l -log-format=json create -b /b id", "/b"),
+            ("--log /l --log-format json --log-level debug create -b /b id", "/b"),
+            ("--criu /c --rootless auto --cgroup-manager cgroupfs create -b /b id", "/b"),
+            ("--debug -systemd-cgroup --debug=false create -b /b id", "/b"),
+            ("-- create -b /b id", "/b"),
+            ("create --no-pivot -no-new-keyring=true -b /b id", "/b"),
+            ("create --pid-file=/p -console-socket /s --preserve-fds=3 --pidfd-socket /f -b /b id", "/b"),
+            ("create -b /b -- id", "/b"),
+            // As Go's flag does, a valued flag takes the next argument whatever it is.
+            ("create --pid-file --bundle id", "."),
+            ("create --bundle -- id", "--"),
+            ("run -d -b /b id", "/b"),
+            ("run --detach=true --keep --no-subreaper -b=/b id", "/b"),
+        ];
+        for (line, bundle) in cases {
+            assert_eq!(created_by(line), some(bundle, "id"), "{line}");
+        }
+        assert_eq!(created_by("create -b /b -- -id"), some("/b", "-id"));
+    }
+
+    #[test]
+    fn the_log_file_is_found_in_every_form() {
+        for line in [
+            "--log /l create -b /b id",
+            "--log=/l create id",
+            "-log /l create id",
+            "-log=/l state id",
+            "--log /x --log /l start id",
+            "--log /l create --unknown id",
+            "--log /l --unknown create id",
+        ] {
+            assert_eq!(
+                CommandLine::parse(&args(line)).log,
+                Some(OsString::from("/l")),
+                "{line}"
+            );
+        }
+        assert_eq!(CommandLine::parse(&args("--root /r create id")).log, None);
+    }
+
+    #[test]
+    fn what_may_be_a_create_but_cannot_be_read_is_refused_naming_the_argument() {
+        let cases = [
+            ("create --bogus x id", "create: unknown flag \"--bogus\": nsbypass cannot tell whether it takes a value"),
+            ("create -db /x id", "create: unknown flag \"-db\""),
+            ("create -detach id", "create: unknown flag \"-detach\""),
+            ("create -d id", "create: unknown flag \"-d\""),
+            ("run --config /c id", "run: unknown flag \"--config\""),
+            ("create ---b /x id", "create: bad flag syntax \"---b\""),
+            ("create -=x id", "create: bad flag syntax \"-=x\""),
+            ("create -b /b --bundle", "create: flag \"--bundle\" needs a value"),
+            ("create id --bundle /b", "create: \"--bundle\" after the container id \"id\": nsbypass reads flags before the id only"),
+            ("create id extra", "create: \"extra\" after the container id \"id\""),
+            ("--new-global create -b /b id", "unknown flag \"--new-global\""),
+            ("--new-global x run -b /b id", "unknown flag \"--new-global\""),
+        ];
+        for (line, want) in cases {
+            let got = created_by(line).unwrap_err();
+            assert!(got.starts_with(want), "{line}\n got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn other_commands_pass_through() {
+        for line in [
             "--root /r start id",
             "--root /r delete --force id",
             "state id",
+            "exec --bogus id sh",
+            "--root create list",
             "--version",
+            "--version create -b /b id",
+            "-h create -b /b id",
+            "create --help",
+            "create -b /b -h id",
+            "create",
+            "create -b /b",
+            "--new-global state id",
+            "--new-global=1 kill id KILL",
+            "--root",
             "",
         ] {
-            assert_eq!(created_bundle(&args(other)), None, "{other}");
+            assert_eq!(created_by(line), Ok(None), "{line}");
         }
+    }
+
+    #[test]
+    fn a_refused_command_line_is_one_line_in_the_log() {
+        let dir = std::env::temp_dir().join(format!("nsbypass-rt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("log.json");
+        let line = format!("-log={} create -b=/nonexistent --bogus id", log.display());
+        let err = run(
+            Path::new("/nonexistent.toml"),
+            Path::new("/bin/false"),
+            &args(&line),
+        )
+        .unwrap_err();
+        assert_eq!(
+            crate::chain_line(&err),
+            "command line: create: unknown flag \"--bogus\": nsbypass cannot tell whether it takes a value"
+        );
+        let written = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let v: serde_json::Value = serde_json::from_str(written.trim_end()).unwrap();
+        assert_eq!(v["level"], "error");
+        assert_eq!(
+            v["msg"],
+            "nsbypass: runtime: command line: create: unknown flag \"--bogus\": nsbypass cannot tell whether it takes a value"
+        );
+        assert_eq!(written.lines().count(), 1);
     }
 }

@@ -13,6 +13,8 @@ use oci_spec::runtime::{
 };
 use serde_json::{json, Map, Value};
 
+use crate::bundle::{Bundle, SpecDevice, SpecMount};
+
 /// The environment every generated hook entry runs with: never the
 /// runtime's or the container's (a root hook that inherits `LD_PRELOAD`
 /// from an image is NVIDIA's CVE-2025-23266).
@@ -21,9 +23,10 @@ pub const HOOK_ENV: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 pub const HOOK_TIMEOUT: i64 = 10;
 /// hooks.d `when.annotations` key: the containers whose hooks run.
 pub const REQUEST_ANNOTATION_PATTERN: &str = r"^nsbypass\.io/(network|profile)$";
-/// Set in a container's environment by the docker runtime entry and by the
-/// CDI spec: these profiles' devices, mounts and env are already in the
-/// spec, so the prestart hook must not carry them in again.
+/// Set in a container's environment by the docker runtime entry: the
+/// profiles it put in the spec (exactly those, one entry). Informational:
+/// an image can set it too, so the hook does not read it but checks the
+/// spec itself ([`check_in_spec`]).
 pub const PROFILE_IN_SPEC_ENV: &str = "NSBYPASS_PROFILE_IN_SPEC";
 /// The docker runtime name `install docker` registers.
 pub const DOCKER_RUNTIME_NAME: &str = "nsbypass";
@@ -235,6 +238,19 @@ impl CarriedDevice {
             LinuxDeviceType::C
         }
     }
+
+    /// Whether the spec's `entry` is this device: path, type (`u` is an
+    /// unbuffered character device) and numbers.
+    fn is(&self, entry: &SpecDevice) -> bool {
+        let kind = match self.block {
+            true => entry.kind == "b",
+            false => entry.kind == "c" || entry.kind == "u",
+        };
+        entry.path == self.target
+            && kind
+            && entry.major == Some(i64::from(self.major))
+            && entry.minor == Some(i64::from(self.minor))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +261,14 @@ pub struct CarriedMount {
 }
 
 impl CarriedMount {
+    /// Whether the spec's `entry` is this mount: a bind of the source on
+    /// the target.
+    fn is(&self, entry: &SpecMount) -> bool {
+        absolute(&entry.destination) == self.target
+            && entry.source.as_deref() == Some(self.source.as_path())
+            && entry.is_bind()
+    }
+
     /// Read-only, nosuid, nodev, private: as the hook binds them.
     fn options(&self) -> Vec<String> {
         let bind = if self.directory { "rbind" } else { "bind" };
@@ -260,6 +284,14 @@ impl CarriedMount {
 }
 
 impl Carry {
+    /// "profile a" or "profiles a,b", for messages.
+    fn who(&self) -> String {
+        match self.profiles.len() {
+            1 => format!("profile {}", self.profiles[0]),
+            _ => format!("profiles {}", self.profiles.join(",")),
+        }
+    }
+
     /// The process environment additions: `LD_PRELOAD` from the preload
     /// list, and the profiles' env.
     pub fn env_entries(&self) -> Vec<(String, String)> {
@@ -282,9 +314,16 @@ impl Carry {
 /// nsbypass hooks if `hooks` is given (never twice) and, for `carry`, the
 /// device nodes with their cgroup rules (so the runtime itself creates and
 /// grants them, on cgroup v1 and v2), the bind mounts and the environment.
-/// A variable the container already sets keeps its value, except
-/// `LD_PRELOAD`, which gets the profiles' libraries appended, and the
-/// in-spec marker, which is always nsbypass's. Unknown fields are kept.
+///
+/// The environment is edited as runc applies it, later entries overriding
+/// earlier ones: a variable the container already sets keeps its effective
+/// (last) value, except `LD_PRELOAD`, whose effective value gets the
+/// profiles' libraries appended and which is left as one entry, and the
+/// in-spec marker, which is left as one entry naming exactly
+/// `carry.profiles` (none if that is empty). A device or mount the spec
+/// already has exactly as `carry` has it is not added again; one it has
+/// differently at the same path is an error. Editing twice is editing
+/// once. Unknown fields are kept.
 pub fn edit_spec(
     spec: &mut Value,
     hooks: Option<&HookCommand>,
@@ -301,7 +340,8 @@ pub fn edit_spec(
     if let Some(cmd) = hooks {
         let hooks = object_at(root, "hooks").ok_or_else(|| shape("\"hooks\" is not an object"))?;
         for stage in STAGES {
-            let list = array_at(hooks, stage).ok_or_else(|| shape("a hook stage is not a list"))?;
+            let list = array_at(hooks, stage)
+                .ok_or_else(|| shape(&format!("\"hooks.{stage}\" is not a list")))?;
             let hook = serde_json::to_value(cmd.oci_hook(stage)).expect("hooks serialise");
             let ours = |h: &Value| h["path"] == hook["path"] && h["args"] == hook["args"];
             if !list.iter().any(ours) {
@@ -315,8 +355,25 @@ pub fn edit_spec(
         let devices =
             array_at(linux, "devices").ok_or_else(|| shape("\"linux.devices\" is not a list"))?;
         for d in &carry.devices {
-            if devices.iter().any(|e| e["path"] == json!(d.target)) {
-                continue;
+            let existing = devices
+                .iter()
+                .filter_map(|e| serde_json::from_value::<SpecDevice>(e.clone()).ok())
+                .rfind(|e| e.path == d.target);
+            if let Some(e) = existing {
+                if d.is(&e) {
+                    continue;
+                }
+                return Err(shape(&format!(
+                    "\"linux.devices\" already has {} as {} {}:{}, where {} needs {} {}:{}",
+                    d.target.display(),
+                    e.kind,
+                    number(e.major),
+                    number(e.minor),
+                    carry.who(),
+                    d.kind().as_str(),
+                    d.major,
+                    d.minor
+                )));
             }
             let device = LinuxDeviceBuilder::default()
                 .path(d.target.clone())
@@ -343,15 +400,34 @@ pub fn edit_spec(
                 .access("rwm".to_owned())
                 .build()
                 .expect("every field is set");
-            rules.push(serde_json::to_value(rule).expect("rules serialise"));
+            let rule = serde_json::to_value(rule).expect("rules serialise");
+            if !rules.contains(&rule) {
+                rules.push(rule);
+            }
         }
     }
 
     if !carry.mounts.is_empty() {
         let mounts = array_at(root, "mounts").ok_or_else(|| shape("\"mounts\" is not a list"))?;
         for m in &carry.mounts {
-            if mounts.iter().any(|e| e["destination"] == json!(m.target)) {
-                continue;
+            let existing = mounts
+                .iter()
+                .filter_map(|e| serde_json::from_value::<SpecMount>(e.clone()).ok())
+                .rfind(|e| absolute(&e.destination) == m.target);
+            if let Some(e) = existing {
+                if m.is(&e) {
+                    continue;
+                }
+                return Err(shape(&format!(
+                    "\"mounts\" already has a {} mount{} on {}, where {} binds {}",
+                    e.kind.as_deref().unwrap_or("untyped"),
+                    e.source
+                        .map(|s| format!(" of {}", s.display()))
+                        .unwrap_or_default(),
+                    m.target.display(),
+                    carry.who(),
+                    m.source.display()
+                )));
             }
             let mount = MountBuilder::default()
                 .destination(m.target.clone())
@@ -368,10 +444,20 @@ pub fn edit_spec(
     if !carry.profiles.is_empty() {
         additions.push((PROFILE_IN_SPEC_ENV.to_owned(), carry.profiles.join(",")));
     }
-    if !additions.is_empty() {
+    let has_marker = root
+        .get("process")
+        .and_then(|p| p.get("env"))
+        .and_then(Value::as_array)
+        .is_some_and(|env| {
+            env.iter()
+                .any(|e| env_value(e, PROFILE_IN_SPEC_ENV).is_some())
+        });
+    if !additions.is_empty() || has_marker {
         let process =
             object_at(root, "process").ok_or_else(|| shape("\"process\" is not an object"))?;
         let env = array_at(process, "env").ok_or_else(|| shape("\"process.env\" is not a list"))?;
+        // The marker says what this edit carried, whatever the image set.
+        env.retain(|e| env_value(e, PROFILE_IN_SPEC_ENV).is_none());
         for (key, value) in additions {
             set_env(env, &key, &value);
         }
@@ -379,29 +465,97 @@ pub fn edit_spec(
     Ok(())
 }
 
-/// Sets `key=value` in a spec's env list, by the rules of `edit_spec`.
+/// Sets `key=value` in a spec's env list, by the rules of `edit_spec`:
+/// runc applies the list in order, so the last entry of a key is the one
+/// the process sees.
 fn set_env(env: &mut Vec<Value>, key: &str, value: &str) {
-    let prefix = format!("{key}=");
-    let existing = env
-        .iter()
-        .position(|e| e.as_str().is_some_and(|s| s.starts_with(&prefix)));
-    let Some(i) = existing else {
-        env.push(Value::String(format!("{prefix}{value}")));
+    let Some(last) = env.iter().rposition(|e| env_value(e, key).is_some()) else {
+        env.push(Value::String(format!("{key}={value}")));
         return;
     };
-    if key == "LD_PRELOAD" {
-        let old = env[i].as_str().unwrap_or_default()[prefix.len()..].to_owned();
-        // ld.so takes spaces or colons between entries.
-        let mut list: Vec<&str> = old.split([':', ' ']).filter(|p| !p.is_empty()).collect();
-        for path in value.split(':') {
-            if !list.contains(&path) {
-                list.push(path);
-            }
-        }
-        env[i] = Value::String(format!("{prefix}{}", list.join(":")));
-    } else if key == PROFILE_IN_SPEC_ENV {
-        env[i] = Value::String(format!("{prefix}{value}"));
+    if key != "LD_PRELOAD" {
+        return; // The container's own value wins.
     }
+    let old = env_value(&env[last], key).unwrap_or_default();
+    // ld.so takes spaces or colons between entries.
+    let mut list: Vec<&str> = old.split([':', ' ']).filter(|p| !p.is_empty()).collect();
+    for path in value.split(':') {
+        if !list.contains(&path) {
+            list.push(path);
+        }
+    }
+    let merged = Value::String(format!("{key}={}", list.join(":")));
+    // One entry: the earlier ones were overridden anyway.
+    let mut i = 0;
+    env.retain(|e| {
+        let keep = i == last || env_value(e, key).is_none();
+        i += 1;
+        keep
+    });
+    let last = env
+        .iter()
+        .position(|e| env_value(e, key).is_some())
+        .expect("the effective entry is kept");
+    env[last] = merged;
+}
+
+/// The value of a `key=value` env entry for `key`.
+fn env_value<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
+    entry.as_str()?.strip_prefix(key)?.strip_prefix('=')
+}
+
+/// Whether the host-resolved `carry` is really in the spec `bundle` was
+/// read from, as the container will see it: every mount a bind of that
+/// source on that destination (the last mount on or above the target, so
+/// not shadowed), every device in `linux.devices` with that path, type and
+/// numbers, every preload library in the effective `LD_PRELOAD`. The
+/// in-spec marker is not read: an image can set it. `Err` names the first
+/// piece missing.
+pub fn check_in_spec(carry: &Carry, bundle: &Bundle) -> Result<(), String> {
+    for m in &carry.mounts {
+        let seen = bundle
+            .mounts
+            .iter()
+            .rev()
+            .find(|s| m.target.starts_with(absolute(&s.destination)));
+        if !seen.is_some_and(|s| m.is(s)) {
+            return Err(format!(
+                "the spec does not bind {} on {}",
+                m.source.display(),
+                m.target.display()
+            ));
+        }
+    }
+    for d in &carry.devices {
+        let seen = bundle.devices.iter().rev().find(|s| s.path == d.target);
+        if !seen.is_some_and(|s| d.is(s)) {
+            return Err(format!(
+                "the spec has no device {} {} {}:{}",
+                d.target.display(),
+                d.kind().as_str(),
+                d.major,
+                d.minor
+            ));
+        }
+    }
+    let preload = bundle.env_var("LD_PRELOAD").unwrap_or_default();
+    let listed: Vec<&str> = preload.split([':', ' ']).collect();
+    for path in &carry.preload {
+        let path = path.display().to_string();
+        if !listed.contains(&path.as_str()) {
+            return Err(format!("LD_PRELOAD in the spec does not list {path}"));
+        }
+    }
+    Ok(())
+}
+
+/// A mount destination as runc takes it: relative ones are under `/`.
+fn absolute(destination: &Path) -> PathBuf {
+    Path::new("/").join(destination)
+}
+
+fn number(n: Option<i64>) -> String {
+    n.map_or_else(|| "?".to_owned(), |n| n.to_string())
 }
 
 /// The CDI spec for `profiles`: one device per profile (its nodes, mounts
@@ -455,11 +609,14 @@ pub fn cdi_spec(cmd: &HookCommand, profiles: &[Carry]) -> Value {
     })
 }
 
-/// `map[key]` as an object, created if absent; `None` if it is something else.
+/// `map[key]` as an object, created if absent (or null); `None` if it is
+/// something else.
 fn object_at<'a>(map: &'a mut Map<String, Value>, key: &str) -> Option<&'a mut Map<String, Value>> {
-    map.entry(key)
-        .or_insert_with(|| Value::Object(Map::new()))
-        .as_object_mut()
+    let slot = map.entry(key).or_insert_with(|| Value::Object(Map::new()));
+    if slot.is_null() {
+        *slot = Value::Object(Map::new());
+    }
+    slot.as_object_mut()
 }
 
 /// `map[key]` as an array, created if absent (or null).
@@ -677,11 +834,255 @@ mod tests {
             spec["process"]["env"],
             json!([
                 "LD_PRELOAD=/usr/lib64/libonload.so",
-                "NSBYPASS_PROFILE_IN_SPEC=onload",
-                "EF_POLL_USEC=100000"
+                "EF_POLL_USEC=100000",
+                "NSBYPASS_PROFILE_IN_SPEC=onload"
             ])
         );
         assert!(spec.get("hooks").is_none(), "profiles alone need no hooks");
+    }
+
+    fn env_of(spec: &Value) -> Vec<&str> {
+        spec["process"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e.as_str().unwrap())
+            .collect()
+    }
+
+    fn bundle_of(spec: &Value) -> Bundle {
+        Bundle::parse(Path::new("/b"), spec.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn editing_twice_is_editing_once() {
+        let mut once = json!({
+            "process": {"env": ["PATH=/bin", "NSBYPASS_NETWORK=fast"]},
+            "linux": {"resources": {"devices": [{"allow": false, "access": "rwm"}]}}
+        });
+        edit_spec(&mut once, Some(&cmd()), &carry()).unwrap();
+        let mut twice = once.clone();
+        edit_spec(&mut twice, Some(&cmd()), &carry()).unwrap();
+        assert_eq!(twice, once);
+        assert_eq!(
+            once["linux"]["resources"]["devices"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2,
+            "the deny and one allow rule"
+        );
+    }
+
+    #[test]
+    fn duplicate_env_entries_are_edited_as_runc_applies_them() {
+        let mut spec = json!({"process": {"env": [
+            "LD_PRELOAD=/first.so",
+            "EF_POLL_USEC=1",
+            "NSBYPASS_PROFILE_IN_SPEC=onload",
+            "LD_PRELOAD=/second.so /third.so",
+            "EF_POLL_USEC=2",
+            "NSBYPASS_PROFILE_IN_SPEC=bogus",
+        ]}});
+        edit_spec(&mut spec, None, &carry()).unwrap();
+        assert_eq!(
+            env_of(&spec),
+            [
+                "EF_POLL_USEC=1",
+                "LD_PRELOAD=/second.so:/third.so:/usr/lib64/libonload.so",
+                "EF_POLL_USEC=2",
+                "NSBYPASS_PROFILE_IN_SPEC=onload"
+            ],
+            "LD_PRELOAD merged into the last entry and left once, EF_POLL_USEC as it was"
+        );
+        let b = bundle_of(&spec);
+        assert_eq!(b.env_var("EF_POLL_USEC"), Some("2"), "the container's wins");
+        assert_eq!(b.env_var(PROFILE_IN_SPEC_ENV), Some("onload"));
+    }
+
+    #[test]
+    fn the_marker_names_exactly_what_was_carried() {
+        let image = json!({"process": {"env": [
+            "NSBYPASS_NETWORK=fast",
+            "NSBYPASS_PROFILE_IN_SPEC=rtp",
+            "NSBYPASS_PROFILE_IN_SPEC=onload,rtp",
+        ]}});
+        let mut spec = image.clone();
+        edit_spec(&mut spec, Some(&cmd()), &Carry::default()).unwrap();
+        assert_eq!(env_of(&spec), ["NSBYPASS_NETWORK=fast"], "nothing carried");
+        let mut spec = image.clone();
+        edit_spec(&mut spec, None, &carry()).unwrap();
+        let markers: Vec<&str> = env_of(&spec)
+            .into_iter()
+            .filter(|e| e.starts_with("NSBYPASS_PROFILE_IN_SPEC="))
+            .collect();
+        assert_eq!(markers, ["NSBYPASS_PROFILE_IN_SPEC=onload"]);
+        let mut spec = json!({"annotations": {"nsbypass.io/network": "fast"}});
+        edit_spec(&mut spec, Some(&cmd()), &Carry::default()).unwrap();
+        assert!(spec.get("process").is_none(), "no env to edit, none made");
+    }
+
+    #[test]
+    fn a_device_or_mount_the_spec_has_differently_is_an_error() {
+        // As `docker run --device /dev/onload -v SRC:DST` would put them.
+        let mut same = json!({
+            "mounts": [{"destination": "/usr/lib64/libonload.so", "type": "bind",
+                        "source": "/usr/lib64/libonload.so.1", "options": ["rbind", "rprivate"]}],
+            "linux": {"devices": [{"path": "/dev/onload", "type": "c", "major": 241, "minor": 0}],
+                      "resources": {"devices": [{"allow": true, "type": "c", "major": 241, "minor": 0, "access": "rwm"}]}}
+        });
+        edit_spec(&mut same, None, &carry()).unwrap();
+        assert_eq!(same["linux"]["devices"].as_array().unwrap().len(), 1);
+        assert_eq!(
+            same["linux"]["resources"]["devices"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        assert_eq!(
+            same["mounts"].as_array().unwrap().len(),
+            2,
+            "only the dir added"
+        );
+
+        let cases = [
+            (
+                json!({"linux": {"devices": [{"path": "/dev/onload", "type": "c", "major": 1, "minor": 3}]}}),
+                "config.json: \"linux.devices\" already has /dev/onload as c 1:3, where profile onload needs c 241:0",
+            ),
+            (
+                json!({"linux": {"devices": [{"path": "/dev/onload", "type": "b", "major": 241, "minor": 0}]}}),
+                "already has /dev/onload as b 241:0",
+            ),
+            (
+                json!({"mounts": [{"destination": "/usr/lib64/libonload.so", "type": "bind", "source": "/tmp/evil.so", "options": ["rbind"]}]}),
+                "config.json: \"mounts\" already has a bind mount of /tmp/evil.so on /usr/lib64/libonload.so, where profile onload binds /usr/lib64/libonload.so.1",
+            ),
+            (
+                json!({"mounts": [{"destination": "/usr/local/onload/bin", "type": "tmpfs", "source": "/opt/onload/bin"}]}),
+                "a tmpfs mount of /opt/onload/bin on /usr/local/onload/bin",
+            ),
+        ];
+        for (mut spec, want) in cases {
+            let got = edit_spec(&mut spec, None, &carry())
+                .unwrap_err()
+                .to_string();
+            assert!(got.contains(want), "got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn odd_shapes_are_one_line_errors_and_null_is_absent() {
+        let cases = [
+            (
+                json!({"hooks": [], "process": {"env": []}}),
+                "\"hooks\" is not an object",
+            ),
+            (
+                json!({"hooks": {"prestart": {}}}),
+                "\"hooks.prestart\" is not a list",
+            ),
+            (
+                json!({"hooks": {"poststop": "x"}}),
+                "\"hooks.poststop\" is not a list",
+            ),
+            (
+                json!({"process": {"env": "PATH=/bin"}}),
+                "\"process.env\" is not a list",
+            ),
+            (json!({"process": []}), "\"process\" is not an object"),
+            (json!({"mounts": {}}), "\"mounts\" is not a list"),
+            (json!({"linux": 1}), "\"linux\" is not an object"),
+            (
+                json!({"linux": {"devices": {}}}),
+                "\"linux.devices\" is not a list",
+            ),
+            (json!([]), "not a JSON object"),
+        ];
+        for (mut spec, want) in cases {
+            let got = edit_spec(&mut spec, Some(&cmd()), &carry())
+                .unwrap_err()
+                .to_string();
+            assert_eq!(got, format!("config.json: {want}"));
+        }
+        let mut spec = json!({"hooks": null, "process": null, "linux": null, "mounts": null});
+        edit_spec(&mut spec, Some(&cmd()), &carry()).unwrap();
+        assert_eq!(spec["hooks"]["prestart"][0]["args"][4], "prestart");
+        assert_eq!(bundle_of(&spec).mounts.len(), 2);
+    }
+
+    #[test]
+    fn what_the_edit_carries_is_verified_in_the_spec() {
+        let mut spec = json!({"process": {"env": ["LD_PRELOAD=/mine.so"]}});
+        edit_spec(&mut spec, None, &carry()).unwrap();
+        assert_eq!(check_in_spec(&carry(), &bundle_of(&spec)), Ok(()));
+        assert_eq!(check_in_spec(&Carry::default(), &Bundle::default()), Ok(()));
+    }
+
+    #[test]
+    fn the_marker_alone_is_not_a_profile_in_the_spec() {
+        let marker_only = json!({"process": {"env": [
+            "NSBYPASS_PROFILE=onload", "NSBYPASS_PROFILE_IN_SPEC=onload",
+            "LD_PRELOAD=/usr/lib64/libonload.so"
+        ]}});
+        assert_eq!(
+            check_in_spec(&carry(), &bundle_of(&marker_only)),
+            Err(
+                "the spec does not bind /usr/lib64/libonload.so.1 on /usr/lib64/libonload.so"
+                    .into()
+            )
+        );
+        let mut good = json!({});
+        edit_spec(&mut good, None, &carry()).unwrap();
+        type Tamper = fn(&mut Value);
+        let cases: [(Tamper, &str); 7] = [
+            (
+                |s| s["mounts"][0]["source"] = json!("/tmp/evil.so"),
+                "the spec does not bind /usr/lib64/libonload.so.1 on /usr/lib64/libonload.so",
+            ),
+            (
+                |s| s["mounts"][1] = json!({"destination": "/usr/local/onload/bin", "type": "tmpfs", "source": "/opt/onload/bin"}),
+                "the spec does not bind /opt/onload/bin on /usr/local/onload/bin",
+            ),
+            (
+                |s| {
+                    s["mounts"].as_array_mut().unwrap().push(json!({"destination": "/usr/lib64", "type": "bind", "source": "/srv/lib", "options": ["rbind"]}))
+                },
+                "the spec does not bind /usr/lib64/libonload.so.1 on /usr/lib64/libonload.so",
+            ),
+            (
+                |s| s["linux"]["devices"][0]["minor"] = json!(1),
+                "the spec has no device /dev/onload c 241:0",
+            ),
+            (
+                |s| s["linux"]["devices"][0]["type"] = json!("b"),
+                "the spec has no device /dev/onload c 241:0",
+            ),
+            (
+                |s| {
+                    s["process"]["env"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!("LD_PRELOAD=/mine.so"))
+                },
+                "LD_PRELOAD in the spec does not list /usr/lib64/libonload.so",
+            ),
+            (
+                |s| s["process"]["env"] = json!(["LD_PRELOAD=/usr/lib64/libonload.so.2"]),
+                "LD_PRELOAD in the spec does not list /usr/lib64/libonload.so",
+            ),
+        ];
+        for (tamper, want) in cases {
+            let mut spec = good.clone();
+            tamper(&mut spec);
+            assert_eq!(check_in_spec(&carry(), &bundle_of(&spec)), Err(want.into()));
+        }
+        // Relative destinations are under /, and a "u" node is a character device.
+        let mut spec = good.clone();
+        spec["mounts"][0]["destination"] = json!("usr/lib64/libonload.so");
+        spec["linux"]["devices"][0]["type"] = json!("u");
+        assert_eq!(check_in_spec(&carry(), &bundle_of(&spec)), Ok(()));
     }
 
     #[test]

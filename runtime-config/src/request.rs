@@ -37,26 +37,16 @@ pub struct Request {
     pub networks: Vec<String>,
     /// Pinned addresses by network name.
     pub addresses: BTreeMap<String, IpAddr>,
-    /// Bypass-stack profile names, in request order.
+    /// Bypass-stack profile names, in request order. Whether the spec
+    /// already carries one is for the hook to verify against the spec
+    /// ([`crate::install::check_in_spec`]): the in-spec marker variable is
+    /// in the image's reach and is not read here.
     pub profiles: Vec<String>,
-    /// Profiles the spec already carries (set by nsbypass's docker runtime
-    /// entry and CDI spec, see [`crate::install::PROFILE_IN_SPEC_ENV`]):
-    /// the hook must not carry them in again.
-    pub profiles_in_spec: Vec<String>,
 }
 
 impl Request {
     pub fn is_empty(&self) -> bool {
-        self.networks.is_empty() && self.profiles_to_carry().is_empty()
-    }
-
-    /// The requested profiles the hook itself must carry in.
-    pub fn profiles_to_carry(&self) -> Vec<String> {
-        self.profiles
-            .iter()
-            .filter(|p| !self.profiles_in_spec.contains(p))
-            .cloned()
-            .collect()
+        self.networks.is_empty() && self.profiles.is_empty()
     }
 
     /// Reads the request from a bundle. An annotation wins over the
@@ -90,9 +80,6 @@ impl Request {
                 origin: source.clone(),
                 message,
             })?;
-        }
-        if let Some(value) = bundle.env_var(crate::install::PROFILE_IN_SPEC_ENV) {
-            request.profiles_in_spec = value.split(',').map(|s| s.trim().to_owned()).collect();
         }
         if let Some((origin, value)) = pick(PROFILE_ANNOTATION, PROFILE_ENV) {
             request.profiles = parse_names(&value, "profile")
@@ -204,22 +191,14 @@ mod tests {
     }
 
     #[test]
-    fn profiles_already_in_the_spec_are_not_carried_again() {
-        let r = req(
-            &[],
-            &[
-                "NSBYPASS_PROFILE=onload,rdma",
-                "NSBYPASS_PROFILE_IN_SPEC=onload",
-            ],
-        )
-        .unwrap();
-        assert_eq!(r.profiles_to_carry(), ["rdma"]);
+    fn the_in_spec_marker_does_not_take_a_profile_off_the_request() {
         let r = req(
             &[],
             &["NSBYPASS_PROFILE=onload", "NSBYPASS_PROFILE_IN_SPEC=onload"],
         )
         .unwrap();
-        assert!(r.is_empty());
+        assert_eq!(r.profiles, ["onload"]);
+        assert!(!r.is_empty(), "the hook verifies the spec itself");
     }
 
     #[test]

@@ -94,6 +94,8 @@ fn podman_with_the_installed_hooks_d_wires_annotated_containers_only() {
         .hooks_dir(&hooks)
         .annotation("nsbypass.io/network", "fast")
         .annotation("nsbypass.io/profile", "stack")
+        // As an image could set it: the hook checks the spec instead.
+        .env("NSBYPASS_PROFILE_IN_SPEC=stack")
         .start()
         .unwrap();
     let net1 = iface_of(wired.pid, "net1");
@@ -228,6 +230,9 @@ fn docker_with_the_installed_runtime_entry_wires_and_carries_the_profile() {
             "NSBYPASS_NETWORK=fast",
             "-e",
             "NSBYPASS_PROFILE=stack",
+            // As an image could set it: replaced by what runtime mode carried.
+            "-e",
+            "NSBYPASS_PROFILE_IN_SPEC=bogus",
             "nsbtest:1",
             "sleep",
             "3600",
@@ -238,7 +243,9 @@ fn docker_with_the_installed_runtime_entry_wires_and_carries_the_profile() {
     let net1 = iface_of(pid, "net1");
     assert!(net1.ipv4[0].starts_with("10.77.0.1"), "{net1:?}");
     let out = dockerd
-        .docker(&["exec", id, "sh", "-c", "exec 3<>/dev/nsbtest && test -s /usr/lib/nsbypass/libnsbempty.so && ! touch /usr/lib/nsbypass/libnsbempty.so"])
+        // The hook found the profile in the spec and carried nothing itself
+        // (it would have bound /etc/ld.so.preload).
+        .docker(&["exec", id, "sh", "-c", "exec 3<>/dev/nsbtest && test -s /usr/lib/nsbypass/libnsbempty.so && ! touch /usr/lib/nsbypass/libnsbempty.so && ! grep -qs nsbempty /etc/ld.so.preload"])
         .unwrap();
     assert!(
         out.status.success(),
@@ -253,6 +260,11 @@ fn docker_with_the_installed_runtime_entry_wires_and_carries_the_profile() {
     ] {
         assert!(env.iter().any(|l| l == want), "{want} not in {env:?}");
     }
+    let markers = env
+        .iter()
+        .filter(|l| l.starts_with("NSBYPASS_PROFILE_IN_SPEC="))
+        .count();
+    assert_eq!(markers, 1, "{env:?}");
     assert_eq!(leases(&tb).len(), 1);
 
     dockerd.docker_ok(&["rm", "-f", id]).unwrap();
