@@ -39,13 +39,12 @@ pub fn address_seed(container: &str, network: &str) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
-/// A short random interface name for the create-then-rename fallback.
-pub fn temporary_ifname() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let random = std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish();
-    format!("nsb{:08x}", random as u32)
+/// The interface name for the create-then-rename fallback. Derived, not
+/// random, and recorded before the link is made, so that the link of a
+/// setup killed before the rename can be found again.
+pub fn temporary_ifname(netns: &str, container: &str, network: &str) -> String {
+    let d = digest("nsbypass-ifname", netns, container, network);
+    format!("nsb{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
 }
 
 #[cfg(test)]
@@ -69,7 +68,9 @@ mod tests {
 
     #[test]
     fn temporary_names_fit_ifnamsiz() {
-        let n = temporary_ifname();
+        let n = temporary_ifname("4-4026532000", "c1", "fast");
         assert!(n.len() <= 15 && n.starts_with("nsb"), "{n}");
+        assert_eq!(n, temporary_ifname("4-4026532000", "c1", "fast"));
+        assert_ne!(n, temporary_ifname("4-4026532001", "c1", "fast"));
     }
 }

@@ -1,20 +1,29 @@
-//! The kernel operations setup and teardown need, behind a trait so the
+//! The kernel operations setup and teardown need, behind traits so the
 //! step-by-step logic and its rollback can be tested against a fake.
 //!
 //! A `Kernel` is bound to one container network namespace; "host" calls go
-//! to the namespace the hook runs in, which holds the parent NICs.
+//! to the namespace the hook runs in, which holds the parent NICs. `Reach`
+//! finds recorded namespaces again when there is no pid to go by, and
+//! tells a namespace that is gone from one that lives on out of reach.
 
 use std::net::Ipv4Addr;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ipnet::{IpNet, Ipv4Net};
-use nsutil::netlink::{Link, MacvlanMode, Netlink, NewMacvlan};
+use nsutil::netlink::{Link, Netlink, NewMacvlan};
 use nsutil::ns::{self, Netns, NetnsId};
 use nsutil::sysctl;
+use runtime_config::MacvlanMode;
 
 use crate::records::{Member, NetnsRecord};
 
 pub type Result<T> = nsutil::Result<T>;
+
+/// How long poststop waits for a namespace nobody can reach to finish
+/// dying (the kernel destroys namespaces asynchronously) before it
+/// concludes someone else keeps it alive and leaves its leases held.
+pub const DYING_WAIT: Duration = Duration::from_secs(1);
 
 /// A MACVLAN to create in the container's namespace.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,8 +40,14 @@ pub trait Kernel {
     fn host_link(&mut self, name: &str) -> Result<Option<Link>>;
     /// Link `name` in the container's namespace.
     fn link(&mut self, name: &str) -> Result<Option<Link>>;
-    /// Every link in the container's namespace.
+    /// The link with interface index `index` in the container's namespace.
+    fn link_by_index(&mut self, index: u32) -> Result<Option<Link>>;
+    /// Every link in the container's namespace (to find a link whose index
+    /// was never learned).
     fn links(&mut self) -> Result<Vec<Link>>;
+    /// The container namespace's id in the host namespace, assigned if it
+    /// has none; see `NetnsRecord::nsid`.
+    fn assign_nsid(&mut self) -> Result<i32>;
     /// Creates a MACVLAN on a host parent directly inside the container's
     /// namespace and returns it as the container's namespace sees it.
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link>;
@@ -52,24 +67,102 @@ pub trait Reach {
     /// A kernel for namespace `id` through `path`; `Ok(None)` if the path
     /// no longer leads there.
     fn enter(&mut self, path: &Path, id: NetnsId) -> Result<Option<Box<dyn Kernel>>>;
+    /// Whether process `pid` is still the one that started at `start`.
+    fn started_at(&mut self, pid: i32, start: u64) -> bool;
+    /// The namespace ids assigned in the host namespace: those of every
+    /// namespace that still exists (and was given one).
+    fn live_nsids(&mut self) -> Result<Vec<i32>>;
+    /// Whether a MACVLAN child with `mac` (`aa:bb:...`) is up on host link
+    /// `parent`, in whatever namespace it lives.
+    fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool>;
+    /// A kernel for namespace `id` found without a recorded path: through
+    /// a bind mount of it, a process in it, or an fd to it (an engine that
+    /// keeps a container's namespace past its poststop, as dockerd does).
+    fn discover(&mut self, id: NetnsId) -> Result<Option<Box<dyn Kernel>>>;
 }
 
-/// A kernel for `record`'s namespace if one of its recorded paths still
-/// leads to that very namespace; `None` once it is gone. An error means the
-/// namespace is there but cannot be worked in.
-pub fn reach(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Option<Box<dyn Kernel>>> {
+/// Where a recorded namespace stands.
+pub enum Presence {
+    /// A recorded path leads to it: here is a kernel for it.
+    Reachable(Box<dyn Kernel>),
+    /// It exists (its id is live) but no recorded path leads to it any
+    /// more: someone else keeps it, with whatever nsbypass made in it.
+    Unreachable,
+    /// It is gone, and took its links with it.
+    Gone,
+}
+
+/// Where `record`'s namespace stands. An error means the namespace is
+/// there but cannot be worked in.
+///
+/// Gone means: no recorded path leads there, the namespace's id has left
+/// the host's table, and no recorded link's MAC is still up on its parent.
+/// The last check closes a gap of some milliseconds: a dying namespace
+/// loses its id before the kernel unregisters its links, which meanwhile
+/// still answer ARP for their addresses.
+pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence> {
     for path in record.netns_paths() {
         if let Some(kernel) = reach.enter(path, record.id())? {
-            return Ok(Some(kernel));
+            return Ok(Presence::Reachable(kernel));
         }
     }
-    Ok(None)
+    let live = match record.nsid {
+        Some(nsid) => reach.live_nsids()?.contains(&nsid),
+        None => false,
+    };
+    // Without an id (a record of an older version) this is the only sign.
+    let mut up = false;
+    for link in record.links.iter().filter(|l| !l.passthru) {
+        if !live && reach.mac_up_on(&link.parent, &link.mac)? {
+            up = true;
+            break;
+        }
+    }
+    if !live && !up {
+        return Ok(Presence::Gone);
+    }
+    match reach.discover(record.id())? {
+        Some(kernel) => Ok(Presence::Reachable(kernel)),
+        None => Ok(Presence::Unreachable),
+    }
+}
+
+/// Like [`presence`], but gives a namespace that is out of reach up to
+/// `wait` to finish dying: right after a container's last process exits,
+/// its namespace is usually on its way out, and its id goes with it.
+pub fn settled_presence(
+    reach: &mut dyn Reach,
+    record: &NetnsRecord,
+    wait: Duration,
+) -> Result<Presence> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match presence(reach, record)? {
+            Presence::Unreachable if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            other => return Ok(other),
+        }
+    }
 }
 
 /// Whether `member` still runs in namespace `id`: its init's
-/// `/proc/<pid>/ns/net` still leads there.
+/// `/proc/<pid>/ns/net` still leads there, and the pid is still that init.
 pub fn alive(reach: &mut dyn Reach, member: &Member, id: NetnsId) -> bool {
-    reach.leads_to(&member.process, id)
+    let same_process = match (member.pid, member.start) {
+        (Some(pid), Some(start)) => reach.started_at(pid, start),
+        _ => true,
+    };
+    same_process && reach.leads_to(&member.process, id)
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), to tell it from a later process with its pid.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
 }
 
 /// The real thing: one netlink socket in the host namespace, one in the
@@ -97,15 +190,23 @@ impl Kernel for RealKernel {
         self.inner.link_by_name(name)
     }
 
+    fn link_by_index(&mut self, index: u32) -> Result<Option<Link>> {
+        self.inner.link_by_index(index)
+    }
+
     fn links(&mut self) -> Result<Vec<Link>> {
         self.inner.links()
+    }
+
+    fn assign_nsid(&mut self) -> Result<i32> {
+        self.host.assign_nsid(self.netns.fd())
     }
 
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link> {
         self.host.add_macvlan(&NewMacvlan {
             name: &spec.name,
             parent_index: spec.parent_index,
-            mode: spec.mode,
+            mode: spec.mode.kernel_value(),
             mac: spec.mac,
             mtu: spec.mtu,
             netns: self.netns.fd(),
@@ -145,14 +246,14 @@ impl Kernel for RealKernel {
     fn set_up(&mut self, index: u32) -> Result<()> {
         // A link with this MAC may still be up on the parent for a moment:
         // the kernel destroys a dead container's namespace asynchronously.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match self.inner.set_up(index) {
                 Err(e)
                     if e.errno() == Some(nix::errno::Errno::EADDRINUSE as i32)
-                        && std::time::Instant::now() < deadline =>
+                        && Instant::now() < deadline =>
                 {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    std::thread::sleep(Duration::from_millis(10));
                 }
                 other => return other,
             }
@@ -166,7 +267,12 @@ impl Kernel for RealKernel {
 
 /// Reaches namespaces through the paths recorded at setup, trusting a path
 /// only while it leads to the recorded namespace identity.
-pub struct RealReach;
+#[derive(Default)]
+pub struct RealReach {
+    /// Opened on first need: most poststops find their namespace gone and
+    /// ask the host's id table once.
+    host: Option<Netlink>,
+}
 
 impl Reach for RealReach {
     fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool {
@@ -179,6 +285,76 @@ impl Reach for RealReach {
             None => Ok(None),
         }
     }
+
+    fn started_at(&mut self, pid: i32, start: u64) -> bool {
+        start_time(pid) == Some(start)
+    }
+
+    fn live_nsids(&mut self) -> Result<Vec<i32>> {
+        self.host()?.nsids()
+    }
+
+    fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool> {
+        let host = self.host()?;
+        let Some(parent) = host.link_by_name(parent)? else {
+            // No parent, no children.
+            return Ok(false);
+        };
+        Ok(host
+            .unicast_macs(parent.index)?
+            .iter()
+            .any(|m| nsutil::netlink::format_mac(m) == mac))
+    }
+
+    fn discover(&mut self, id: NetnsId) -> Result<Option<Box<dyn Kernel>>> {
+        let wanted = format!("net:[{}]", id.ino);
+        for mount in nsutil::mountinfo::read("self")? {
+            if mount.fstype == "nsfs" && mount.root == wanted {
+                if let Some(kernel) = self.enter(&mount.point, id)? {
+                    return Ok(Some(kernel));
+                }
+            }
+        }
+        let Ok(processes) = std::fs::read_dir("/proc") else {
+            return Ok(None);
+        };
+        for process in processes.flatten() {
+            let name = process.file_name();
+            if !name
+                .to_str()
+                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            {
+                continue;
+            }
+            let dir = process.path();
+            if let Some(kernel) = self.enter(&dir.join("ns/net"), id)? {
+                return Ok(Some(kernel));
+            }
+            let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
+                continue;
+            };
+            for fd in fds.flatten() {
+                let path = fd.path();
+                if std::fs::read_link(&path)
+                    .is_ok_and(|target| target.as_os_str() == wanted.as_str())
+                {
+                    if let Some(kernel) = self.enter(&path, id)? {
+                        return Ok(Some(kernel));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+impl RealReach {
+    fn host(&mut self) -> Result<&Netlink> {
+        if self.host.is_none() {
+            self.host = Some(Netlink::connect()?);
+        }
+        Ok(self.host.as_ref().expect("just opened"))
+    }
 }
 
 #[cfg(test)]
@@ -189,7 +365,7 @@ mod tests {
     fn real_reach_trusts_a_path_only_while_it_leads_to_the_recorded_namespace() {
         let own = Netns::current().unwrap().id();
         let path = Path::new("/proc/self/ns/net");
-        let mut reach = RealReach;
+        let mut reach = RealReach::default();
         assert!(reach.leads_to(path, own));
         assert!(reach.enter(path, own).unwrap().is_some());
         let elsewhere = NetnsId {
@@ -199,5 +375,15 @@ mod tests {
         assert!(!reach.leads_to(path, elsewhere));
         assert!(reach.enter(path, elsewhere).unwrap().is_none());
         assert!(!reach.leads_to(Path::new("/proc/no-such-pid/ns/net"), own));
+    }
+
+    #[test]
+    fn start_times_tell_a_process_from_a_later_one_with_its_pid() {
+        let me = std::process::id() as i32;
+        let start = start_time(me).expect("our own start time");
+        let mut reach = RealReach::default();
+        assert!(reach.started_at(me, start));
+        assert!(!reach.started_at(me, start + 1));
+        assert_eq!(start_time(i32::MAX), None);
     }
 }

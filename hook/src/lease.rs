@@ -1,27 +1,50 @@
 //! Address leases: which address of a network's pool belongs to whom.
 //!
 //! The store is a trait so a cluster-wide backend (etcd, for nodes sharing
-//! one L2) can replace the node-local files without touching setup. The
-//! file store keeps one file per leased address, `leases/<network>/<addr>`,
-//! written to a temporary name and renamed into place without replacing,
-//! so a crash never leaves a half-written lease and two hooks can never
-//! both win one address.
+//! one L2) can replace the node-local files without touching setup; every
+//! holder names its host, and a host only ever releases or reclaims its own
+//! leases. The file store keeps one file per leased address,
+//! `leases/<network>/<addr>`, created in one step (`O_TMPFILE`, then
+//! `linkat`, which fails if the name exists): a crash never leaves a
+//! half-written lease or a temporary name, and two hooks can never both win
+//! one address.
 
-use std::io::{ErrorKind, Write};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use nsutil::dir::Dir;
 use runtime_config::Ipv4Pool;
 use serde::{Deserialize, Serialize};
 
 use crate::derive;
 
-/// Who holds a lease: the network namespace the address is configured in
-/// (a pod's containers share it) and the container that asked for it.
+/// Lease files are a few dozen bytes.
+const MAX_LEASE_BYTES: u64 = 4096;
+
+/// Who holds a lease: the host (its machine id), the network namespace the
+/// address is configured in (a pod's containers share it; its key repeats
+/// across hosts) and the container that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
+    /// Leases written before holders named their host have none: they are
+    /// this host's, since the file store is node-local.
+    #[serde(default)]
+    pub host: String,
     pub netns: String,
     pub container: String,
+}
+
+impl Holder {
+    /// Whether `other` is the same holder as far as releasing goes: the
+    /// same namespace on the same host.
+    pub fn same_namespace(&self, other: &Holder) -> bool {
+        self.netns == other.netns && self.same_host(other)
+    }
+
+    /// Whether both name one host (a holder without a host is local).
+    pub fn same_host(&self, other: &Holder) -> bool {
+        self.host == other.host || self.host.is_empty() || other.host.is_empty()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -34,11 +57,12 @@ pub enum LeaseError {
     Taken { address: IpAddr, container: String },
     #[error("no free address left in {range}")]
     Exhausted { range: String },
-    #[error("{op} {}: {source}", path.display())]
-    Io {
-        op: &'static str,
+    #[error(transparent)]
+    Dir(#[from] nsutil::Error),
+    #[error("parse lease {}: {source}", path.display())]
+    Parse {
         path: PathBuf,
-        source: std::io::Error,
+        source: serde_json::Error,
     },
 }
 
@@ -59,84 +83,63 @@ pub trait LeaseStore {
         want: Option<IpAddr>,
     ) -> Result<IpAddr, LeaseError>;
 
-    /// Gives `address` back if `netns` holds it. A free address, or one
-    /// another namespace holds, is left alone.
-    fn release(&mut self, network: &str, address: IpAddr, netns: &str) -> Result<(), LeaseError>;
+    /// Gives `address` back if `holder`'s namespace on `holder`'s host
+    /// holds it. A free address, or one another holder has, is left alone.
+    fn release(
+        &mut self,
+        network: &str,
+        address: IpAddr,
+        holder: &Holder,
+    ) -> Result<(), LeaseError>;
 
     /// Every lease on `network`, for finding ones nothing accounts for.
     fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError>;
 }
 
 /// Leases as files under `<state_dir>/leases`.
-pub struct FileLeases {
-    dir: PathBuf,
+pub struct FileLeases<'a> {
+    dir: &'a Dir,
+    tmp: &'a Dir,
 }
 
-impl FileLeases {
-    pub fn new(dir: PathBuf) -> FileLeases {
-        FileLeases { dir }
+impl<'a> FileLeases<'a> {
+    /// Leases under `dir`; `tmp` is the state directory's scratch directory.
+    pub fn new(dir: &'a Dir, tmp: &'a Dir) -> FileLeases<'a> {
+        FileLeases { dir, tmp }
     }
 
-    fn path(&self, network: &str, address: IpAddr) -> PathBuf {
-        self.dir.join(network).join(address.to_string())
+    fn network(&self, network: &str) -> Result<Dir, LeaseError> {
+        Ok(self.dir.subdir(network)?)
     }
 
     /// Creates the lease file for `address` unless one exists.
     /// `Ok(false)`: somebody holds it already.
-    fn try_create(
-        &self,
-        network: &str,
-        address: IpAddr,
-        holder: &Holder,
-    ) -> Result<bool, LeaseError> {
-        let dir = self.dir.join(network);
-        let io = |op, path: &Path| {
-            let path = path.to_owned();
-            move |source| LeaseError::Io { op, path, source }
-        };
-        std::fs::create_dir_all(&dir).map_err(io("create", &dir))?;
-        let tmp = dir.join(format!(".{address}.{}", unique_suffix()));
-        let mut file = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    fn try_create(&self, dir: &Dir, address: IpAddr, holder: &Holder) -> Result<bool, LeaseError> {
         let body = serde_json::to_vec(holder).expect("a holder serialises");
-        file.write_all(&body).map_err(io("write", &tmp))?;
-        let path = self.path(network, address);
-        let renamed = nix::fcntl::renameat2(
-            nix::fcntl::AT_FDCWD,
-            &tmp,
-            nix::fcntl::AT_FDCWD,
-            &path,
-            nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-        );
-        let _ = std::fs::remove_file(&tmp);
-        match renamed {
-            Ok(()) => Ok(true),
-            Err(nix::errno::Errno::EEXIST) => Ok(false),
-            Err(e) => Err(LeaseError::Io {
-                op: "rename lease to",
-                path,
-                source: e.into(),
-            }),
+        Ok(dir.create_new(address.to_string(), &body, self.tmp)?)
+    }
+
+    fn read(&self, dir: &Dir, address: IpAddr) -> Result<Option<Holder>, LeaseError> {
+        let name = address.to_string();
+        match dir.read(&name, MAX_LEASE_BYTES)? {
+            Some(bytes) => {
+                serde_json::from_slice(&bytes)
+                    .map(Some)
+                    .map_err(|source| LeaseError::Parse {
+                        path: dir.path().join(name),
+                        source,
+                    })
+            }
+            None => Ok(None),
         }
     }
 }
 
-impl LeaseStore for FileLeases {
+impl LeaseStore for FileLeases<'_> {
     fn holder(&self, network: &str, address: IpAddr) -> Result<Option<Holder>, LeaseError> {
-        let path = self.path(network, address);
-        match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| LeaseError::Io {
-                    op: "parse lease",
-                    path,
-                    source: e.into(),
-                }),
-            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LeaseError::Io {
-                op: "read lease",
-                path,
-                source,
-            }),
+        match self.dir.subdir_if_exists(network)? {
+            Some(dir) => self.read(&dir, address),
+            None => Ok(None),
         }
     }
 
@@ -147,19 +150,20 @@ impl LeaseStore for FileLeases {
         holder: &Holder,
         want: Option<IpAddr>,
     ) -> Result<IpAddr, LeaseError> {
+        let dir = self.network(network)?;
         if let Some(address) = want {
             check_assignable(pool, address)?;
-            if self.try_create(network, address, holder)? {
+            if self.try_create(&dir, address, holder)? {
                 return Ok(address);
             }
-            return match self.holder(network, address)? {
-                Some(h) if h.netns == holder.netns => Ok(address),
+            return match self.read(&dir, address)? {
+                Some(h) if h.same_namespace(holder) => Ok(address),
                 Some(h) => Err(LeaseError::Taken {
                     address,
                     container: h.container,
                 }),
                 // Released between our attempt and our look: try once more.
-                None if self.try_create(network, address, holder)? => Ok(address),
+                None if self.try_create(&dir, address, holder)? => Ok(address),
                 None => Err(LeaseError::Taken {
                     address,
                     container: "(unknown)".into(),
@@ -173,7 +177,7 @@ impl LeaseStore for FileLeases {
             if Some(address) == pool.gateway {
                 continue;
             }
-            if self.try_create(network, IpAddr::V4(address), holder)? {
+            if self.try_create(&dir, IpAddr::V4(address), holder)? {
                 return Ok(IpAddr::V4(address));
             }
         }
@@ -182,60 +186,38 @@ impl LeaseStore for FileLeases {
         })
     }
 
-    fn release(&mut self, network: &str, address: IpAddr, netns: &str) -> Result<(), LeaseError> {
-        match self.holder(network, address)? {
-            Some(h) if h.netns == netns => {
-                let path = self.path(network, address);
-                match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != ErrorKind::NotFound => Err(LeaseError::Io {
-                        op: "remove lease",
-                        path,
-                        source: e,
-                    }),
-                    _ => Ok(()),
-                }
-            }
+    fn release(
+        &mut self,
+        network: &str,
+        address: IpAddr,
+        holder: &Holder,
+    ) -> Result<(), LeaseError> {
+        let Some(dir) = self.dir.subdir_if_exists(network)? else {
+            return Ok(());
+        };
+        match self.read(&dir, address)? {
+            Some(h) if h.same_namespace(holder) => Ok(dir.remove(address.to_string())?),
             _ => Ok(()),
         }
     }
 
     fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError> {
-        let dir = self.dir.join(network);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(LeaseError::Io {
-                    op: "list leases in",
-                    path: dir,
-                    source,
-                })
-            }
+        let Some(dir) = self.dir.subdir_if_exists(network)? else {
+            return Ok(Vec::new());
         };
         let mut leases = Vec::new();
-        for entry in entries.flatten() {
-            // Temporary files start with '.', and parse as no address.
-            let Some(address) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+        for name in dir.names()? {
+            // Anything that is not an address is not a lease.
+            let Some(address) = name.to_str().and_then(|n| n.parse().ok()) else {
                 continue;
             };
-            if let Some(holder) = self.holder(network, address)? {
+            if let Some(holder) = self.read(&dir, address)? {
                 leases.push((address, holder));
             }
         }
         leases.sort_by_key(|(address, _)| *address);
         Ok(leases)
     }
-}
-
-/// Unique among this host's processes and this process's calls.
-fn unique_suffix() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static CALLS: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "{}.{}",
-        std::process::id(),
-        CALLS.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 /// Whether `address` may be requested from `pool`, with the reason if not.
@@ -273,15 +255,33 @@ mod tests {
 
     fn holder(netns: &str, container: &str) -> Holder {
         Holder {
+            host: "h1".into(),
             netns: netns.into(),
             container: container.into(),
         }
     }
 
-    fn store() -> (tempfile::TempDir, FileLeases) {
+    /// A state directory's leases and scratch directories.
+    struct Store {
+        dir: tempfile::TempDir,
+        leases: Dir,
+        tmp: Dir,
+    }
+
+    impl Store {
+        fn leases(&self) -> FileLeases<'_> {
+            FileLeases::new(&self.leases, &self.tmp)
+        }
+    }
+
+    fn store() -> Store {
         let dir = tempfile::TempDir::new().unwrap();
-        let leases = FileLeases::new(dir.path().join("leases"));
-        (dir, leases)
+        let root = Dir::open_root(&dir.path().join("state")).unwrap();
+        Store {
+            leases: root.subdir("leases").unwrap(),
+            tmp: root.subdir("tmp").unwrap(),
+            dir,
+        }
     }
 
     fn ip(s: &str) -> IpAddr {
@@ -290,7 +290,8 @@ mod tests {
 
     #[test]
     fn hands_out_every_address_once_then_reports_exhaustion() {
-        let (_dir, mut leases) = store();
+        let store = store();
+        let mut leases = store.leases();
         let pool = pool("10.9.0.1-10.9.0.5", Some("10.9.0.3"));
         let mut got = Vec::new();
         for i in 0..4 {
@@ -310,12 +311,15 @@ mod tests {
 
     #[test]
     fn same_container_gets_same_address_after_release() {
-        let (_dir, mut leases) = store();
+        let store = store();
+        let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.250", None);
         let first = leases
             .acquire("fast", &pool, &holder("ns1", "web"), None)
             .unwrap();
-        leases.release("fast", first, "ns1").unwrap();
+        leases
+            .release("fast", first, &holder("ns1", "web"))
+            .unwrap();
         let again = leases
             .acquire("fast", &pool, &holder("ns2", "web"), None)
             .unwrap();
@@ -324,7 +328,8 @@ mod tests {
 
     #[test]
     fn requested_addresses() {
-        let (_dir, mut leases) = store();
+        let store = store();
+        let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.20", Some("10.9.0.15"));
         let a = holder("nsA", "a");
         assert_eq!(
@@ -364,24 +369,33 @@ mod tests {
 
     #[test]
     fn release_only_frees_the_holders_address() {
-        let (_dir, mut leases) = store();
+        let store = store();
+        let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.20", None);
         let got = leases
             .acquire("fast", &pool, &holder("nsA", "a"), None)
             .unwrap();
-        leases.release("fast", got, "nsB").unwrap();
+        leases.release("fast", got, &holder("nsB", "a")).unwrap();
         assert!(
             leases.holder("fast", got).unwrap().is_some(),
             "another namespace cannot free it"
         );
-        leases.release("fast", got, "nsA").unwrap();
+        let mut elsewhere = holder("nsA", "a");
+        elsewhere.host = "h2".into();
+        leases.release("fast", got, &elsewhere).unwrap();
+        assert!(
+            leases.holder("fast", got).unwrap().is_some(),
+            "the same namespace key on another host cannot free it"
+        );
+        leases.release("fast", got, &holder("nsA", "a")).unwrap();
         assert_eq!(leases.holder("fast", got).unwrap(), None);
-        leases.release("fast", got, "nsA").unwrap();
+        leases.release("fast", got, &holder("nsA", "a")).unwrap();
     }
 
     #[test]
     fn networks_are_separate_and_no_temporary_files_remain() {
-        let (dir, mut leases) = store();
+        let store = store();
+        let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.10", None);
         leases
             .acquire("a", &pool, &holder("n1", "c"), None)
@@ -390,27 +404,31 @@ mod tests {
             .acquire("b", &pool, &holder("n2", "c"), None)
             .unwrap();
         for net in ["a", "b"] {
-            let names: Vec<_> = std::fs::read_dir(dir.path().join("leases").join(net))
+            let names: Vec<_> = std::fs::read_dir(store.dir.path().join("state/leases").join(net))
                 .unwrap()
                 .map(|e| e.unwrap().file_name().into_string().unwrap())
                 .collect();
             assert_eq!(names, ["10.9.0.10"]);
         }
+        let tmp = std::fs::read_dir(store.dir.path().join("state/tmp")).unwrap();
+        assert_eq!(tmp.count(), 0, "no temporaries anywhere");
     }
 
     #[test]
     fn concurrent_processes_never_share_an_address() {
-        // Leases are taken under the state lock in the hook; the rename
+        // Leases are taken under the state lock in the hook; the link
         // without replace is the second line of defence, exercised here by
         // threads that do not take the lock at all.
-        let (dir, _) = store();
+        let store = store();
         let pool = pool("10.9.0.1-10.9.0.40", None);
         let handles: Vec<_> = (0..8)
             .map(|t| {
-                let root = dir.path().join("leases");
+                let root = store.dir.path().join("state");
                 let pool = pool.clone();
                 std::thread::spawn(move || {
-                    let mut leases = FileLeases::new(root);
+                    let root = Dir::open_root(&root).unwrap();
+                    let (dir, tmp) = (root.subdir("leases").unwrap(), root.subdir("tmp").unwrap());
+                    let mut leases = FileLeases::new(&dir, &tmp);
                     (0..5)
                         .map(|i| {
                             let h = holder(&format!("ns{t}-{i}"), "same-container");

@@ -3,13 +3,16 @@
 //! ARCHITECTURE.md for the path from stdin to netlink.
 
 mod derive;
+mod failpoint;
 mod failure;
 mod hook;
 mod install;
 mod kernel;
 mod lease;
 mod logging;
+mod node;
 mod profile;
+mod reconcile;
 mod records;
 mod runtime;
 mod setup;
@@ -140,7 +143,7 @@ fn main() -> ExitCode {
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or_default();
             let first = first.trim_start_matches("error: ");
-            eprintln!("nsbypass: {first} (see nsbypass --help)");
+            say(&format!("{first} (see nsbypass --help)"));
             return ExitCode::from(2);
         }
         Err(e) => {
@@ -160,7 +163,7 @@ fn main() -> ExitCode {
                     if logging::to_file() {
                         tracing::error!(stage = stage.name(), "{e}");
                     }
-                    eprintln!("nsbypass: hook {}: {e}", stage.name());
+                    say(&format!("hook {}: {e}", stage.name()));
                     ExitCode::FAILURE
                 }
             };
@@ -220,10 +223,19 @@ fn main() -> ExitCode {
             if logging::to_file() {
                 tracing::error!("{what}: {line}");
             }
-            eprintln!("nsbypass: {what}: {line}");
+            say(&format!("{what}: {line}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the one error line, cut to a bounded length. A runtime may have
+/// closed the pipe already: that must not turn a clean failure into a
+/// crash (`eprintln!` panics on EPIPE, and the release build aborts).
+fn say(line: &str) {
+    use std::io::Write;
+    let line = failure::bounded(&format!("nsbypass: {line}"), failure::MAX_LINE);
+    let _ = writeln!(std::io::stderr().lock(), "{line}");
 }
 
 /// An error and its causes on one line, each cause once (many errors

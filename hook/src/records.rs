@@ -1,29 +1,40 @@
-//! What setup did, written down for teardown, which gets no pid.
+//! What setup did and is about to do, written down for teardown (which
+//! gets no pid), for the next setup and for reclaim.
 //!
-//! Layout under `state_dir`:
+//! Layout under `state_dir`, every directory 0700 and reached only through
+//! directory fds that never follow a symlink (see `nsutil::dir`):
 //!
 //! ```text
-//! lock                     flock held by every hook while it reads or changes state
+//! lock                     0600, flock held by every hook while it reads or changes state
 //! leases/<network>/<addr>  one file per leased address (see lease.rs)
 //! netns/<key>.json         one per wired network namespace: its links and member containers
 //! containers/<id>.json     which namespace a container joined (poststop starts here)
+//! tmp/                     temporaries and scratch files; anything here under the lock is a leftover
 //! ```
 //!
 //! Setup is keyed by the namespace, not the container: containers of a pod
 //! share one namespace and so one link per network, which lives until the
-//! last of them stops. Every write goes to a temporary file first and is
-//! renamed into place, so a hook killed mid-write (a runtime's hook
-//! timeout) leaves either the old record or the new. There is no fsync: the
-//! state directory belongs on tmpfs, where a power loss also ends every
-//! container the records describe.
+//! last of them stops.
+//!
+//! **Intent before effect.** Setup writes the namespace record with the
+//! links it is about to make (network, name, MAC, address) marked
+//! `pending`, and the member marked `pending`, before it touches the
+//! namespace; only the final write clears the marks. Everything a killed
+//! hook may have made is therefore named in a record. Setups hold the lock
+//! from start to end, so whoever holds the lock and sees a pending entry
+//! knows its writer is dead.
+//!
+//! Every write goes to `tmp/` first and is renamed into place, so a hook
+//! killed mid-write leaves either the old record or the new. There is no
+//! fsync: the state directory belongs on tmpfs, where a power loss also
+//! ends every container the records describe.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
-use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
-use nix::fcntl::{Flock, FlockArg};
+use nsutil::dir::{Dir, LockGuard};
 use nsutil::netlink::Link;
 use nsutil::ns::NetnsId;
 use serde::de::DeserializeOwned;
@@ -31,23 +42,27 @@ use serde::{Deserialize, Serialize};
 
 use crate::lease::FileLeases;
 
-/// A state directory operation that failed, with the path it touched.
-#[derive(Debug, thiserror::Error)]
-#[error("{op} {}: {message}", path.display())]
-pub struct RecordError {
-    pub op: &'static str,
-    pub path: PathBuf,
-    pub message: String,
-}
+/// How long a hook waits for the state lock: well inside the 10 s hook
+/// timeout nsbypass's generated hook definitions set, so that a stuck lock
+/// (or a local user holding it) is reported by nsbypass, naming the lock,
+/// rather than by the runtime killing a silent hook.
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
 
-impl RecordError {
-    fn new(op: &'static str, path: &Path, message: impl ToString) -> RecordError {
-        RecordError {
-            op,
-            path: path.to_owned(),
-            message: message.to_string(),
-        }
-    }
+/// Records are small; anything larger is not one of ours.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// A state directory operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error(transparent)]
+    Dir(#[from] nsutil::Error),
+    #[error(transparent)]
+    Lock(#[from] nsutil::dir::LockError),
+    #[error("parse {}: {source}", path.display())]
+    Parse {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
 }
 
 /// What setup did for one container: the namespace record it is a member
@@ -61,8 +76,9 @@ pub struct ContainerRecord {
 }
 
 /// Profiles applied to one container instance. Nothing needs undoing at
-/// poststop (the mounts and device grants die with the container's mount
-/// namespace and cgroup); the record makes a second setup stage a no-op.
+/// poststop (the mounts, overlays and device grants die with the
+/// container's mount namespace and cgroup); the record makes a second
+/// setup stage a no-op.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfilesRecord {
     /// The container init they were applied for, and its mount namespace
@@ -77,6 +93,11 @@ pub struct ProfilesRecord {
 pub struct NetnsRecord {
     pub dev: u64,
     pub ino: u64,
+    /// The namespace's id in the hook's own namespace (RTM_NEWNSID). The
+    /// kernel keeps it exactly as long as the namespace lives, so it tells
+    /// a namespace that is gone from one nobody recorded a way into.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nsid: Option<i32>,
     /// Containers using the namespace, by id.
     pub members: BTreeMap<String, Member>,
     pub links: Vec<LinkRecord>,
@@ -87,36 +108,70 @@ pub struct Member {
     /// The networks this container asked for.
     pub networks: Vec<String>,
     /// `/proc/<pid>/ns/net` of the container's init: the member runs while
-    /// this leads to the namespace (a reused pid leads elsewhere).
+    /// this leads to the namespace and `pid` is still the process that
+    /// started at `start` (pids are reused).
     pub process: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    /// The init's start time, in clock ticks since boot (`/proc/<pid>/stat`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
     /// The spec's namespace path, when it led to the namespace at setup: a
     /// way back in that may outlive every member (a pinned pod namespace).
     pub pinned: Option<PathBuf>,
+    /// Written before setup touched anything; cleared by its last write.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
-/// A MACVLAN nsbypass created.
+/// A MACVLAN nsbypass created, or is about to.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LinkRecord {
     pub network: String,
     pub ifname: String,
     /// Interface index inside the namespace: fixed for the link's life,
     /// unlike its name or MAC (a container with NET_ADMIN may change
-    /// either; passthru links take the parent's MAC).
-    pub index: u32,
-    /// `aa:bb:...` as the kernel reported it after creation.
+    /// either). Unknown while the link is pending.
+    #[serde(default)]
+    pub index: Option<u32>,
+    /// `aa:bb:...`: derived before creation, as the kernel reported it after
+    /// (passthru links take the parent's MAC).
     pub mac: String,
     pub parent: String,
     pub addresses: Vec<IpNet>,
     /// The container whose setup created it.
     pub created_by: String,
+    /// The name the link is created under when the final one clashes in
+    /// the namespace the request came from; recorded so a killed setup's
+    /// link can be found under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temporary_name: Option<String>,
+    /// A passthru link takes the parent's MAC, so a pending one is known
+    /// by its recorded names instead.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub passthru: bool,
+    /// Written before the link was made; cleared once it is configured.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pending: bool,
 }
 
 impl LinkRecord {
-    /// This link among the namespace's `present` links, if it is still there.
-    pub fn find_in<'a>(&self, present: &'a [Link]) -> Option<&'a Link> {
-        present
-            .iter()
-            .find(|l| l.index == self.index && l.kind.as_deref() == Some("macvlan"))
+    /// Whether `link` (in the record's namespace) is this one: same index
+    /// once known; before that, a MACVLAN with the derived MAC, or for
+    /// passthru one of the recorded names.
+    pub fn is(&self, link: &Link) -> bool {
+        if link.kind.as_deref() != Some("macvlan") {
+            return false;
+        }
+        match self.index {
+            Some(index) => link.index == index,
+            None => {
+                let named =
+                    link.name == self.ifname || Some(&link.name) == self.temporary_name.as_ref();
+                link.mac.map(|m| nsutil::netlink::format_mac(&m)).as_deref() == Some(&self.mac)
+                    || (self.passthru && named)
+            }
+        }
     }
 }
 
@@ -125,6 +180,7 @@ impl NetnsRecord {
         NetnsRecord {
             dev: id.dev,
             ino: id.ino,
+            nsid: None,
             members: BTreeMap::new(),
             links: Vec::new(),
         }
@@ -153,6 +209,17 @@ impl NetnsRecord {
             .collect()
     }
 
+    /// Whether the record holds `address` on `network`, pending or not.
+    pub fn holds(&self, network: &str, address: std::net::IpAddr) -> bool {
+        self.links
+            .iter()
+            .any(|l| l.network == network && l.addresses.iter().any(|a| a.addr() == address))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty() && self.links.is_empty()
+    }
+
     /// Every recorded way back into the namespace, without repeats. Teardown
     /// trusts one only while it leads to the recorded namespace identity.
     pub fn netns_paths(&self) -> Vec<&Path> {
@@ -172,141 +239,117 @@ impl NetnsRecord {
 
 /// The locked state directory. Dropping it releases the lock.
 pub struct StateDir {
-    root: PathBuf,
-    _lock: Flock<File>,
+    tmp: Dir,
+    containers: Dir,
+    netns: Dir,
+    leases: Dir,
+    _lock: LockGuard,
 }
 
 impl StateDir {
-    /// Creates `root` if needed (mode 0700) and waits for its lock. Every
-    /// hook on the host serialises here, which is what makes concurrent
-    /// setups hand out distinct addresses and agree on shared namespaces.
-    pub fn lock(root: &Path) -> Result<StateDir, RecordError> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(root)
-            .map_err(|e| RecordError::new("create", root, e))?;
-        // Root writes and removes files here by names that containers
-        // choose: nobody else may be able to plant links in it.
-        let meta =
-            std::fs::symlink_metadata(root).map_err(|e| RecordError::new("stat", root, e))?;
-        if !meta.is_dir()
-            || meta.uid() != nix::unistd::geteuid().as_raw()
-            || meta.mode() & 0o022 != 0
-        {
-            return Err(RecordError::new(
-                "use",
-                root,
-                "state_dir must be a directory owned by the hook's user and writable by nobody else",
-            ));
+    /// Opens `root` (creating it 0700 if needed, after checking it and
+    /// every parent: root writes and removes files there by names that
+    /// containers choose), waits at most `timeout` for its lock, and
+    /// removes what killed runs left in `tmp/`. Every hook on the host
+    /// serialises here, which is what makes concurrent setups hand out
+    /// distinct addresses and agree on shared namespaces.
+    pub fn lock(root: &Path, timeout: Duration) -> Result<StateDir, RecordError> {
+        let root = Dir::open_root(root)?;
+        let lock = root.lock("lock", timeout)?;
+        let tmp = root.subdir("tmp")?;
+        let swept = tmp.sweep()?;
+        if swept > 0 {
+            tracing::warn!(swept, "removed temporaries of a killed nsbypass run");
         }
-        let path = root.join("lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| RecordError::new("open", &path, e))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| RecordError::new("lock", &path, e))?;
         Ok(StateDir {
-            root: root.to_owned(),
+            containers: root.subdir("containers")?,
+            netns: root.subdir("netns")?,
+            leases: root.subdir("leases")?,
+            tmp,
             _lock: lock,
         })
     }
 
     /// Whether `root` holds a record of `container`, without taking the lock:
-    /// a cheap check for poststop of containers that never asked for anything.
+    /// a cheap probe for poststop of containers that never asked for
+    /// anything. Only decides whether to look properly.
     pub fn has_container(root: &Path, container: &str) -> bool {
-        root.join("containers")
-            .join(format!("{container}.json"))
-            .exists()
+        std::fs::symlink_metadata(root.join("containers").join(format!("{container}.json"))).is_ok()
     }
 
-    /// A private directory for files that exist only long enough to be
-    /// bind-mounted (the composed ld.so.preload).
-    pub fn scratch(&self) -> Result<PathBuf, RecordError> {
-        let dir = self.root.join("tmp");
-        std::fs::create_dir_all(&dir).map_err(|e| RecordError::new("create", &dir, e))?;
-        Ok(dir)
+    /// The directory for files that exist only long enough to be
+    /// bind-mounted (the composed ld.so.preload); emptied under the lock.
+    pub fn scratch(&self) -> &Dir {
+        &self.tmp
     }
 
-    pub fn leases(&self) -> FileLeases {
-        FileLeases::new(self.root.join("leases"))
-    }
-
-    fn container_path(&self, id: &str) -> PathBuf {
-        self.root.join("containers").join(format!("{id}.json"))
-    }
-
-    fn netns_path(&self, key: &str) -> PathBuf {
-        self.root.join("netns").join(format!("{key}.json"))
+    pub fn leases(&self) -> FileLeases<'_> {
+        FileLeases::new(&self.leases, &self.tmp)
     }
 
     pub fn container(&self, id: &str) -> Result<Option<ContainerRecord>, RecordError> {
-        read_json(&self.container_path(id))
+        read_json(&self.containers, &format!("{id}.json"))
     }
 
     pub fn put_container(&self, id: &str, record: &ContainerRecord) -> Result<(), RecordError> {
-        write_json(&self.container_path(id), record)
+        write_json(&self.containers, &format!("{id}.json"), record, &self.tmp)
     }
 
     pub fn remove_container(&self, id: &str) -> Result<(), RecordError> {
-        remove(&self.container_path(id))
+        Ok(self.containers.remove(format!("{id}.json"))?)
     }
 
     pub fn netns(&self, key: &str) -> Result<Option<NetnsRecord>, RecordError> {
-        read_json(&self.netns_path(key))
+        read_json(&self.netns, &format!("{key}.json"))
     }
 
     /// Writes `record`, or removes it once nothing is left in it.
     pub fn put_netns(&self, record: &NetnsRecord) -> Result<(), RecordError> {
-        let path = self.netns_path(&record.key());
-        if record.members.is_empty() && record.links.is_empty() {
-            remove(&path)
+        let name = format!("{}.json", record.key());
+        if record.is_empty() {
+            Ok(self.netns.remove(&name)?)
         } else {
-            write_json(&path, record)
+            write_json(&self.netns, &name, record, &self.tmp)
         }
     }
 }
 
-fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>, RecordError> {
-    match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| RecordError::new("parse", path, e)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(RecordError::new("read", path, e)),
+fn read_json<T: DeserializeOwned>(dir: &Dir, name: &str) -> Result<Option<T>, RecordError> {
+    match dir.read(name, MAX_RECORD_BYTES)? {
+        Some(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| RecordError::Parse {
+                    path: dir.path().join(name),
+                    source,
+                })
+        }
+        None => Ok(None),
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), RecordError> {
-    let dir = path.parent().expect("record paths have a directory");
-    std::fs::create_dir_all(dir).map_err(|e| RecordError::new("create", dir, e))?;
-    let tmp = path.with_extension("json.tmp");
+fn write_json<T: Serialize>(
+    dir: &Dir,
+    name: &str,
+    value: &T,
+    tmp: &Dir,
+) -> Result<(), RecordError> {
     let body = serde_json::to_vec_pretty(value).expect("records serialise");
-    let mut file = File::create(&tmp).map_err(|e| RecordError::new("create", &tmp, e))?;
-    file.write_all(&body)
-        .map_err(|e| RecordError::new("write", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| RecordError::new("rename", path, e))
-}
-
-fn remove(path: &Path) -> Result<(), RecordError> {
-    match std::fs::remove_file(path) {
-        Err(e) if e.kind() != ErrorKind::NotFound => Err(RecordError::new("remove", path, e)),
-        _ => Ok(()),
-    }
+    Ok(dir.replace(name, &body, tmp)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn lock(root: &Path) -> StateDir {
+        StateDir::lock(root, LOCK_TIMEOUT).unwrap()
+    }
+
     #[test]
     fn records_round_trip_and_empty_namespaces_disappear() {
         let dir = tempfile::TempDir::new().unwrap();
-        let state = StateDir::lock(&dir.path().join("state")).unwrap();
+        let state = lock(&dir.path().join("state"));
         assert_eq!(state.container("c1").unwrap(), None);
 
         let mut ns = NetnsRecord::new(NetnsId {
@@ -318,7 +361,10 @@ mod tests {
             Member {
                 networks: vec!["fast".into()],
                 process: "/proc/1/ns/net".into(),
+                pid: Some(1),
+                start: Some(42),
                 pinned: None,
+                pending: false,
             },
         );
         state.put_netns(&ns).unwrap();
@@ -348,13 +394,65 @@ mod tests {
     #[test]
     fn a_corrupt_record_is_an_error_naming_the_file() {
         let dir = tempfile::TempDir::new().unwrap();
-        let state = StateDir::lock(dir.path()).unwrap();
-        std::fs::create_dir_all(dir.path().join("containers")).unwrap();
+        let state = lock(dir.path());
         std::fs::write(dir.path().join("containers/c1.json"), "{").unwrap();
         let e = state.container("c1").unwrap_err().to_string();
         assert!(
             e.starts_with("parse ") && e.contains("containers/c1.json"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn records_of_an_older_version_still_read() {
+        // Before intent records: index always known, no nsid, no pids.
+        let old = r#"{"dev":4,"ino":9,"members":{"c":{"networks":["fast"],
+            "process":"/proc/7/ns/net","pinned":null}},
+            "links":[{"network":"fast","ifname":"net1","index":3,"mac":"02:00:00:00:00:01",
+            "parent":"eth0","addresses":["10.0.0.5/24"],"created_by":"c"}]}"#;
+        let r: NetnsRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(r.links[0].index, Some(3));
+        assert!(!r.links[0].pending && !r.members["c"].pending);
+        assert_eq!(r.nsid, None);
+    }
+
+    #[test]
+    fn a_pending_link_is_recognised_by_mac_or_recorded_name() {
+        let link = |index, name: &str, mac: [u8; 6]| Link {
+            index,
+            name: name.into(),
+            mtu: 1500,
+            up: false,
+            mac: Some(mac),
+            kind: Some("macvlan".into()),
+            parent_index: None,
+            parent_netnsid: None,
+        };
+        let mut r = LinkRecord {
+            network: "fast".into(),
+            ifname: "net1".into(),
+            index: None,
+            mac: "02:00:00:00:00:01".into(),
+            parent: "eth0".into(),
+            addresses: vec![],
+            created_by: "c".into(),
+            temporary_name: Some("nsb0000abcd".into()),
+            passthru: false,
+            pending: true,
+        };
+        assert!(r.is(&link(5, "other", [2, 0, 0, 0, 0, 1])));
+        assert!(!r.is(&link(5, "nsb0000abcd", [2, 9, 9, 9, 9, 9])));
+        assert!(!r.is(&link(5, "other", [2, 9, 9, 9, 9, 9])));
+        r.passthru = true;
+        assert!(r.is(&link(5, "nsb0000abcd", [2, 9, 9, 9, 9, 9])));
+        let mut veth = link(5, "net1", [2, 0, 0, 0, 0, 1]);
+        veth.kind = Some("veth".into());
+        assert!(!r.is(&veth), "only MACVLANs are ours");
+        r.index = Some(6);
+        assert!(
+            !r.is(&link(5, "net1", [2, 0, 0, 0, 0, 1])),
+            "once known, the index decides"
+        );
+        assert!(r.is(&link(6, "renamed", [2, 9, 9, 9, 9, 9])));
     }
 }

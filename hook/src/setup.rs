@@ -1,20 +1,24 @@
-//! Setup: decide everything, check it against the host, then wire it with
-//! an undo log, so a failure at any step (that step included) leaves the
-//! host as it was.
+//! Setup: decide everything and check it against the config, the records
+//! and the host ([`prepare`]); then record what is about to be made and
+//! make it, with an undo log ([`Prepared::apply`]), so that a failure at
+//! any step (that step included) leaves the host as it was, and a SIGKILL
+//! at any step leaves records naming everything that was made.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
 use ipnet::IpNet;
-use nsutil::netlink::{format_mac, MacvlanMode};
+use nsutil::netlink::format_mac;
 use nsutil::ns::NetnsId;
-use runtime_config::{Config, Ipv4Pool, MacvlanMode as Mode, Network, Request};
+use runtime_config::{Config, Ipv4Pool, MacvlanMode, Network, Request};
 
 use crate::derive;
-use crate::failure::{no_such, Failure, Step, StepExt};
-use crate::kernel::{self, Kernel, MacvlanSpec, Reach};
-use crate::lease::{check_assignable, Holder, LeaseError, LeaseStore};
-use crate::records::{ContainerRecord, LinkRecord, Member, NetnsRecord, StateDir};
+use crate::failpoint;
+use crate::failure::{no_such, Failure, Refusal, Step, StepExt};
+use crate::kernel::{self, Kernel, MacvlanSpec};
+use crate::lease::{check_assignable, LeaseError};
+use crate::reconcile::{self, Stores};
+use crate::records::{ContainerRecord, LinkRecord, Member, NetnsRecord, ProfilesRecord};
 use crate::teardown;
 
 /// Who is being set up, and where.
@@ -24,9 +28,12 @@ pub struct Context<'a> {
     /// do not collide (`/etc/machine-id`).
     pub host_id: &'a str,
     pub netns: NetnsId,
-    /// The container init's `/proc/<pid>/ns/net`, and the spec's namespace
-    /// path if it leads to the same namespace (see `records::Member`).
+    /// The container init's `/proc/<pid>/ns/net`, its pid and start time,
+    /// and the spec's namespace path if it leads to the same namespace
+    /// (see `records::Member`).
     pub process: PathBuf,
+    pub pid: Option<i32>,
+    pub start: Option<u64>,
     pub pinned: Option<PathBuf>,
     pub request: &'a Request,
     pub config: &'a Config,
@@ -78,80 +85,194 @@ enum Undo {
     RestoreNetns(NetnsRecord),
 }
 
-/// The stores setup reads and writes, all under the state lock.
-pub struct Stores<'a> {
-    pub state: &'a StateDir,
-    pub leases: &'a mut dyn LeaseStore,
-    pub reach: &'a mut dyn Reach,
+/// Everything setup will do, checked; nothing of the request made yet.
+pub struct Prepared<'a> {
+    key: String,
+    /// The namespace's record, brought up to date with the kernel.
+    record: NetnsRecord,
+    wanted: Vec<Wanted<'a>>,
+    plans: Vec<Plan<'a>>,
+    /// Links the namespace already has (its pod made them).
+    shared: Vec<Wired>,
+    /// This container's record as it was, for rollback.
+    pointer: Option<ContainerRecord>,
 }
 
-/// Wires `ctx.container` into the networks it requested.
+/// Wires `ctx.container` into the networks it requested: [`prepare`],
+/// then [`Prepared::apply`].
+#[cfg(test)]
 pub fn setup(
     ctx: &Context,
     kernel: &mut dyn Kernel,
     stores: &mut Stores,
 ) -> Result<Vec<Wired>, Failure> {
+    prepare(ctx, kernel, stores)?.apply(ctx, kernel, stores, None)
+}
+
+/// Checks the request against the config, the records and the host.
+/// Changes nothing the request asks for; it may repair what killed runs
+/// left (a stale record of this container id, a killed setup's link).
+pub fn prepare<'a>(
+    ctx: &Context<'a>,
+    kernel: &mut dyn Kernel,
+    stores: &mut Stores,
+) -> Result<Prepared<'a>, Failure> {
     let key = ctx.netns.key();
     let wanted = resolve(ctx.request, ctx.config)?;
-    let previous_pointer = clear_stale_container(ctx, stores)?;
-    let mut record = match stores.state.netns(&key).step(Step::ReadRecords)? {
-        Some(found) => prune(found, kernel, stores, &key)?,
+    let pointer = clear_stale_container(ctx, stores)?;
+    let record = match stores.state.netns(&key).step(Step::ReadRecords)? {
+        Some(found) => {
+            let before = found.clone();
+            let record = reconcile::reconcile_in(found, kernel, stores)?;
+            if record != before {
+                stores.state.put_netns(&record).step(Step::WriteRecord)?;
+            }
+            record
+        }
         None => NetnsRecord::new(ctx.netns),
     };
-    let before = record.clone();
 
-    let mut wired = Vec::new();
+    let mut shared = Vec::new();
     let mut plans = Vec::new();
     for want in &wanted {
         match record.link(&want.network.name) {
             Some(link) => {
                 check_shared_address(link, want)?;
-                wired.push(Wired::from_record(link, ctx.container));
+                shared.push(Wired::from_record(link, ctx.container));
             }
             None => plans.push(plan(want, &record, kernel, stores, &key)?),
         }
     }
-    let already_member = record
-        .members
-        .get(ctx.container)
-        .is_some_and(|m| wanted.iter().all(|w| m.networks.contains(&w.network.name)));
-    if plans.is_empty() && already_member {
-        return Ok(wired);
+    Ok(Prepared {
+        key,
+        record,
+        wanted,
+        plans,
+        shared,
+        pointer,
+    })
+}
+
+impl Prepared<'_> {
+    /// Whether applying would change anything.
+    pub fn is_noop(&self, container: &str) -> bool {
+        let member = self.record.members.get(container);
+        self.plans.is_empty()
+            && member.is_some_and(|m| {
+                self.wanted
+                    .iter()
+                    .all(|w| m.networks.contains(&w.network.name))
+            })
     }
 
-    let mut undo = Vec::new();
-    let applied = (|| {
+    /// Records the intent, then makes each link; `profiles` goes into the
+    /// container's record. On failure everything made is undone, newest
+    /// first, the failing step included.
+    pub fn apply(
+        self,
+        ctx: &Context,
+        kernel: &mut dyn Kernel,
+        stores: &mut Stores,
+        profiles: Option<ProfilesRecord>,
+    ) -> Result<Vec<Wired>, Failure> {
+        if self.is_noop(ctx.container) && profiles.is_none() {
+            return Ok(self.shared);
+        }
+        let mut undo = Vec::new();
+        match self.make(ctx, kernel, stores, profiles, &mut undo) {
+            Ok(wired) => Ok(wired),
+            Err(failure) => Err(failure.with_rollback(roll_back(undo, ctx, kernel, stores))),
+        }
+    }
+
+    fn make(
+        self,
+        ctx: &Context,
+        kernel: &mut dyn Kernel,
+        stores: &mut Stores,
+        profiles: Option<ProfilesRecord>,
+        undo: &mut Vec<Undo>,
+    ) -> Result<Vec<Wired>, Failure> {
+        let Prepared {
+            key,
+            mut record,
+            wanted,
+            plans,
+            mut shared,
+            pointer,
+        } = self;
+        let before = record.clone();
+
+        // Intent: the namespace's id (so its liveness can be told without
+        // a path), the addresses, and every link about to be made.
+        if !plans.is_empty() && record.nsid.is_none() {
+            failpoint::hit("assign-nsid").step(Step::AssignNsid)?;
+            record.nsid = Some(kernel.assign_nsid().step(Step::AssignNsid)?);
+        }
         for plan in &plans {
-            let link = wire(ctx, plan, kernel, stores, &key, &mut undo)?;
-            wired.push(Wired::from_record(&link, ctx.container));
-            record.links.push(link);
+            let name = plan.network.name.as_str();
+            let mut addresses = Vec::new();
+            if let Some(pool) = &plan.network.ipv4 {
+                failpoint::hit("lease").step_on(Step::LeaseAddress, name)?;
+                let address = lease(ctx, name, pool, plan.address, &key, stores)?;
+                undo.push(Undo::Release {
+                    network: name.to_owned(),
+                    address,
+                });
+                tracing::debug!(network = name, %address, "address leased");
+                addresses.push(
+                    IpNet::new(address, pool.subnet.prefix_len())
+                        .expect("prefix from a valid subnet"),
+                );
+            }
+            record.links.push(LinkRecord {
+                network: name.to_owned(),
+                ifname: plan.ifname.clone(),
+                index: None,
+                mac: format_mac(&derive::mac(ctx.host_id, ctx.container, name)),
+                parent: plan.network.parent.clone(),
+                addresses,
+                created_by: ctx.container.to_owned(),
+                temporary_name: Some(derive::temporary_ifname(&key, ctx.container, name)),
+                passthru: plan.network.mode == MacvlanMode::Passthru,
+                pending: true,
+            });
         }
         add_member(&mut record, ctx, &wanted);
-        // The pointer first: should the hook die before the namespace
-        // record is written, poststop still finds its way here.
-        let pointer = ContainerRecord {
+        undo.push(Undo::RestoreNetns(before));
+        failpoint::hit("write-intent").step(Step::WriteRecord)?;
+        stores.state.put_netns(&record).step(Step::WriteRecord)?;
+        // The pointer: poststop, which has no pid, starts from it.
+        let new_pointer = ContainerRecord {
             netns: Some(key.clone()),
-            profiles: previous_pointer.as_ref().and_then(|p| p.profiles.clone()),
+            profiles: profiles.or_else(|| pointer.as_ref().and_then(|p| p.profiles.clone())),
         };
-        undo.push(Undo::RestoreContainer(previous_pointer));
+        undo.push(Undo::RestoreContainer(pointer));
+        failpoint::hit("write-pointer").step(Step::WriteRecord)?;
         stores
             .state
-            .put_container(ctx.container, &pointer)
+            .put_container(ctx.container, &new_pointer)
             .step(Step::WriteRecord)?;
-        undo.push(Undo::RestoreNetns(before));
-        stores.state.put_netns(&record).step(Step::WriteRecord)
-    })();
 
-    match applied {
-        Ok(()) => Ok(wired),
-        Err(mut failure) => {
-            let problems = roll_back(undo, ctx.container, kernel, stores, &key);
-            if !problems.is_empty() {
-                failure.message =
-                    format!("{} (rollback: {})", failure.message, problems.join("; "));
-            }
-            Err(failure)
+        // Effects.
+        for plan in &plans {
+            let at = record
+                .links
+                .iter()
+                .position(|l| l.pending && l.network == plan.network.name)
+                .expect("recorded above");
+            wire(plan, &mut record.links[at], kernel, undo)?;
+            shared.push(Wired::from_record(&record.links[at], ctx.container));
         }
+        if let Some(member) = record.members.get_mut(ctx.container) {
+            member.pending = false;
+        }
+        failpoint::hit("write-final").step(Step::WriteRecord)?;
+        stores.state.put_netns(&record).step(Step::WriteRecord)?;
+        // Report in request order.
+        let order = |w: &Wired| wanted.iter().position(|x| x.network.name == w.network);
+        shared.sort_by_key(order);
+        Ok(shared)
     }
 }
 
@@ -175,10 +296,10 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
             return Err(Failure::on(
                 Step::Validate,
                 name,
-                format!(
+                Refusal(format!(
                     "interface name {ifname} is also network {}'s",
                     other.network.name
-                ),
+                )),
             ));
         }
         let address = request.addresses.get(name).copied();
@@ -187,7 +308,7 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
                 Failure::on(
                     Step::Validate,
                     name,
-                    format!("cannot take {address}: the network has no subnet"),
+                    Refusal(format!("cannot take {address}: the network has no subnet")),
                 )
             })?;
             check_assignable(pool, address).step_on(Step::Validate, name)?;
@@ -222,7 +343,7 @@ fn clear_stale_container(
     if let Some(record) = stores.state.netns(&old_netns).step(Step::ReadRecords)? {
         if let Some(member) = record.members.get(ctx.container) {
             if kernel::alive(stores.reach, member, record.id()) {
-                return Err(Failure::new(
+                return Err(Failure::refuse(
                     Step::Validate,
                     format!(
                         "this container id is already wired into another live network namespace ({}); are two runtimes using one id?",
@@ -233,58 +354,15 @@ fn clear_stale_container(
         }
     }
     tracing::warn!(container = ctx.container, old = %old_netns, "clearing a stale record of this container id");
-    teardown::teardown(ctx.container, stores.reach, stores.state, stores.leases).map_err(
-        |mut f| {
-            f.message = format!(
-                "clearing the stale record of this container id: {}",
-                f.message
-            );
-            f
-        },
-    )?;
+    teardown::teardown(ctx.container, stores).map_err(|f| {
+        Failure::new(
+            f.step,
+            Refusal(format!(
+                "clearing the stale record of this container id: {f}"
+            )),
+        )
+    })?;
     Ok(None)
-}
-
-/// Brings a namespace record found on disk up to date: members whose
-/// processes no longer run in the namespace are dropped (their poststop
-/// never came, or the record outlived its namespace and the inode was
-/// reused), and links that are no longer in the namespace are dropped and
-/// their addresses freed.
-fn prune(
-    mut record: NetnsRecord,
-    kernel: &mut dyn Kernel,
-    stores: &mut Stores,
-    key: &str,
-) -> Result<NetnsRecord, Failure> {
-    let id = record.id();
-    record.members.retain(|container, member| {
-        let alive = kernel::alive(stores.reach, member, id);
-        if !alive {
-            tracing::warn!(
-                container,
-                "dropping a member that no longer runs in this namespace"
-            );
-        }
-        alive
-    });
-    if record.links.is_empty() {
-        return Ok(record);
-    }
-    let present = kernel.links().step(Step::Validate)?;
-    let (kept, vanished): (Vec<_>, Vec<_>) = std::mem::take(&mut record.links)
-        .into_iter()
-        .partition(|link| link.find_in(&present).is_some());
-    record.links = kept;
-    for link in vanished {
-        tracing::warn!(network = %link.network, ifname = %link.ifname, "recorded link is gone; dropping it");
-        for address in &link.addresses {
-            stores
-                .leases
-                .release(&link.network, address.addr(), key)
-                .step_on(Step::ReleaseAddress, &link.network)?;
-        }
-    }
-    Ok(record)
 }
 
 fn check_shared_address(link: &LinkRecord, want: &Wanted) -> Result<(), Failure> {
@@ -292,11 +370,11 @@ fn check_shared_address(link: &LinkRecord, want: &Wanted) -> Result<(), Failure>
         Some(address) if !link.addresses.iter().any(|a| a.addr() == address) => Err(Failure::on(
             Step::Validate,
             &link.network,
-            format!(
+            Refusal(format!(
                 "this namespace is already on the network with {} (wired for container {}); it cannot also take {address}",
                 list(&link.addresses),
                 link.created_by
-            ),
+            )),
         )),
         _ => Ok(()),
     }
@@ -312,7 +390,7 @@ fn plan<'a>(
 ) -> Result<Plan<'a>, Failure> {
     let network = want.network;
     let name = network.name.as_str();
-    let fail = |message: String| Failure::on(Step::Validate, name, message);
+    let fail = |message: String| Failure::on(Step::Validate, name, Refusal(message));
 
     if record.links.iter().any(|l| l.ifname == want.ifname)
         || kernel
@@ -346,7 +424,8 @@ fn plan<'a>(
             .holder(name, address)
             .step_on(Step::Validate, name)?
         {
-            if holder.netns != key && lease_in_use(name, address, &holder, stores)? {
+            let ours = holder.netns == key && holder.same_host(&stores.holder(key, ""));
+            if !ours && reconcile::in_use(name, address, &holder, stores)? {
                 return Err(fail(format!(
                     "{address} is taken by container {}",
                     holder.container
@@ -362,181 +441,121 @@ fn plan<'a>(
     })
 }
 
-/// Creates and configures one link, logging an undo for each thing made.
+/// Creates and configures one recorded link, logging an undo for what is
+/// made, and fills in what the kernel made of it.
 fn wire(
-    ctx: &Context,
     plan: &Plan,
+    link: &mut LinkRecord,
     kernel: &mut dyn Kernel,
-    stores: &mut Stores,
-    key: &str,
     undo: &mut Vec<Undo>,
-) -> Result<LinkRecord, Failure> {
+) -> Result<(), Failure> {
     let network = plan.network;
     let name = network.name.as_str();
-
-    let mut addresses = Vec::new();
-    if let Some(pool) = &network.ipv4 {
-        let holder = Holder {
-            netns: key.to_owned(),
-            container: ctx.container.to_owned(),
-        };
-        let address = lease(name, pool, &holder, plan.address, stores)?;
-        undo.push(Undo::Release {
-            network: name.to_owned(),
-            address,
-        });
-        tracing::debug!(network = name, %address, "address leased");
-        addresses.push(
-            IpNet::new(address, pool.subnet.prefix_len()).expect("prefix from a valid subnet"),
-        );
-    }
-
     let spec = MacvlanSpec {
         name: plan.ifname.clone(),
         parent_index: plan.parent_index,
-        mode: match network.mode {
-            Mode::Bridge => MacvlanMode::Bridge,
-            Mode::Private => MacvlanMode::Private,
-            Mode::Vepa => MacvlanMode::Vepa,
-            Mode::Passthru => MacvlanMode::Passthru,
-        },
-        mac: derive::mac(ctx.host_id, ctx.container, name),
+        mode: network.mode,
+        mac: parse_mac(&link.mac),
         mtu: network.mtu,
     };
-    let link = match kernel.create_macvlan(&spec) {
-        Ok(link) => {
+    failpoint::hit("create-link").step_on(Step::CreateLink, name)?;
+    let made = match kernel.create_macvlan(&spec) {
+        Ok(made) => {
             undo.push(Undo::DeleteLink {
                 network: name.to_owned(),
-                index: link.index,
+                index: made.index,
             });
-            link
+            made
         }
         // Some kernels check a new link's name in the namespace the request
-        // came from as well: create it under a temporary name, then rename
-        // it inside the container's namespace.
+        // came from as well: create it under the recorded temporary name,
+        // then rename it inside the container's namespace.
         Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {
             let temporary = MacvlanSpec {
-                name: derive::temporary_ifname(),
+                name: link.temporary_name.clone().expect("recorded by setup"),
                 ..spec
             };
-            let link = kernel
+            let made = kernel
                 .create_macvlan(&temporary)
                 .step_on(Step::CreateLink, name)?;
             undo.push(Undo::DeleteLink {
                 network: name.to_owned(),
-                index: link.index,
+                index: made.index,
             });
+            failpoint::hit("rename-link").step_on(Step::RenameLink, name)?;
             kernel
-                .rename(link.index, &plan.ifname)
+                .rename(made.index, &plan.ifname)
                 .step_on(Step::RenameLink, name)?;
-            link
+            made
         }
         Err(e) => return Err(Failure::on(Step::CreateLink, name, e)),
     };
-    tracing::debug!(network = name, ifname = %plan.ifname, index = link.index, "link created");
+    tracing::debug!(network = name, ifname = %plan.ifname, index = made.index, "link created");
 
+    failpoint::hit("arp-notify").step_on(Step::ArpNotify, name)?;
     kernel
         .arp_notify(&plan.ifname)
         .step_on(Step::ArpNotify, name)?;
-    for address in &addresses {
+    for address in &link.addresses {
+        failpoint::hit("add-address").step_on(Step::AddAddress, name)?;
         kernel
-            .add_address(link.index, *address)
+            .add_address(made.index, *address)
             .step_on(Step::AddAddress, name)?;
     }
-    kernel.set_up(link.index).step_on(Step::LinkUp, name)?;
+    failpoint::hit("link-up").step_on(Step::LinkUp, name)?;
+    kernel.set_up(made.index).step_on(Step::LinkUp, name)?;
     if let Some(pool) = &network.ipv4 {
         if let Some(gateway) = pool.gateway {
             for route in &pool.routes {
+                failpoint::hit("add-route").step_on(Step::AddRoute, name)?;
                 kernel
-                    .add_route(link.index, *route, gateway)
+                    .add_route(made.index, *route, gateway)
                     .step_on(Step::AddRoute, name)?;
             }
         }
     }
-    tracing::debug!(network = name, addresses = ?addresses, "link configured and up");
-    Ok(LinkRecord {
-        network: name.to_owned(),
-        ifname: plan.ifname.clone(),
-        index: link.index,
-        // Passthru links take the parent's MAC: record what the kernel made.
-        mac: format_mac(&link.mac.unwrap_or(spec.mac)),
-        parent: network.parent.clone(),
-        addresses,
-        created_by: ctx.container.to_owned(),
-    })
+    tracing::debug!(network = name, addresses = ?link.addresses, "link configured and up");
+    link.index = Some(made.index);
+    // Passthru links take the parent's MAC: record what the kernel made.
+    if let Some(mac) = made.mac {
+        link.mac = format_mac(&mac);
+    }
+    link.pending = false;
+    Ok(())
+}
+
+fn parse_mac(text: &str) -> [u8; 6] {
+    let mut mac = [0u8; 6];
+    for (byte, part) in mac.iter_mut().zip(text.split(':')) {
+        *byte = u8::from_str_radix(part, 16).expect("a MAC setup formatted");
+    }
+    mac
 }
 
 /// Leases an address; when the pool seems full or the wanted address
-/// taken, first frees leases that nothing accounts for any more, then tries
-/// once more.
+/// taken, first frees leases that nothing uses any more, then tries once
+/// more.
 fn lease(
+    ctx: &Context,
     network: &str,
     pool: &Ipv4Pool,
-    holder: &Holder,
     want: Option<IpAddr>,
+    key: &str,
     stores: &mut Stores,
 ) -> Result<IpAddr, Failure> {
-    match stores.leases.acquire(network, pool, holder, want) {
+    let holder = stores.holder(key, ctx.container);
+    match stores.leases.acquire(network, pool, &holder, want) {
         Err(e @ (LeaseError::Exhausted { .. } | LeaseError::Taken { .. })) => {
-            if reclaim(network, &holder.netns, stores)? == 0 {
+            if reconcile::reclaim(network, stores)? == 0 {
                 return Err(Failure::on(Step::LeaseAddress, network, e));
             }
             stores
                 .leases
-                .acquire(network, pool, holder, want)
+                .acquire(network, pool, &holder, want)
                 .step_on(Step::LeaseAddress, network)
         }
         other => other.step_on(Step::LeaseAddress, network),
     }
-}
-
-/// Frees the leases on `network` that no live record accounts for: left by
-/// a hook killed between leasing and recording, or by a namespace that died
-/// without a poststop. Returns how many.
-fn reclaim(network: &str, current: &str, stores: &mut Stores) -> Result<usize, Failure> {
-    let mut freed = 0;
-    for (address, holder) in stores
-        .leases
-        .list(network)
-        .step_on(Step::LeaseAddress, network)?
-    {
-        if holder.netns == current || lease_in_use(network, address, &holder, stores)? {
-            continue;
-        }
-        tracing::warn!(network, %address, container = %holder.container, "freeing a lease nothing uses");
-        stores
-            .leases
-            .release(network, address, &holder.netns)
-            .step_on(Step::LeaseAddress, network)?;
-        freed += 1;
-    }
-    Ok(freed)
-}
-
-/// Whether a lease is accounted for: its namespace is recorded with a link
-/// on `network` holding `address`, and a member still runs there.
-fn lease_in_use(
-    network: &str,
-    address: IpAddr,
-    holder: &Holder,
-    stores: &mut Stores,
-) -> Result<bool, Failure> {
-    let Some(record) = stores
-        .state
-        .netns(&holder.netns)
-        .step_on(Step::Validate, network)?
-    else {
-        return Ok(false);
-    };
-    let recorded = record
-        .links
-        .iter()
-        .any(|l| l.network == network && l.addresses.iter().any(|a| a.addr() == address));
-    Ok(recorded
-        && record
-            .members
-            .values()
-            .any(|m| kernel::alive(stores.reach, m, record.id())))
 }
 
 fn add_member(record: &mut NetnsRecord, ctx: &Context, wanted: &[Wanted]) {
@@ -546,10 +565,16 @@ fn add_member(record: &mut NetnsRecord, ctx: &Context, wanted: &[Wanted]) {
         .or_insert_with(|| Member {
             networks: Vec::new(),
             process: ctx.process.clone(),
+            pid: ctx.pid,
+            start: ctx.start,
             pinned: None,
+            pending: true,
         });
     member.process = ctx.process.clone();
+    member.pid = ctx.pid;
+    member.start = ctx.start;
     member.pinned = ctx.pinned.clone();
+    member.pending = true;
     for want in wanted {
         if !member.networks.contains(&want.network.name) {
             member.networks.push(want.network.name.clone());
@@ -557,33 +582,33 @@ fn add_member(record: &mut NetnsRecord, ctx: &Context, wanted: &[Wanted]) {
     }
 }
 
-/// Undoes in reverse order; keeps going past failures and reports them.
+/// Undoes in reverse order; keeps going past failures and returns them.
 fn roll_back(
     undo: Vec<Undo>,
-    container: &str,
+    ctx: &Context,
     kernel: &mut dyn Kernel,
     stores: &mut Stores,
-    key: &str,
-) -> Vec<String> {
+) -> Vec<Failure> {
+    let key = ctx.netns.key();
     let mut problems = Vec::new();
     for action in undo.into_iter().rev() {
         let result = match &action {
             Undo::Release { network, address } => stores
                 .leases
-                .release(network, *address, key)
-                .map_err(|e| format!("network {network}: release {address}: {e}")),
-            Undo::DeleteLink { network, index } => kernel
-                .delete(*index)
-                .map_err(|e| format!("network {network}: {e}")),
+                .release(network, *address, &stores.holder(&key, ctx.container))
+                .step_on(Step::ReleaseAddress, network),
+            Undo::DeleteLink { network, index } => {
+                kernel.delete(*index).step_on(Step::DeleteLink, network)
+            }
             Undo::RestoreContainer(Some(record)) => stores
                 .state
-                .put_container(container, record)
-                .map_err(|e| e.to_string()),
+                .put_container(ctx.container, record)
+                .step(Step::WriteRecord),
             Undo::RestoreContainer(None) => stores
                 .state
-                .remove_container(container)
-                .map_err(|e| e.to_string()),
-            Undo::RestoreNetns(record) => stores.state.put_netns(record).map_err(|e| e.to_string()),
+                .remove_container(ctx.container)
+                .step(Step::WriteRecord),
+            Undo::RestoreNetns(record) => stores.state.put_netns(record).step(Step::WriteRecord),
         };
         if let Err(problem) = result {
             problems.push(problem);

@@ -2,16 +2,19 @@
 //! wants are deleted and their addresses released.
 //!
 //! Works from records alone (poststop has no pid). A namespace that is
-//! already gone took its links with it, so only the leases remain to free.
+//! gone took its links with it, so only the leases remain to free; one
+//! that lives on where no recorded path leads keeps its links, and so its
+//! leases, until it is gone. A poststop whose container still runs is not
+//! that container's (two runtimes used one id): it changes nothing.
 //! Errors are collected and teardown keeps going; whatever could not be
 //! undone stays recorded, so running teardown again retries exactly that.
 
 use ipnet::IpNet;
 
 use crate::failure::{Failure, Step, StepExt};
-use crate::kernel::{self, Kernel, Reach};
-use crate::lease::LeaseStore;
-use crate::records::{LinkRecord, StateDir};
+use crate::kernel::{self, Kernel, Presence};
+use crate::reconcile::{self, Stores};
+use crate::records::LinkRecord;
 
 /// A link teardown removed (or found gone with its namespace).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,37 +24,83 @@ pub struct Released {
     pub addresses: Vec<IpNet>,
 }
 
+/// What a teardown found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing was recorded for the container (never set up, or already
+    /// torn down).
+    NotRecorded,
+    /// The recorded container still runs: this teardown is not for it.
+    StillRunning,
+    /// The container left; `released` links went, `kept` links stay
+    /// leased because their namespace lives on out of reach.
+    Left {
+        released: Vec<Released>,
+        kept: Vec<Released>,
+    },
+}
+
 /// Removes `container` from its namespace record and undoes what only it
-/// needed. `None`: nothing was recorded for it (never set up, or already
-/// torn down).
-pub fn teardown(
-    container: &str,
-    reach: &mut dyn Reach,
-    state: &StateDir,
-    leases: &mut dyn LeaseStore,
-) -> Result<Option<Vec<Released>>, Failure> {
-    let Some(pointer) = state.container(container).step(Step::ReadRecords)? else {
-        return Ok(None);
+/// needed.
+pub fn teardown(container: &str, stores: &mut Stores) -> Result<Outcome, Failure> {
+    let Some(pointer) = stores.state.container(container).step(Step::ReadRecords)? else {
+        return Ok(Outcome::NotRecorded);
+    };
+    let left = || Outcome::Left {
+        released: Vec::new(),
+        kept: Vec::new(),
     };
     let Some(key) = pointer.netns.as_deref() else {
         // Profiles only: mounts and device grants died with the container.
-        state.remove_container(container).step(Step::WriteRecord)?;
-        return Ok(Some(Vec::new()));
+        stores
+            .state
+            .remove_container(container)
+            .step(Step::WriteRecord)?;
+        return Ok(left());
     };
-    let Some(mut record) = state.netns(key).step(Step::ReadRecords)? else {
-        state.remove_container(container).step(Step::WriteRecord)?;
-        return Ok(Some(Vec::new()));
+    let Some(record) = stores.state.netns(key).step(Step::ReadRecords)? else {
+        stores
+            .state
+            .remove_container(container)
+            .step(Step::WriteRecord)?;
+        return Ok(left());
     };
+    if let Some(member) = record.members.get(container) {
+        if kernel::alive(stores.reach, member, record.id()) {
+            tracing::warn!(
+                container,
+                netns = %record.id(),
+                "teardown for a container that still runs: another container with this id? leaving it alone"
+            );
+            return Ok(Outcome::StillRunning);
+        }
+    }
+
     let key = record.key();
-    // Reach the namespace through every recorded path, the leaving
-    // container's included: in a pod it may be the only one still valid.
-    let reachable_via = record.clone();
-    let leaving = record.members.remove(container);
-    // Members whose init is gone without a poststop want nothing any more.
-    let id = record.id();
-    record
-        .members
-        .retain(|_, member| kernel::alive(reach, member, id));
+    // Through every recorded path, the leaving container's included: in a
+    // pod it may be the only one still valid.
+    let presence = kernel::settled_presence(stores.reach, &record, kernel::DYING_WAIT)
+        .step(Step::OpenNamespace);
+    let presence = match presence {
+        Ok(p) => p,
+        Err(failure) => return keep_for_retry(container, record, vec![failure], stores),
+    };
+    if matches!(presence, Presence::Gone) {
+        // The namespace took its links with it; settle frees their leases.
+        let released = record.links.iter().map(released_of).collect();
+        let (record, _) = reconcile::settle(record, presence, stores)?;
+        stores.state.put_netns(&record).step(Step::WriteRecord)?;
+        stores
+            .state
+            .remove_container(container)
+            .step(Step::WriteRecord)?;
+        return Ok(Outcome::Left {
+            released,
+            kept: Vec::new(),
+        });
+    }
+    let (mut record, mut kernel) = reconcile::settle(record, presence, stores)?;
+    record.members.remove(container);
     let wanted: Vec<String> = record
         .wanted_networks()
         .into_iter()
@@ -63,88 +112,91 @@ pub fn teardown(
     record.links = keep;
 
     let mut released = Vec::new();
+    let mut kept = Vec::new();
     let mut failures = Vec::new();
-    if !unwanted.is_empty() {
-        let mut kernel = match kernel::reach(reach, &reachable_via) {
-            Ok(kernel) => kernel,
-            Err(e) => {
-                failures.push(Failure::new(Step::OpenNamespace, e));
-                None
-            }
-        };
-        let namespace_gone = kernel.is_none() && failures.is_empty();
-        for link in unwanted {
-            match remove_link(&link, &mut kernel, namespace_gone, leases, &key) {
-                Ok(()) => released.push(Released {
-                    network: link.network.clone(),
-                    ifname: link.ifname.clone(),
-                    addresses: link.addresses.clone(),
-                }),
+    for link in unwanted {
+        let done = released_of(&link);
+        match &mut kernel {
+            Some(kernel) => match remove_link(&link, kernel.as_mut(), stores, &key) {
+                Ok(()) => released.push(done),
                 Err(failure) => {
                     failures.push(failure);
                     record.links.push(link);
                 }
+            },
+            // Out of reach but alive: the link and its address live on.
+            None => {
+                tracing::warn!(
+                    container,
+                    network = %link.network,
+                    "the namespace lives on where no recorded path leads; its address stays leased until it is gone"
+                );
+                kept.push(done);
+                record.links.push(link);
             }
         }
     }
 
-    if failures.is_empty() {
-        state.put_netns(&record).step(Step::WriteRecord)?;
-        state.remove_container(container).step(Step::WriteRecord)?;
-        return Ok(Some(released));
+    if !failures.is_empty() {
+        return keep_for_retry(container, record, failures, stores);
     }
-    // Keep the container a member so a second teardown retries what is left.
-    if let Some(member) = leaving {
-        record.members.insert(container.to_owned(), member);
+    stores.state.put_netns(&record).step(Step::WriteRecord)?;
+    stores
+        .state
+        .remove_container(container)
+        .step(Step::WriteRecord)?;
+    Ok(Outcome::Left { released, kept })
+}
+
+/// Writes `record` back with `container` still a member (so a second
+/// teardown retries what is left) and reports the failures.
+fn keep_for_retry(
+    container: &str,
+    mut record: crate::records::NetnsRecord,
+    mut failures: Vec<Failure>,
+    stores: &mut Stores,
+) -> Result<Outcome, Failure> {
+    if let Ok(Some(on_disk)) = stores.state.netns(&record.key()) {
+        if let Some(member) = on_disk.members.get(container) {
+            record.members.insert(container.to_owned(), member.clone());
+        }
     }
-    state.put_netns(&record).step(Step::WriteRecord)?;
+    let first = failures.remove(0);
+    let written = stores.state.put_netns(&record).step(Step::WriteRecord);
     for failure in &failures {
         tracing::error!(container, %failure, "teardown step failed");
     }
-    let count = failures.len();
-    let mut first = failures.swap_remove(0);
-    if count > 1 {
-        first.message = format!(
-            "{} (and {} more failures, see the log)",
-            first.message,
-            count - 1
-        );
+    let mut first = first.with_rollback(failures);
+    if let Err(e) = written {
+        first.rollback.push(e);
     }
     Err(first)
+}
+
+fn released_of(link: &LinkRecord) -> Released {
+    Released {
+        network: link.network.clone(),
+        ifname: link.ifname.clone(),
+        addresses: link.addresses.clone(),
+    }
 }
 
 /// Deletes one link (found by its index, which survives renames and MAC
 /// changes) and frees its addresses, only once the link is surely gone.
 fn remove_link(
     link: &LinkRecord,
-    kernel: &mut Option<Box<dyn Kernel>>,
-    namespace_gone: bool,
-    leases: &mut dyn LeaseStore,
+    kernel: &mut dyn Kernel,
+    stores: &mut Stores,
     key: &str,
 ) -> Result<(), Failure> {
     let network = link.network.as_str();
-    match kernel {
-        Some(kernel) => {
-            let present = kernel.links().step_on(Step::DeleteLink, network)?;
-            if let Some(found) = link.find_in(&present) {
-                kernel
-                    .delete(found.index)
-                    .step_on(Step::DeleteLink, network)?;
-            }
-        }
-        None if namespace_gone => {}
-        None => {
-            return Err(Failure::on(
-                Step::DeleteLink,
-                network,
-                "the namespace cannot be entered; keeping the address leased",
-            ))
+    if let Some(index) = link.index {
+        let found = kernel
+            .link_by_index(index)
+            .step_on(Step::DeleteLink, network)?;
+        if found.as_ref().is_some_and(|l| link.is(l)) {
+            kernel.delete(index).step_on(Step::DeleteLink, network)?;
         }
     }
-    for address in &link.addresses {
-        leases
-            .release(network, address.addr(), key)
-            .step_on(Step::ReleaseAddress, network)?;
-    }
-    Ok(())
+    stores.release_link(key, link)
 }

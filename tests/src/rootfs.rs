@@ -25,11 +25,12 @@ pub(crate) fn is_static(path: &Path) -> Result<bool> {
 /// Makes a busybox rootfs in the new directory `dir`: `bin/busybox`, a
 /// symlink in `bin/` for every applet it has (so `sh`, `ip`, `ping`, `sleep`,
 /// `cat`, `nc`, ... are on the default PATH), and the empty directories runc
-/// mounts over (`proc`, `sys`, `dev`) or programs expect (`etc`, empty, and
-/// `tmp`, mode 1777 like a real one). The mount points must exist beforehand
+/// mounts over (`proc`, `sys`, `dev`) or programs expect (`etc`, empty,
+/// `usr/lib` and `opt`, as every distribution image has them, and `tmp`,
+/// mode 1777 like a real one). The mount points must exist beforehand
 /// because a shared rootfs is read-only.
 pub(crate) fn make(dir: &Path) -> Result<()> {
-    for sub in ["bin", "proc", "sys", "dev", "etc", "tmp"] {
+    for sub in ["bin", "proc", "sys", "dev", "etc", "tmp", "usr/lib", "opt"] {
         let d = dir.join(sub);
         fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     }

@@ -1,32 +1,30 @@
 //! Profiles at setup: carry a bypass stack's device nodes, host files and
 //! preload into a container, inside its mount namespace, before pivot_root.
 //!
-//! `plan` opens every host source (`O_PATH`, no symlink as the last
-//! component) and checks it against the profile, touching nothing. `apply`
-//! then clones each source into a detached read-only mount, resolves each
-//! target inside the rootfs (seen through `/proc/<pid>/root`, so it is the
-//! container's own mount tree), attaches the mounts from inside the
-//! container's mount namespace, and grants the devices in its device
-//! cgroup. Any failure undoes every step taken, the failing one included.
+//! [`plan`] opens every host source (`O_PATH`, no symlink as the last
+//! component) and checks it against the profile, touching nothing.
+//! [`apply`] then resolves every target inside the rootfs and checks the
+//! result ([`layout`]: aliases, nesting, propagation, kernel filesystems),
+//! and carries it in ([`carry`]): room for missing targets (an overlay, so
+//! the image on disk is never written), the bind mounts, the device grants.
+//! Any failure undoes every step taken, the failing one included.
 
-use std::collections::BTreeSet;
+mod carry;
+mod layout;
+
+pub use carry::{apply, Applied};
+
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use nsutil::devices::{Device, DeviceCgroup, Grant};
-use nsutil::mount::{DetachedMount, Lockdown};
-use nsutil::ns::Mntns;
-use nsutil::rootfs::{Created, Rootfs, TargetKind};
+use nsutil::devices::Device;
 use runtime_config::install::{CarriedDevice, CarriedMount, Carry};
 use runtime_config::{Config, Profile};
 
-use crate::failure::{no_such, Failure, Step, StepExt};
-
-/// The most of an image's `/etc/ld.so.preload` that is carried over.
-const MAX_PRELOAD_BYTES: u64 = 64 << 10;
+use crate::failure::{no_such, Failure, Step};
 
 /// One host file, directory or device node to bind into the container.
 struct Source {
@@ -295,238 +293,5 @@ impl Plan {
             }
         }
         carry
-    }
-}
-
-/// What `apply` did, to undo it.
-pub struct Applied {
-    pub mntns: Mntns,
-    attached: Vec<DetachedMount>,
-    created: Vec<Created>,
-    grant: Option<Grant>,
-}
-
-impl Applied {
-    /// Undoes everything, newest first; keeps going and reports problems.
-    pub fn roll_back(self) -> Vec<String> {
-        let mut problems = Vec::new();
-        if let Some(grant) = &self.grant {
-            if let Err(e) = grant.revoke() {
-                problems.push(e.to_string());
-            }
-        }
-        let detached = self.mntns.run(|| {
-            self.attached
-                .iter()
-                .rev()
-                .filter_map(|m| m.detach().err().map(|e| e.to_string()))
-                .collect::<Vec<_>>()
-        });
-        match detached {
-            Ok(errors) => problems.extend(errors),
-            Err(e) => problems.push(e.to_string()),
-        }
-        for created in self.created.iter().rev() {
-            if let Err(e) = created.remove() {
-                problems.push(e.to_string());
-            }
-        }
-        problems
-    }
-}
-
-/// Carries `plan` into the container whose init is `pid` and whose rootfs
-/// is `rootfs` (a host path). `scratch` is a private directory for the
-/// composed ld.so.preload. On failure everything done is undone.
-pub fn apply(plan: &Plan, pid: i32, rootfs: &Path, scratch: &Path) -> Result<Applied, Failure> {
-    let mntns = Mntns::open(Path::new(&format!("/proc/{pid}/ns/mnt"))).step(Step::OpenRootfs)?;
-    if mntns.id() == Mntns::current().step(Step::OpenRootfs)?.id() {
-        return Err(Failure::new(
-            Step::OpenRootfs,
-            "the container shares the host's mount namespace; nsbypass will not mount into it",
-        ));
-    }
-    let mut applied = Applied {
-        mntns,
-        attached: Vec::new(),
-        created: Vec::new(),
-        grant: None,
-    };
-    match carry(plan, pid, rootfs, scratch, &mut applied) {
-        Ok(()) => Ok(applied),
-        Err(mut failure) => {
-            let problems = applied.roll_back();
-            if !problems.is_empty() {
-                failure.message =
-                    format!("{} (rollback: {})", failure.message, problems.join("; "));
-            }
-            Err(failure)
-        }
-    }
-}
-
-fn carry(
-    plan: &Plan,
-    pid: i32,
-    rootfs: &Path,
-    scratch: &Path,
-    applied: &mut Applied,
-) -> Result<(), Failure> {
-    // The container's own view of its rootfs, runc's /dev tmpfs included.
-    let through_proc = PathBuf::from(format!("/proc/{pid}/root{}", rootfs.display()));
-    let root = Rootfs::open(&through_proc).step(Step::OpenRootfs)?;
-
-    let mut mounts: Vec<(DetachedMount, OwnedFd)> = Vec::new();
-    for source in &plan.sources {
-        let on = |step| {
-            move |e: nsutil::Error| {
-                Failure::profile(
-                    step,
-                    &source.profile,
-                    format!("{}: {e}", source.host.display()),
-                )
-            }
-        };
-        let mount = DetachedMount::clone_of(source.fd.as_fd(), source.kind == SourceKind::Dir)
-            .map_err(on(Step::Mount))?;
-        let lockdown = match source.kind {
-            SourceKind::Device(_) => Lockdown::Devices,
-            SourceKind::File | SourceKind::Dir => Lockdown::Files,
-        };
-        mount.lock_down(lockdown).map_err(on(Step::Mount))?;
-        let kind = match source.kind {
-            SourceKind::Device(_) => TargetKind::Device,
-            SourceKind::File => TargetKind::File,
-            SourceKind::Dir => TargetKind::Dir,
-        };
-        let target = root
-            .mount_target(&source.target, kind, &mut applied.created)
-            .map_err(on(Step::Mount))?;
-        mounts.push((mount, target));
-    }
-    // The kernel will not bind a file that is already unlinked: the
-    // composed preload file goes only once it is attached (or given up).
-    let mut preload = None;
-    if !plan.preload.is_empty() {
-        let (mount, file) = preload_file(plan, &root, scratch)?;
-        preload = Some(file);
-        let target = root
-            .mount_target(
-                Path::new("/etc/ld.so.preload"),
-                TargetKind::File,
-                &mut applied.created,
-            )
-            .step(Step::Preload);
-        match target {
-            Ok(target) => mounts.push((mount, target)),
-            Err(e) => {
-                remove_scratch(preload.as_deref());
-                return Err(e);
-            }
-        }
-    }
-
-    let attached = &mut applied.attached;
-    let attaching = applied
-        .mntns
-        .run(|| -> Result<(), Failure> {
-            for (mount, target) in mounts {
-                mount.attach_to(target.as_fd()).step(Step::Mount)?;
-                attached.push(mount);
-            }
-            Ok(())
-        })
-        .step(Step::Mount);
-    remove_scratch(preload.as_deref());
-    attaching??;
-
-    let devices: BTreeSet<Device> = plan
-        .sources
-        .iter()
-        .filter_map(|s| match s.kind {
-            SourceKind::Device(d) => Some(d),
-            _ => None,
-        })
-        .collect();
-    if !devices.is_empty() {
-        let cgroup = DeviceCgroup::of_pid(pid).step(Step::GrantDevices)?;
-        let devices: Vec<Device> = devices.into_iter().collect();
-        applied.grant = Some(cgroup.grant(&devices).step(Step::GrantDevices)?);
-    }
-    Ok(())
-}
-
-/// Removes scratch files of hooks that died before removing their own
-/// (their pid is in the name and no longer runs). Runs under the state lock.
-fn sweep_scratch(scratch: &Path) {
-    let Ok(entries) = std::fs::read_dir(scratch) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let pid = name
-            .to_str()
-            .and_then(|n| n.rsplit('.').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if pid.is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
-            let _ = std::fs::remove_file(entry.path());
-        }
-    }
-}
-
-fn remove_scratch(file: Option<&Path>) {
-    if let Some(file) = file {
-        let _ = std::fs::remove_file(file);
-    }
-}
-
-/// The image's `/etc/ld.so.preload` with the profiles' libraries after it,
-/// as a detached read-only mount of a scratch file, and that file, which
-/// the caller removes once the mount is attached. Binding a file rather
-/// than writing the image's works for read-only images and leaves the
-/// image untouched.
-fn preload_file(
-    plan: &Plan,
-    root: &Rootfs,
-    scratch: &Path,
-) -> Result<(DetachedMount, PathBuf), Failure> {
-    let existing = root
-        .read(Path::new("/etc/ld.so.preload"), MAX_PRELOAD_BYTES)
-        .step(Step::Preload)?
-        .unwrap_or_default();
-    let existing = String::from_utf8_lossy(&existing);
-    // ld.so takes whitespace or colons between entries.
-    let mut lines: Vec<String> = existing
-        .split(|c: char| c.is_whitespace() || c == ':')
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    for path in &plan.preload {
-        let path = path.display().to_string();
-        if !lines.contains(&path) {
-            lines.push(path);
-        }
-    }
-    sweep_scratch(scratch);
-    let file = scratch.join(format!("ld.so.preload.{}", std::process::id()));
-    let made = std::fs::write(&file, lines.join("\n") + "\n")
-        .map_err(|e| nsutil::Error::new(format!("write {}", file.display()), e))
-        .and_then(|()| {
-            let fd = nix::fcntl::open(
-                &file,
-                OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| nsutil::Error::new(format!("open {}", file.display()), e.into()))?;
-            let mount = DetachedMount::clone_of(fd.as_fd(), false)?;
-            mount.lock_down(Lockdown::Files)?;
-            Ok(mount)
-        });
-    match made {
-        Ok(mount) => Ok((mount, file)),
-        Err(e) => {
-            remove_scratch(Some(&file));
-            Err(Failure::new(Step::Preload, e))
-        }
     }
 }

@@ -1,0 +1,338 @@
+//! The composition root: nsbypass on this node. Builds the real things
+//! (config, logging, this host's identity, the locked state directory, the
+//! lease store, netlink) and drives setup, profiles and teardown with
+//! them. The hook is one front end (OCI state on stdin); commands that
+//! wire a namespace by hand are another, on the same code path.
+
+use std::path::{Path, PathBuf};
+
+use nsutil::ns::{self, Netns, NetnsId};
+use runtime_config::{Config, Request};
+
+use crate::failpoint;
+use crate::failure::{Failure, Step, StepExt};
+use crate::kernel::{self, RealKernel, RealReach};
+use crate::logging;
+use crate::profile;
+use crate::reconcile::Stores;
+use crate::records::{ProfilesRecord, StateDir, LOCK_TIMEOUT};
+use crate::setup::{self, Wired};
+use crate::teardown::{self, Outcome};
+
+/// The file naming this host; mixed into MACs and written into every lease.
+const MACHINE_ID: &str = "/etc/machine-id";
+
+/// nsbypass on this node: its config and identity.
+pub struct Node {
+    pub config: Config,
+    host_id: String,
+}
+
+/// A container to set up, however it was described.
+pub struct Target<'a> {
+    pub container: &'a str,
+    /// Its init, as the host sees it.
+    pub pid: i32,
+    /// The network namespace path its spec names, if any (a pod's).
+    pub netns_path: Option<&'a Path>,
+    /// Its rootfs as a host path, and whether the spec makes it read-only.
+    pub rootfs: Option<&'a Path>,
+    pub readonly: bool,
+}
+
+/// What one setup did, for the log line.
+pub struct Done {
+    pub wired: Vec<Wired>,
+    pub profiles: Vec<String>,
+}
+
+impl Node {
+    /// Config, logging, privileges and identity: what every working run
+    /// needs first.
+    pub fn open(config_path: &Path) -> Result<Node, Failure> {
+        let config = Config::load(config_path).step(Step::LoadConfig)?;
+        logging::init(&config.log).step(Step::OpenLog)?;
+        check_capabilities()?;
+        let host_id = machine_id(Path::new(MACHINE_ID))?;
+        Ok(Node { config, host_id })
+    }
+
+    /// The state directory, locked for the rest of the run.
+    pub fn lock(&self) -> Result<StateDir, Failure> {
+        StateDir::lock(&self.config.state_dir, LOCK_TIMEOUT).step(Step::LockState)
+    }
+
+    /// Sets `target` up as `request` asks, carrying the profiles in
+    /// `carry` (the requested ones the spec does not carry already).
+    /// Everything is checked before anything changes: profile sources on
+    /// the host, then the networks against config, records and host. Then
+    /// the profiles are carried in and the networks wired; a network that
+    /// fails undoes the profiles too.
+    pub fn setup(
+        &self,
+        target: &Target,
+        request: &Request,
+        carry: &[String],
+    ) -> Result<Done, Failure> {
+        let plan = match carry.is_empty() {
+            true => None,
+            false => {
+                let rootfs = target.rootfs.ok_or_else(|| {
+                    Failure::refuse(Step::OpenRootfs, "config.json has no root.path")
+                })?;
+                Some((profile::plan(carry, &self.config)?, rootfs))
+            }
+        };
+        let mut network = match request.networks.is_empty() {
+            true => None,
+            false => Some(NetworkTarget::open(target)?),
+        };
+        let state = self.lock()?;
+        tracing::debug!("state locked");
+        let mut leases = state.leases();
+        let mut reach = RealReach::default();
+        let mut stores = Stores {
+            state: &state,
+            leases: &mut leases,
+            reach: &mut reach,
+            host: &self.host_id,
+        };
+
+        let ctx = network.as_ref().map(|n| n.context(target, self, request));
+        let prepared = match (&ctx, &mut network) {
+            (Some(ctx), Some(n)) => Some(setup::prepare(ctx, &mut n.kernel, &mut stores)?),
+            _ => None,
+        };
+
+        // Profiles, unless this container instance has them already.
+        let mut applied = None;
+        let mut profiles_record = None;
+        if let Some((plan, rootfs)) = &plan {
+            let mntns = mount_namespace(target.pid)?;
+            let previous = state
+                .container(target.container)
+                .step(Step::ReadRecords)?
+                .and_then(|r| r.profiles);
+            let already = previous.as_ref().is_some_and(|p| {
+                p.pid == target.pid
+                    && p.mntns == mntns
+                    && plan.names.iter().all(|n| p.names.contains(n))
+            });
+            if !already {
+                applied = Some(profile::apply(
+                    plan,
+                    target.pid,
+                    rootfs,
+                    target.readonly,
+                    state.scratch(),
+                )?);
+                profiles_record = Some(ProfilesRecord {
+                    pid: target.pid,
+                    mntns,
+                    names: plan.names.clone(),
+                });
+            }
+        }
+        let undo_profiles = |failure: Failure, applied: Option<profile::Applied>| match applied {
+            Some(applied) => failure.with_rollback(applied.roll_back()),
+            None => failure,
+        };
+
+        let mut done = Done {
+            wired: Vec::new(),
+            profiles: plan.map(|(p, _)| p.names).unwrap_or_default(),
+        };
+        match (prepared, &ctx, &mut network) {
+            (Some(prepared), Some(ctx), Some(n)) => {
+                match prepared.apply(ctx, &mut n.kernel, &mut stores, profiles_record) {
+                    Ok(wired) => done.wired = wired,
+                    Err(failure) => return Err(undo_profiles(failure, applied)),
+                }
+            }
+            _ => {
+                if let Some(profiles) = profiles_record {
+                    let mut record = state
+                        .container(target.container)
+                        .step(Step::ReadRecords)?
+                        .unwrap_or_default();
+                    record.profiles = Some(profiles);
+                    let written = failpoint::hit("profile-record")
+                        .step(Step::WriteRecord)
+                        .and_then(|()| {
+                            state
+                                .put_container(target.container, &record)
+                                .step(Step::WriteRecord)
+                        });
+                    if let Err(failure) = written {
+                        return Err(undo_profiles(failure, applied));
+                    }
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Tears `container` down from its records.
+    pub fn teardown(&self, container: &str) -> Result<Outcome, Failure> {
+        if !self.config.state_dir.exists() {
+            return Ok(Outcome::NotRecorded);
+        }
+        let state = self.lock()?;
+        let mut leases = state.leases();
+        let mut reach = RealReach::default();
+        let mut stores = Stores {
+            state: &state,
+            leases: &mut leases,
+            reach: &mut reach,
+            host: &self.host_id,
+        };
+        teardown::teardown(container, &mut stores)
+    }
+}
+
+/// The inode of `pid`'s mount namespace: with the pid, it tells one
+/// container instance from a later one.
+fn mount_namespace(pid: i32) -> Result<u64, Failure> {
+    Ok(
+        nsutil::ns::Mntns::open(Path::new(&format!("/proc/{pid}/ns/mnt")))
+            .step(Step::OpenRootfs)?
+            .id()
+            .ino,
+    )
+}
+
+/// The container's own network namespace, and netlink into it.
+struct NetworkTarget {
+    kernel: RealKernel,
+    netns: NetnsId,
+    process: PathBuf,
+    pinned: Option<PathBuf>,
+    start: Option<u64>,
+}
+
+impl NetworkTarget {
+    fn open(target: &Target) -> Result<NetworkTarget, Failure> {
+        let process = ns::pid_path(target.pid);
+        // Read before the namespace is opened: a pid that is reused in
+        // between then fails the identity checks later, not silently.
+        let start = kernel::start_time(target.pid);
+        let netns = Netns::open(&process).step(Step::OpenNamespace)?;
+        let home = Netns::current().step(Step::OpenNamespace)?;
+        if netns.id() == home.id() {
+            return Err(Failure::refuse(
+                Step::OpenNamespace,
+                "the container shares the host's network namespace; nsbypass needs it to have its own",
+            ));
+        }
+        // The spec's path is recorded as a second way back in only if it
+        // leads to this very namespace.
+        let id = netns.id();
+        let pinned = target
+            .netns_path
+            .filter(|p| ns::id_of(p).is_ok_and(|found| found == id))
+            .map(Path::to_owned);
+        let kernel = RealKernel::new(netns).step(Step::OpenNamespace)?;
+        tracing::debug!(netns = %id, "netlink open in host and container namespaces");
+        Ok(NetworkTarget {
+            kernel,
+            netns: id,
+            process,
+            pinned,
+            start,
+        })
+    }
+
+    fn context<'a>(
+        &self,
+        target: &Target<'a>,
+        node: &'a Node,
+        request: &'a Request,
+    ) -> setup::Context<'a> {
+        setup::Context {
+            container: target.container,
+            host_id: &node.host_id,
+            netns: self.netns,
+            process: self.process.clone(),
+            pid: Some(target.pid),
+            start: self.start,
+            pinned: self.pinned.clone(),
+            request,
+            config: &node.config,
+        }
+    }
+}
+
+/// This host's machine id. Leases name their host with it and MACs are
+/// derived from it, so a host without one (or with an empty one) is an
+/// error, not a silent empty string shared with every other such host.
+fn machine_id(path: &Path) -> Result<String, Failure> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Failure::refuse(
+            Step::ReadMachineId,
+            format!(
+                "{}: {e}; nsbypass names this host by it (systemd-machine-id-setup makes one)",
+                path.display()
+            ),
+        )
+    })?;
+    let id = text.trim();
+    if id.is_empty() || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err(Failure::refuse(
+            Step::ReadMachineId,
+            format!(
+                "{} holds no machine id; nsbypass names this host by it (systemd-machine-id-setup makes one)",
+                path.display()
+            ),
+        ));
+    }
+    Ok(id.to_owned())
+}
+
+/// Network setup needs CAP_NET_ADMIN; entering another namespace needs
+/// CAP_SYS_ADMIN. Say so up front instead of failing halfway with EPERM.
+fn check_capabilities() -> Result<(), Failure> {
+    use caps::{CapSet, Capability};
+    let effective = caps::read(None, CapSet::Effective).step(Step::CheckCapabilities)?;
+    let missing: Vec<&str> = [
+        (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
+        (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
+    ]
+    .into_iter()
+    .filter(|(cap, _)| !effective.contains(cap))
+    .map(|(_, name)| name)
+    .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Failure::refuse(
+        Step::CheckCapabilities,
+        format!(
+            "nsbypass needs CAP_NET_ADMIN and CAP_SYS_ADMIN but lacks {}; run it as root from the runtime's hooks",
+            missing.join(" and ")
+        ),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_or_empty_machine_id_is_an_error_naming_the_file() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("machine-id");
+        let e = machine_id(&path).unwrap_err().to_string();
+        assert!(
+            e.starts_with("read machine id: ") && e.contains("No such file"),
+            "{e}"
+        );
+        std::fs::write(&path, "\n").unwrap();
+        let e = machine_id(&path).unwrap_err().to_string();
+        assert!(e.contains("holds no machine id"), "{e}");
+        std::fs::write(&path, "3d1219c7c4c5404aaa1f6d2a48adfda4\n").unwrap();
+        assert_eq!(
+            machine_id(&path).unwrap(),
+            "3d1219c7c4c5404aaa1f6d2a48adfda4"
+        );
+    }
+}

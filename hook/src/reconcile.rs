@@ -1,0 +1,215 @@
+//! Lease policy: bringing records up to date with the kernel, and freeing
+//! leases that nothing uses any more.
+//!
+//! The rule everything here follows: an address stays leased while the
+//! namespace it may be configured in exists. Whether a member process
+//! still runs does not matter (a pod's pinned namespace outlives its
+//! containers, with the link and address in it); whether a recorded path
+//! still leads there does not decide it either (a namespace can be kept by
+//! an fd or bind mount nobody recorded) — the namespace's id in the host's
+//! table does. A lease is freed only when its namespace is gone, when the
+//! link it was for is provably not there, or when no record names it at
+//! all (setup records intent before it makes anything, so an address no
+//! record names was never configured).
+
+use std::net::IpAddr;
+
+use crate::failure::{Failure, Step, StepExt};
+use crate::kernel::{self, Kernel, Presence, Reach};
+use crate::lease::{Holder, LeaseStore};
+use crate::records::{LinkRecord, NetnsRecord, StateDir};
+
+/// The stores setup, teardown and reclaim read and write, all under the
+/// state lock, and this host's identity.
+pub struct Stores<'a> {
+    pub state: &'a StateDir,
+    pub leases: &'a mut dyn LeaseStore,
+    pub reach: &'a mut dyn Reach,
+    /// This host's machine id: every lease it takes names it, and it frees
+    /// only leases that do.
+    pub host: &'a str,
+}
+
+impl Stores<'_> {
+    /// The holder of a lease taken for `container` in namespace `key`.
+    pub fn holder(&self, key: &str, container: &str) -> Holder {
+        Holder {
+            host: self.host.to_owned(),
+            netns: key.to_owned(),
+            container: container.to_owned(),
+        }
+    }
+
+    /// Frees every address of `link`, which is gone or never was.
+    pub fn release_link(&mut self, key: &str, link: &LinkRecord) -> Result<(), Failure> {
+        let holder = self.holder(key, &link.created_by);
+        for address in &link.addresses {
+            self.leases
+                .release(&link.network, address.addr(), &holder)
+                .step_on(Step::ReleaseAddress, &link.network)?;
+        }
+        Ok(())
+    }
+}
+
+/// Brings `record` up to date with its namespace, which `kernel` works
+/// in (the namespace is reachable): members whose process is gone, and
+/// members a killed setup left pending, are dropped; links a killed setup
+/// left pending are deleted; links that are no longer there are dropped.
+/// The addresses of dropped links are freed. Links nobody wants any more
+/// stay: deciding that is teardown's (or gc's) job.
+pub fn reconcile_in(
+    mut record: NetnsRecord,
+    kernel: &mut dyn Kernel,
+    stores: &mut Stores,
+) -> Result<NetnsRecord, Failure> {
+    let id = record.id();
+    let key = record.key();
+    record.members.retain(|container, member| {
+        if member.pending {
+            tracing::warn!(container, "dropping a member a killed setup left pending");
+            return false;
+        }
+        let alive = kernel::alive(stores.reach, member, id);
+        if !alive {
+            tracing::warn!(container, "dropping a member that no longer runs here");
+        }
+        alive
+    });
+    // Pending links are found by MAC or name: one dump of a container's
+    // few links, and only after a killed setup.
+    let mut dump = None;
+    for link in std::mem::take(&mut record.links) {
+        let network = link.network.clone();
+        let found = match link.index {
+            Some(index) if !link.pending => kernel
+                .link_by_index(index)
+                .step_on(Step::ReadRecords, &network)?
+                .filter(|l| link.is(l)),
+            _ => {
+                if dump.is_none() {
+                    dump = Some(kernel.links().step_on(Step::ReadRecords, &network)?);
+                }
+                dump.as_ref()
+                    .expect("just listed")
+                    .iter()
+                    .find(|l| link.is(l))
+                    .cloned()
+            }
+        };
+        match (found, link.pending) {
+            (Some(_), false) => record.links.push(link),
+            (Some(made), true) => {
+                tracing::warn!(network, ifname = %made.name, "deleting a link a killed setup left");
+                kernel
+                    .delete(made.index)
+                    .step_on(Step::DeleteLink, &network)?;
+                stores.release_link(&key, &link)?;
+            }
+            (None, pending) => {
+                if !pending {
+                    tracing::warn!(network, ifname = %link.ifname, "recorded link is gone; dropping it");
+                }
+                stores.release_link(&key, &link)?;
+            }
+        }
+    }
+    Ok(record)
+}
+
+/// Brings `record` up to date wherever its namespace stands (see
+/// [`reconcile_in`]); a namespace that is gone frees everything, one that
+/// lives on out of reach keeps its links and their leases. Writes the
+/// record back if it changed. Returns it, with a kernel for the namespace
+/// when a recorded path still leads there.
+pub fn reconcile(
+    record: NetnsRecord,
+    stores: &mut Stores,
+) -> Result<(NetnsRecord, Option<Box<dyn Kernel>>), Failure> {
+    let before = record.clone();
+    let presence = kernel::presence(stores.reach, &record).step(Step::OpenNamespace)?;
+    let (record, kernel) = settle(record, presence, stores)?;
+    if record != before {
+        stores.state.put_netns(&record).step(Step::WriteRecord)?;
+    }
+    Ok((record, kernel))
+}
+
+/// The record once its namespace's `presence` is known.
+pub fn settle(
+    mut record: NetnsRecord,
+    presence: Presence,
+    stores: &mut Stores,
+) -> Result<(NetnsRecord, Option<Box<dyn Kernel>>), Failure> {
+    match presence {
+        Presence::Reachable(mut kernel) => {
+            let record = reconcile_in(record, kernel.as_mut(), stores)?;
+            Ok((record, Some(kernel)))
+        }
+        Presence::Unreachable => {
+            // Nobody can run in a namespace no member's path leads to.
+            record.members.clear();
+            Ok((record, None))
+        }
+        Presence::Gone => {
+            let key = record.key();
+            for link in std::mem::take(&mut record.links) {
+                stores.release_link(&key, &link)?;
+            }
+            record.members.clear();
+            Ok((record, None))
+        }
+    }
+}
+
+/// Frees this host's leases on `network` that nothing uses: no record
+/// names them, or their record, brought up to date, no longer does.
+/// Returns how many were freed.
+pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
+    let leases = stores
+        .leases
+        .list(network)
+        .step_on(Step::LeaseAddress, network)?;
+    let mut freed = 0;
+    for (address, holder) in leases {
+        if !holder.same_host(&stores.holder("", "")) {
+            continue;
+        }
+        if !in_use(network, address, &holder, stores)? {
+            tracing::warn!(network, %address, container = %holder.container, "freeing a lease nothing uses");
+            stores
+                .leases
+                .release(network, address, &holder)
+                .step_on(Step::LeaseAddress, network)?;
+            freed += 1;
+        }
+    }
+    Ok(freed)
+}
+
+/// Whether the lease of `address` held by `holder` is accounted for, after
+/// bringing its record up to date (which may free it).
+pub fn in_use(
+    network: &str,
+    address: IpAddr,
+    holder: &Holder,
+    stores: &mut Stores,
+) -> Result<bool, Failure> {
+    let Some(record) = stores
+        .state
+        .netns(&holder.netns)
+        .step_on(Step::ReadRecords, network)?
+    else {
+        return Ok(false);
+    };
+    if !record.holds(network, address) {
+        return Ok(false);
+    }
+    let (record, _) = reconcile(record, stores)?;
+    Ok(record.holds(network, address)
+        && stores
+            .leases
+            .holder(network, address)
+            .step_on(Step::LeaseAddress, network)?
+            .is_some())
+}
