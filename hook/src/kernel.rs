@@ -333,11 +333,11 @@ impl Reach for RealReach {
             let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
                 continue;
             };
+            // By identity: the link text of an fd opened through a bind
+            // mount that is gone since (`ip netns del`) is just "/".
             for fd in fds.flatten() {
                 let path = fd.path();
-                if std::fs::read_link(&path)
-                    .is_ok_and(|target| target.as_os_str() == wanted.as_str())
-                {
+                if self.leads_to(&path, id) {
                     if let Some(kernel) = self.enter(&path, id)? {
                         return Ok(Some(kernel));
                     }

@@ -14,7 +14,7 @@ use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, RealKernel, RealReach};
 use crate::logging;
 use crate::profile;
-use crate::reconcile::Stores;
+use crate::reconcile::{self, Stores};
 use crate::records::{ProfilesRecord, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Wired};
 use crate::teardown::{self, Outcome};
@@ -186,7 +186,17 @@ impl Node {
             reach: &mut reach,
             host: &self.host_id,
         };
-        teardown::teardown(container, &mut stores)
+        let outcome = teardown::teardown(container, &mut stores)?;
+        if outcome == Outcome::NotRecorded {
+            // A setup killed before its first record write leaves only
+            // leases; this is the one poststop that can know them.
+            for (name, network) in &self.config.networks {
+                if network.ipv4.is_some() {
+                    reconcile::release_unaccounted(name, container, &mut stores)?;
+                }
+            }
+        }
+        Ok(outcome)
     }
 }
 

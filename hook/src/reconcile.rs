@@ -172,7 +172,7 @@ pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
         .step_on(Step::LeaseAddress, network)?;
     let mut freed = 0;
     for (address, holder) in leases {
-        if !holder.same_host(&stores.holder("", "")) {
+        if !holder.host.is_empty() && holder.host != stores.host {
             continue;
         }
         if !in_use(network, address, &holder, stores)? {
@@ -181,6 +181,35 @@ pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
                 .leases
                 .release(network, address, &holder)
                 .step_on(Step::LeaseAddress, network)?;
+            freed += 1;
+        }
+    }
+    Ok(freed)
+}
+
+/// Frees this host's leases on `network` taken for `container` that no
+/// record accounts for: a setup killed after leasing but before its first
+/// record write leaves them, and its container's poststop finds no record.
+/// Returns how many.
+pub fn release_unaccounted(
+    network: &str,
+    container: &str,
+    stores: &mut Stores,
+) -> Result<usize, Failure> {
+    let leases = stores
+        .leases
+        .list(network)
+        .step_on(Step::ReleaseAddress, network)?;
+    let mut freed = 0;
+    for (address, holder) in leases {
+        let ours =
+            holder.container == container && (holder.host.is_empty() || holder.host == stores.host);
+        if ours && !in_use(network, address, &holder, stores)? {
+            tracing::warn!(network, %address, container, "freeing a lease a killed setup left");
+            stores
+                .leases
+                .release(network, address, &holder)
+                .step_on(Step::ReleaseAddress, network)?;
             freed += 1;
         }
     }

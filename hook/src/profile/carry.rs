@@ -113,6 +113,7 @@ pub fn apply(
     let tables = Tables {
         container: mountinfo::read(&pid.to_string()).step(Step::OpenRootfs)?,
         host_devices: mountinfo::devices(&mountinfo::read("self").step(Step::OpenRootfs)?),
+        rootfs_mount: mountinfo::mount_id(root.fd()).step(Step::OpenRootfs)?,
     };
 
     let mut wanted: Vec<Wanted> = plan

@@ -13,7 +13,8 @@
 //! overlay of its nearest existing directory on a fresh tmpfs, made inside
 //! the container's mount namespace, which dies with it. Only on a
 //! filesystem that exists in the container alone (runc's `/dev` tmpfs) are
-//! entries made directly.
+//! entries made directly. A missing target on a volume is refused: an
+//! overlay there would take the container's writes away from the volume.
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, OwnedFd};
@@ -77,6 +78,8 @@ pub struct Tables {
     pub container: Vec<MountEntry>,
     /// Filesystems mounted in the hook's own mount namespace.
     pub host_devices: HashSet<(u32, u32)>,
+    /// The mount the rootfs itself is (the image's).
+    pub rootfs_mount: u64,
 }
 
 /// Resolves and checks every target; touches nothing.
@@ -98,6 +101,21 @@ pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layou
         }
         seen.push(path.clone());
         let fail = |message: String| fail(want, Step::Mount, Refusal(message));
+        // Kernel interfaces live there (under cgroup v1 runc's
+        // /sys/fs/cgroup is a tmpfs, so the filesystem check alone would
+        // not say so).
+        if path.starts_with("/proc") || path.starts_with("/sys") {
+            return Err(fail(format!(
+                "{} leads into {} (in the image: {}), where nsbypass mounts nothing",
+                want.target.display(),
+                if path.starts_with("/proc") {
+                    "/proc"
+                } else {
+                    "/sys"
+                },
+                path.display()
+            )));
+        }
         let at = root
             .open_plain(&canonical.existing)
             .map_err(|e| fail(e.to_string()))?;
@@ -117,6 +135,18 @@ pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layou
                 nix::sys::stat::minor(stat.st_dev) as u32,
             );
             let overlay = tables.host_devices.contains(&dev);
+            // An overlay of a volume would take the container's writes to
+            // it (and the user's data) onto a tmpfs: only the image's own
+            // directories get one.
+            let on_image = mountinfo::mount_id(at.as_fd()).map_err(|e| fail(e.to_string()))?
+                == tables.rootfs_mount;
+            if overlay && !on_image {
+                return Err(fail(format!(
+                    "the image lacks {}, and it would go on a volume or other mount ({}), which nsbypass neither writes nor overlays; mount the file there yourself or choose a target in the image",
+                    path.display(),
+                    canonical.existing.display()
+                )));
+            }
             if overlay && canonical.existing == Path::new("/") {
                 return Err(fail(format!(
                     "the image lacks /{}; nsbypass does not overlay an image's root directory (give the image that directory, or choose a target below one it has)",
