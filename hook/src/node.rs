@@ -12,6 +12,7 @@ use runtime_config::{Config, Request};
 use crate::failpoint;
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, RealKernel, RealReach};
+use crate::lease::FileLeases;
 use crate::logging;
 use crate::profile;
 use crate::reconcile::{self, Stores};
@@ -57,6 +58,21 @@ impl Node {
         Ok(Node { config, host_id })
     }
 
+    /// The locked state with this host's lease store and reach.
+    fn stores<'a>(
+        &'a self,
+        state: &'a StateDir,
+        leases: &'a mut FileLeases<'a>,
+        reach: &'a mut RealReach,
+    ) -> Stores<'a> {
+        Stores {
+            state,
+            leases,
+            reach,
+            host: &self.host_id,
+        }
+    }
+
     /// The state directory, locked for the rest of the run.
     pub fn lock(&self) -> Result<StateDir, Failure> {
         StateDir::lock(&self.config.state_dir, LOCK_TIMEOUT).step(Step::LockState)
@@ -91,12 +107,7 @@ impl Node {
         tracing::debug!("state locked");
         let mut leases = state.leases();
         let mut reach = RealReach::default();
-        let mut stores = Stores {
-            state: &state,
-            leases: &mut leases,
-            reach: &mut reach,
-            host: &self.host_id,
-        };
+        let mut stores = self.stores(&state, &mut leases, &mut reach);
 
         let ctx = network.as_ref().map(|n| n.context(target, self, request));
         let prepared = match (&ctx, &mut network) {
@@ -180,12 +191,7 @@ impl Node {
         let state = self.lock()?;
         let mut leases = state.leases();
         let mut reach = RealReach::default();
-        let mut stores = Stores {
-            state: &state,
-            leases: &mut leases,
-            reach: &mut reach,
-            host: &self.host_id,
-        };
+        let mut stores = self.stores(&state, &mut leases, &mut reach);
         let outcome = teardown::teardown(container, &mut stores)?;
         if outcome == Outcome::NotRecorded {
             // A setup killed before its first record write leaves only

@@ -164,27 +164,9 @@ pub fn settle(
 
 /// Frees this host's leases on `network` that nothing uses: no record
 /// names them, or their record, brought up to date, no longer does.
-/// Returns how many were freed.
+/// Returns how many.
 pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
-    let leases = stores
-        .leases
-        .list(network)
-        .step_on(Step::LeaseAddress, network)?;
-    let mut freed = 0;
-    for (address, holder) in leases {
-        if !holder.host.is_empty() && holder.host != stores.host {
-            continue;
-        }
-        if !in_use(network, address, &holder, stores)? {
-            tracing::warn!(network, %address, container = %holder.container, "freeing a lease nothing uses");
-            stores
-                .leases
-                .release(network, address, &holder)
-                .step_on(Step::LeaseAddress, network)?;
-            freed += 1;
-        }
-    }
-    Ok(freed)
+    free_unused(network, stores, |_| true)
 }
 
 /// Frees this host's leases on `network` taken for `container` that no
@@ -196,20 +178,29 @@ pub fn release_unaccounted(
     container: &str,
     stores: &mut Stores,
 ) -> Result<usize, Failure> {
+    free_unused(network, stores, |h| h.container == container)
+}
+
+/// Frees the leases on `network` of this host that `which` selects and
+/// nothing uses.
+fn free_unused(
+    network: &str,
+    stores: &mut Stores,
+    which: impl Fn(&Holder) -> bool,
+) -> Result<usize, Failure> {
     let leases = stores
         .leases
         .list(network)
-        .step_on(Step::ReleaseAddress, network)?;
+        .step_on(Step::LeaseAddress, network)?;
     let mut freed = 0;
     for (address, holder) in leases {
-        let ours =
-            holder.container == container && (holder.host.is_empty() || holder.host == stores.host);
-        if ours && !in_use(network, address, &holder, stores)? {
-            tracing::warn!(network, %address, container, "freeing a lease a killed setup left");
+        let ours = holder.host.is_empty() || holder.host == stores.host;
+        if ours && which(&holder) && !in_use(network, address, &holder, stores)? {
+            tracing::warn!(network, %address, container = %holder.container, "freeing a lease nothing uses");
             stores
                 .leases
                 .release(network, address, &holder)
-                .step_on(Step::ReleaseAddress, network)?;
+                .step_on(Step::LeaseAddress, network)?;
             freed += 1;
         }
     }

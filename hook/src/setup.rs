@@ -574,7 +574,9 @@ fn add_member(record: &mut NetnsRecord, ctx: &Context, wanted: &[Wanted]) {
     member.pid = ctx.pid;
     member.start = ctx.start;
     member.pinned = ctx.pinned.clone();
-    member.pending = true;
+    // A member that was already done stays done: should this run be
+    // killed, reconcile must not drop a container that runs. (Its new
+    // networks' links are pending; those go.)
     for want in wanted {
         if !member.networks.contains(&want.network.name) {
             member.networks.push(want.network.name.clone());

@@ -1213,3 +1213,18 @@ fn a_failed_record_write_rolls_everything_back() {
     std::fs::remove_dir_all(&blocker).unwrap();
     assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
 }
+
+#[test]
+fn a_killed_second_setup_of_a_running_member_keeps_it_a_member() {
+    let bed = Bed::new();
+    bed.setup("c1", "fast").unwrap();
+    // The same running container asks for one more network; that run dies.
+    assert!(killed_setup(&bed, "c1", 1000, "fast,slow", "create-link"));
+    // The pod's next member reconciles the record: c1 still runs, so its
+    // link stays; only the killed run's pending link went.
+    bed.setup_in("c2", 1000, "fast", "").unwrap();
+    assert_eq!(bed.link_names(1000), ["net1"]);
+    bed.teardown("c2", true).unwrap();
+    assert_eq!(bed.link_names(1000), ["net1"], "c1 still uses it");
+    bed.check_no_address_live_twice_or_unleased();
+}
