@@ -333,11 +333,16 @@ impl Reach for RealReach {
             let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
                 continue;
             };
-            // By identity: the link text of an fd opened through a bind
-            // mount that is gone since (`ip netns del`) is just "/".
+            // By identity, but only for fds whose link text may be a
+            // namespace: "net:[INO]", or "/" for one opened through a bind
+            // mount that is gone since (`ip netns del`). Reading a link
+            // calls into no filesystem; a stat of any fd could hang on a
+            // FUSE file a local user keeps open.
             for fd in fds.flatten() {
                 let path = fd.path();
-                if self.leads_to(&path, id) {
+                let text = std::fs::read_link(&path).unwrap_or_default();
+                let candidate = text.as_os_str() == wanted.as_str() || text == Path::new("/");
+                if candidate && self.leads_to(&path, id) {
                     if let Some(kernel) = self.enter(&path, id)? {
                         return Ok(Some(kernel));
                     }
