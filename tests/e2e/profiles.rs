@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use common::*;
 use nsbypass_testbed::{mknod_char, symlink_in, Container, Testbed};
+use serde_json::json;
 
 /// A stand-in for libonload: interposes sendto(), opens the stack's device
 /// node once, and records both in /tmp/shim.log inside the container.
@@ -231,7 +232,11 @@ impl SharedMount {
 
 impl Drop for SharedMount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // Recursively: with whatever a broken hook let propagate onto it.
+        let _ = std::process::Command::new("umount")
+            .arg("-R")
+            .arg(&self.0)
+            .status();
     }
 }
 
@@ -491,4 +496,289 @@ fn bad_profiles_fail_with_one_clear_line_and_undo_the_network() {
     assert!(line.contains("leads nowhere"), "{line}");
     assert!(leases(&tb).is_empty(), "{:?}", leases(&tb));
     assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+}
+
+/// Defect 3: an image link into a bidirectional (rshared) volume would make
+/// a profile's bind reach the host through the volume's peer group and
+/// outlive the container, shadowing the user's file, even on a volume the
+/// container may only read. Refused, naming the shared propagation; the
+/// host's mount table and the volume stay as they were.
+#[test]
+fn a_target_on_an_rshared_volume_is_refused_and_nothing_reaches_the_host() {
+    let Some(tb) = testbed() else { return };
+    let source = tb.dir.join("librt.so");
+    std::fs::write(&source, "HOST LIBRARY (profile source)\n").unwrap();
+    let config = config(
+        &tb,
+        &format!(
+            "[profiles.rtp]\nmounts = [{{ source = \"{}\", target = \"/usr/lib64/librt.so\" }}]\n",
+            source.display()
+        ),
+    );
+    // The volume read-write or read-only for the container, in a rootfs
+    // that is itself rshared, or with runc's default (rslave).
+    for (access, rootfs_propagation) in [("rw", true), ("ro", true), ("rw", false)] {
+        let name = format!(
+            "{access}-{}",
+            if rootfs_propagation {
+                "rshared"
+            } else {
+                "default"
+            }
+        );
+        let volume = tb.dir.join(format!("volume-{name}"));
+        std::fs::create_dir(&volume).unwrap();
+        let users = "the user's own file in the volume\n";
+        std::fs::write(volume.join("librt.so"), users).unwrap();
+        let _shared = SharedMount::new(&volume);
+        let before = mounts_under("self", &volume);
+        assert_eq!(before.len(), 1, "{before:?}");
+
+        let rootfs = tb.new_rootfs(&name).unwrap();
+        symlink_in(&rootfs, "/usr/lib64", "/data").unwrap();
+        // The volume's mount point, or runc would make it in the image.
+        std::fs::create_dir(rootfs.join("data")).unwrap();
+        let image = snapshot(&rootfs);
+        let bind = json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": volume,
+            "options": ["rbind", access, "rshared"],
+        });
+        let id = format!("rshared-{name}");
+        let err = hooked(&tb, &config, &id)
+            .rootfs(rootfs.clone())
+            .annotation("nsbypass.io/profile", "rtp")
+            .edit_spec(move |spec| {
+                spec["mounts"].as_array_mut().unwrap().push(bind);
+                if rootfs_propagation {
+                    spec["linux"]["rootfsPropagation"] = "rshared".into();
+                }
+            })
+            .create_err();
+        let line = hook_line(&err);
+        assert!(
+            line.starts_with(&format!(
+                "nsbypass: hook prestart: container {id}: profile rtp: mount: /usr/lib64/librt.so lies on "
+            )) && line.contains("a mount with shared propagation"),
+            "{name}: {line}"
+        );
+        assert_eq!(mounts_under("self", &volume), before, "{name}");
+        assert_eq!(
+            std::fs::read_to_string(volume.join("librt.so")).unwrap(),
+            users,
+            "{name}"
+        );
+        assert_same_tree(&image, &snapshot(&rootfs), &name);
+    }
+    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+}
+
+/// dlopen()s argv[1] and prints what its nsbx_answer() returns.
+const LOADLIB: &str = r#"
+#include <dlfcn.h>
+#include <stdio.h>
+int main(int argc, char **argv) {
+    if (argc != 2) return 2;
+    void *lib = dlopen(argv[1], RTLD_NOW);
+    if (!lib) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    int (*answer)(void) = (int (*)(void))dlsym(lib, "nsbx_answer");
+    if (!answer) { fprintf(stderr, "%s\n", dlerror()); return 1; }
+    printf("%d\n", answer());
+    return 0;
+}
+"#;
+
+/// Defect 7: carrying a profile into a plain-directory rootfs never writes
+/// the image on disk, with `root.readonly` false or true: the targets it
+/// lacks (a library under /usr/lib, a tool directory under /opt, and
+/// /etc/ld.so.preload) appear on overlays inside the container only. The
+/// container works (library loaded from the mount, preload listed, tools
+/// visible, device opens; the spec's own bind on /etc/hosts still shows
+/// through /etc's overlay); read-only stays read-only; and a later
+/// container from the same image without the profile finds the image's
+/// own library, not an empty mount point ("file too short").
+#[test]
+fn profiles_never_write_the_image_on_disk() {
+    let Some(tb) = testbed() else { return };
+    let host_lib = tb
+        .build_c("nsbx", "int nsbx_answer(void) { return 7; }\n", true)
+        .unwrap();
+    let image_lib = tb
+        .build_c("nsbximage", "int nsbx_answer(void) { return 42; }\n", true)
+        .unwrap();
+    let loadlib = tb.build_c("loadlib", LOADLIB, false).unwrap();
+    let tools = tb.dir.join("tools");
+    std::fs::create_dir(&tools).unwrap();
+    std::fs::write(tools.join("tool"), "#!/bin/sh\necho tool\n").unwrap();
+    let hosts = tb.dir.join("hosts");
+    std::fs::write(&hosts, "10.77.0.9 bound-by-the-spec\n").unwrap();
+    let config = config(
+        &tb,
+        &format!(
+            "[profiles.img]\n\
+             devices = [{{ source = \"{}\", target = \"/dev/nsbtest\" }}]\n\
+             mounts = [{{ source = \"{}\", target = \"/usr/lib/libnsbx.so\" }}, \
+                       {{ source = \"{}\", target = \"/opt/nsb/bin\" }}]\n\
+             preload = [\"/usr/lib/libnsbx.so\"]\n",
+            host_device(&tb).display(),
+            host_lib.display(),
+            tools.display()
+        ),
+    );
+    // The loader searches /usr/lib first: an empty file left there by a
+    // container before would hide the image's own library.
+    let search = "LD_LIBRARY_PATH=/usr/lib:/usr/local/lib";
+    for readonly in [false, true] {
+        let name = if readonly { "ro" } else { "rw" };
+        let rootfs = tb
+            .new_rootfs_with(&format!("image-{name}"), &[&loadlib])
+            .unwrap();
+        std::fs::create_dir_all(rootfs.join("usr/local/lib")).unwrap();
+        std::fs::copy(&image_lib, rootfs.join("usr/local/lib/libnsbx.so")).unwrap();
+        std::fs::write(rootfs.join("etc/hosts"), "127.0.0.1 the-image-s-own\n").unwrap();
+        let image = snapshot(&rootfs);
+        let bind = json!({
+            "destination": "/etc/hosts",
+            "type": "bind",
+            "source": hosts,
+            "options": ["rbind", "ro"],
+        });
+        let c = hooked(&tb, &config, &format!("image-{name}"))
+            .rootfs(rootfs.clone())
+            .annotation("nsbypass.io/profile", "img")
+            .env(search)
+            .edit_spec(move |spec| {
+                spec["root"]["readonly"] = readonly.into();
+                spec["mounts"].as_array_mut().unwrap().push(bind);
+            })
+            .create()
+            .unwrap();
+        assert_same_tree(&image, &snapshot(&rootfs), &format!("{name}: created"));
+        c.start().unwrap();
+        assert_eq!(
+            c.exec_ok(&["loadlib", "libnsbx.so"]).unwrap(),
+            "7\n",
+            "{name}"
+        );
+        assert_eq!(
+            c.exec_ok(&["cat", "/etc/ld.so.preload"]).unwrap(),
+            "/usr/lib/libnsbx.so\n",
+            "{name}"
+        );
+        assert_eq!(
+            c.exec_ok(&["cat", "/opt/nsb/bin/tool"]).unwrap(),
+            "#!/bin/sh\necho tool\n",
+            "{name}"
+        );
+        open_in(&c, "/dev/nsbtest").unwrap();
+        assert_eq!(
+            c.exec_ok(&["cat", "/etc/hosts"]).unwrap(),
+            "10.77.0.9 bound-by-the-spec\n",
+            "{name}: the spec's bind under /etc"
+        );
+        if readonly {
+            for dir in ["/", "/etc", "/usr/lib", "/opt", "/opt/nsb"] {
+                let out = c
+                    .exec(&["touch", &format!("{dir}/written-by-the-container")])
+                    .unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(
+                    !out.status.success() && err.contains("Read-only file system"),
+                    "{dir} is writable: {out:?}"
+                );
+            }
+        }
+        assert_same_tree(&image, &snapshot(&rootfs), &format!("{name}: running"));
+        delete(c);
+        assert_same_tree(&image, &snapshot(&rootfs), &format!("{name}: deleted"));
+
+        let plain = tb
+            .container(&format!("plain-{name}"))
+            .rootfs(rootfs.clone())
+            .env(search)
+            .edit_spec(move |spec| spec["root"]["readonly"] = readonly.into())
+            .create()
+            .unwrap();
+        plain.start().unwrap();
+        let out = plain.exec(&["loadlib", "libnsbx.so"]).unwrap();
+        assert!(
+            out.status.success() && out.stdout == b"42\n",
+            "{name}: the image's own library: {out:?}"
+        );
+        assert_eq!(
+            plain
+                .exec_ok(&["sh", "-c", "test -e /etc/ld.so.preload || echo none"])
+                .unwrap(),
+            "none\n"
+        );
+        delete(plain);
+        assert_same_tree(&image, &snapshot(&rootfs), &format!("{name}: the end"));
+    }
+    assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+}
+
+/// Defect 12: in a Debian 12 image `/lib` is a link to `usr/lib`, so two
+/// spellings of one place would pass a check of the targets as written and
+/// the mounts would silently stack; a directory target and a file target
+/// inside it under the other spelling would hide the file. Both are
+/// refused by where the targets land in the image, with one line naming
+/// them, and nothing is left in the image.
+#[test]
+fn two_spellings_of_one_place_in_the_image_are_refused() {
+    let Some(tb) = testbed() else { return };
+    let a = tb.dir.join("libx-a.so");
+    let b = tb.dir.join("libx-b.so");
+    std::fs::write(&a, "a\n").unwrap();
+    std::fs::write(&b, "b\n").unwrap();
+    let dir = tb.dir.join("nsbdir");
+    std::fs::create_dir(&dir).unwrap();
+    let config = config(
+        &tb,
+        &format!(
+            "[profiles.alias]\nmounts = [\
+             {{ source = \"{a}\", target = \"/lib/x86_64-linux-gnu/libx.so\" }}, \
+             {{ source = \"{b}\", target = \"/usr/lib/x86_64-linux-gnu/libx.so\" }}]\n\
+             [profiles.hidden]\nmounts = [\
+             {{ source = \"{dir}\", target = \"/lib/nsbdir\" }}, \
+             {{ source = \"{a}\", target = \"/usr/lib/nsbdir/libx.so\" }}]\n",
+            a = a.display(),
+            b = b.display(),
+            dir = dir.display()
+        ),
+    );
+    let rootfs = tb.new_rootfs("debian").unwrap();
+    std::fs::create_dir_all(rootfs.join("usr/lib/x86_64-linux-gnu")).unwrap();
+    std::fs::write(rootfs.join("usr/lib/x86_64-linux-gnu/libx.so"), "image\n").unwrap();
+    symlink_in(&rootfs, "/lib", "usr/lib").unwrap();
+    let image = snapshot(&rootfs);
+    let cases = [
+        (
+            "alias",
+            "profile alias: validate: /lib/x86_64-linux-gnu/libx.so and \
+             /usr/lib/x86_64-linux-gnu/libx.so are one place in the image \
+             (/usr/lib/x86_64-linux-gnu/libx.so): the mounts would stack",
+        ),
+        (
+            "hidden",
+            "profile hidden: validate: /usr/lib/nsbdir/libx.so would be hidden \
+             under the mount on /lib/nsbdir",
+        ),
+    ];
+    for (profile, want) in cases {
+        let line = hook_line(
+            &hooked(&tb, &config, profile)
+                .rootfs(rootfs.clone())
+                .annotation("nsbypass.io/profile", profile)
+                .create_err(),
+        );
+        assert!(
+            line.starts_with(&format!(
+                "nsbypass: hook prestart: container {profile}: {want}"
+            )),
+            "{profile}:\n got: {line}\nwant: {want}"
+        );
+        assert_same_tree(&image, &snapshot(&rootfs), profile);
+        assert!(records(&tb).is_empty(), "{profile}: {:?}", records(&tb));
+    }
 }

@@ -36,6 +36,7 @@ pub struct ContainerBuilder<'a> {
     annotations: serde_json::Map<String, Value>,
     netns: Option<String>,
     hooks: Vec<(String, Value)>,
+    hook_env: Vec<String>,
     rootfs: Option<PathBuf>,
     edits: Vec<SpecEdit<'a>>,
 }
@@ -57,6 +58,7 @@ impl<'a> ContainerBuilder<'a> {
             annotations: serde_json::Map::new(),
             netns: None,
             hooks: Vec::new(),
+            hook_env: Vec::new(),
             rootfs: None,
             edits: Vec::new(),
         }
@@ -108,6 +110,16 @@ impl<'a> ContainerBuilder<'a> {
             });
             self.hooks.push(((*stage).to_owned(), hook));
         }
+        self
+    }
+
+    /// Adds `KEY=VALUE` to the environment of every hook entry
+    /// [`ContainerBuilder::hooks`] adds (before or after this call), after
+    /// [`HOOK_ENV`]; the container's own environment is not affected. E.g.
+    /// `NSBYPASS_FAILPOINT=lease=error` makes an nsbypass built with the
+    /// `failpoints` feature fail at that step.
+    pub fn hook_env(mut self, key_eq_value: &str) -> Self {
+        self.hook_env.push(key_eq_value.to_owned());
         self
     }
 
@@ -233,7 +245,8 @@ impl<'a> ContainerBuilder<'a> {
                 .context("runc's default spec has no network namespace")?;
             network["path"] = netns.into();
         }
-        for (stage, hook) in self.hooks {
+        for (stage, mut hook) in self.hooks {
+            array(&mut hook["env"])?.extend(self.hook_env.iter().cloned().map(Value::from));
             array(&mut spec["hooks"][stage.as_str()])?.push(hook);
         }
         for edit in self.edits {

@@ -3,15 +3,28 @@
 
 #![allow(dead_code)] // each test target uses its own subset
 
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use nsbypass_testbed::{Container, ContainerBuilder, Testbed};
+use nsbypass_testbed::{Container, ContainerBuilder, Testbed, HOOK_ENV};
 use serde_json::Value;
 
 /// The hook under test; cargo builds it for this package's test targets.
+///
+/// `NSBYPASS_TEST_BINARY=PATH` points every test at another build instead,
+/// e.g. an older nsbypass, to see which tests it fails. (Tests that arm
+/// failpoints need a build with the `failpoints` feature.)
 pub fn nsbypass() -> &'static Path {
-    Path::new(env!("CARGO_BIN_EXE_nsbypass"))
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| match std::env::var_os("NSBYPASS_TEST_BINARY") {
+        Some(path) => PathBuf::from(path),
+        None => PathBuf::from(env!("CARGO_BIN_EXE_nsbypass")),
+    })
 }
 
 /// A testbed, or `None` (after saying why) when the test cannot run here.
@@ -167,7 +180,9 @@ pub fn records(tb: &Testbed) -> Vec<String> {
     out
 }
 
-fn files_under(dir: &Path) -> Vec<String> {
+/// Every non-directory entry below `dir`, as sorted relative paths (none
+/// if `dir` is missing).
+pub fn files_under(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let path = entry.path();
@@ -256,4 +271,376 @@ pub fn hook_line(runc_stderr: &str) -> String {
         "the hook wrote more than one line: {text:?}"
     );
     text.to_owned()
+}
+
+/// A process standing in for a container's init, for tests that run the
+/// hook by hand: `unshare FLAGS sleep 600`, started inside the testbed's
+/// host netns (so `--net` gives it a netns of its own below that one, and
+/// `--mount` a private copy of the machine's mount table). `nsenter` and
+/// `unshare` exec, so [`Sleeper::pid`] is the sleep itself. Killed, by that
+/// pid, on drop.
+pub struct Sleeper {
+    pub pid: u32,
+    child: Child,
+}
+
+impl Sleeper {
+    pub fn new(tb: &Testbed, unshare_flags: &[&str]) -> Sleeper {
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", tb.host_ns))
+            .args(["--", "unshare"])
+            .args(unshare_flags)
+            .args(["sleep", "600"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting unshare sleep");
+        let sleeper = Sleeper {
+            pid: child.id(),
+            child,
+        };
+        // Once it runs sleep, unshare has made its namespaces.
+        let comm = format!("/proc/{}/comm", sleeper.pid);
+        eventually("the sleeper to exec sleep", || {
+            std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
+        });
+        sleeper
+    }
+
+    /// The key nsbypass files the sleeper's netns record under
+    /// (`<dev>-<ino>`, as `netns/<key>.json`).
+    pub fn netns_key(&self) -> String {
+        let meta = std::fs::metadata(format!("/proc/{}/ns/net", self.pid)).unwrap();
+        format!("{}-{}", meta.dev(), meta.ino())
+    }
+
+    /// The interfaces in the sleeper's netns other than `lo`.
+    pub fn links(&self) -> Vec<String> {
+        ifaces_of(self.pid)
+            .into_iter()
+            .map(|i| i.name)
+            .filter(|n| n != "lo")
+            .collect()
+    }
+}
+
+impl Drop for Sleeper {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// OCI state as a runtime hands it to a setup hook.
+pub fn setup_state(id: &str, pid: u32, bundle: &Path) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": id,
+        "status": "creating",
+        "pid": pid,
+        "bundle": bundle,
+    })
+    .to_string()
+}
+
+/// OCI state as a runtime hands it to poststop: stopped, no pid.
+pub fn stopped_state(id: &str, bundle: &Path) -> String {
+    serde_json::json!({
+        "ociVersion": "1.0.2",
+        "id": id,
+        "status": "stopped",
+        "bundle": bundle,
+    })
+    .to_string()
+}
+
+/// Writes a bundle `<dir>/direct/<name>` whose `config.json` is `spec`,
+/// for hooks run by hand (no runtime reads it).
+pub fn direct_bundle(tb: &Testbed, name: &str, spec: &Value) -> PathBuf {
+    let dir = tb.dir.join("direct").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+    dir
+}
+
+/// A minimal spec asking for what `annotations` say, with `root` (a host
+/// path) as its rootfs if given.
+pub fn direct_spec(annotations: Value, root: Option<&Path>) -> Value {
+    let mut spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "process": { "args": ["sleep", "600"], "env": [HOOK_ENV], "cwd": "/" },
+        "annotations": annotations,
+    });
+    if let Some(root) = root {
+        spec["root"] = serde_json::json!({ "path": root, "readonly": false });
+    }
+    spec
+}
+
+/// The hook binary run by hand, as a runtime would run it, inside the
+/// testbed's host netns: `nsenter --net=/run/netns/<tag>-h nsbypass
+/// --config CFG hook STAGE`, with only [`HOOK_ENV`] (plus [`DirectHook::env`])
+/// in its environment and the state document on stdin.
+pub struct DirectHook<'a> {
+    tb: &'a Testbed,
+    config: PathBuf,
+    stage: String,
+    env: Vec<String>,
+    umask000: bool,
+    timeout: Duration,
+}
+
+/// What one hook run did.
+pub struct HookRun {
+    /// `None` if the test had to kill it at its timeout.
+    pub status: Option<ExitStatus>,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Debug for HookRun {
+    /// Shows at most 2000 bytes of stderr: a broken hook may write megabytes.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut end = self.stderr.len().min(2000);
+        while !self.stderr.is_char_boundary(end) {
+            end -= 1;
+        }
+        f.debug_struct("HookRun")
+            .field("status", &self.status)
+            .field("elapsed", &self.elapsed)
+            .field("stderr_bytes", &self.stderr.len())
+            .field("stderr", &&self.stderr[..end])
+            .finish()
+    }
+}
+
+impl HookRun {
+    pub fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    /// Asserts the run failed with exactly one line on stderr; returns it.
+    pub fn one_line(&self) -> String {
+        assert!(
+            self.status.is_some_and(|s| !s.success()),
+            "the hook should have failed: {self:?}"
+        );
+        let text = self
+            .stderr
+            .strip_suffix('\n')
+            .unwrap_or_else(|| panic!("stderr is not one line ending in a newline: {self:?}"));
+        assert!(!text.contains('\n'), "more than one line: {self:?}");
+        text.to_owned()
+    }
+}
+
+/// A hook started by [`DirectHook::spawn`].
+pub struct RunningHook {
+    child: Child,
+    started: Instant,
+    stderr: PathBuf,
+}
+
+impl<'a> DirectHook<'a> {
+    pub fn new(tb: &'a Testbed, config: &Path, stage: &str) -> DirectHook<'a> {
+        DirectHook {
+            tb,
+            config: config.to_owned(),
+            stage: stage.to_owned(),
+            env: Vec::new(),
+            umask000: false,
+            timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Adds `KEY=VALUE` to the hook's environment (e.g. `NSBYPASS_FAILPOINT=...`).
+    pub fn env(mut self, key_eq_value: &str) -> Self {
+        self.env.push(key_eq_value.to_owned());
+        self
+    }
+
+    /// Runs the hook under umask 000: `sh -c 'umask 000; exec "$@"'`.
+    pub fn umask000(mut self) -> Self {
+        self.umask000 = true;
+        self
+    }
+
+    /// How long [`DirectHook::run`] lets it run before killing it (30 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Starts the hook with `state` on stdin. Its pid is the hook's own
+    /// (`nsenter` and `sh` exec).
+    pub fn spawn(&self, state: &str) -> RunningHook {
+        use std::io::Write;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let stderr = self.tb.dir.join(format!(
+            "hook-stderr-{}",
+            SEQ.fetch_add(1, Ordering::Relaxed)
+        ));
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.tb.host_ns))
+            .arg("--");
+        if self.umask000 {
+            cmd.args(["sh", "-c", "umask 000; exec \"$@\"", "sh"]);
+        }
+        cmd.arg(nsbypass())
+            .arg("--config")
+            .arg(&self.config)
+            .args(["hook", &self.stage])
+            .env_clear()
+            .env("PATH", HOOK_ENV.trim_start_matches("PATH="));
+        for kv in &self.env {
+            let (k, v) = kv.split_once('=').expect("KEY=VALUE");
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting the hook");
+        let started = Instant::now();
+        // A hook that fails before reading stdin closes it: not our error.
+        let _ = child.stdin.take().unwrap().write_all(state.as_bytes());
+        RunningHook {
+            child,
+            started,
+            stderr,
+        }
+    }
+
+    /// Runs the hook to its end (or kills it at the timeout).
+    pub fn run(&self, state: &str) -> HookRun {
+        self.spawn(state).wait(self.timeout)
+    }
+}
+
+impl RunningHook {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the hook; kills it (by its pid) after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> HookRun {
+        let deadline = self.started + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let elapsed = self.started.elapsed();
+        let stderr = String::from_utf8_lossy(&std::fs::read(&self.stderr).unwrap()).into_owned();
+        let _ = std::fs::remove_file(&self.stderr);
+        HookRun {
+            status,
+            stderr,
+            elapsed,
+        }
+    }
+}
+
+impl Drop for RunningHook {
+    /// A test that fails while the hook runs does not leave it running.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Every entry below `root` (not following links), by path relative to
+/// it: type, mode, size, mtime (and a link's target). Two equal snapshots
+/// mean nothing was created, removed, written or renamed there.
+pub fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<PathBuf, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let t = meta.file_type();
+            let kind = if t.is_symlink() {
+                format!("link to {}", std::fs::read_link(&path).unwrap().display())
+            } else if t.is_dir() {
+                "dir".to_owned()
+            } else if t.is_file() {
+                "file".to_owned()
+            } else if t.is_char_device() || t.is_block_device() {
+                format!("device {:x}", meta.rdev())
+            } else {
+                "other".to_owned()
+            };
+            let line = format!(
+                "{kind} mode {:o} size {} mtime {}.{:09}",
+                meta.mode(),
+                meta.size(),
+                meta.mtime(),
+                meta.mtime_nsec()
+            );
+            out.insert(path.strip_prefix(root).unwrap().to_owned(), line);
+            if t.is_dir() {
+                walk(root, &path, out);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    let meta = std::fs::symlink_metadata(root).unwrap();
+    out.insert(
+        PathBuf::from("."),
+        format!(
+            "dir mode {:o} mtime {}.{:09}",
+            meta.mode(),
+            meta.mtime(),
+            meta.mtime_nsec()
+        ),
+    );
+    walk(root, root, &mut out);
+    out
+}
+
+/// Asserts two snapshots are equal, listing only the entries that differ.
+pub fn assert_same_tree(
+    before: &BTreeMap<PathBuf, String>,
+    after: &BTreeMap<PathBuf, String>,
+    what: &str,
+) {
+    let mut differences = Vec::new();
+    for (path, was) in before {
+        match after.get(path) {
+            Some(now) if now == was => {}
+            Some(now) => differences.push(format!("changed {}: {was} -> {now}", path.display())),
+            None => differences.push(format!("removed {}", path.display())),
+        }
+    }
+    for (path, now) in after {
+        if !before.contains_key(path) {
+            differences.push(format!("added {}: {now}", path.display()));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{what}:\n{}",
+        differences.join("\n")
+    );
+}
+
+/// The mount points of `pid`'s mount namespace (`"self"` for this
+/// process's) that are `under` or below it, in table order.
+pub fn mounts_under(pid: &str, under: &Path) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| Path::new(p).starts_with(under))
+        .map(str::to_owned)
+        .collect()
 }
