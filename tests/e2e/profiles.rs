@@ -782,3 +782,111 @@ fn two_spellings_of_one_place_in_the_image_are_refused() {
         assert!(records(&tb).is_empty(), "{profile}: {:?}", records(&tb));
     }
 }
+
+/// An overlayfs over `lower` at `<dir>/merged`, as container engines make a
+/// container's rootfs from its image (lower) and its own layer (upper);
+/// unmounted when dropped.
+struct LayeredRootfs {
+    merged: PathBuf,
+    upper: PathBuf,
+}
+
+impl LayeredRootfs {
+    fn new(dir: &Path, lower: &Path) -> LayeredRootfs {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &options])
+            .arg(&merged)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mount overlay {options}");
+        LayeredRootfs { merged, upper }
+    }
+}
+
+impl Drop for LayeredRootfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-R")
+            .arg(&self.merged)
+            .status();
+    }
+}
+
+#[test]
+fn on_a_containers_own_layer_missing_targets_are_made_there_not_overlaid() {
+    // Engines give each container an overlayfs rootfs: its image below, its
+    // own writable layer above. Mount points belong in that layer, as the
+    // runtime's own do: the image stays untouched, and what the container
+    // writes to /etc still reaches its layer (an overlay of /etc would take
+    // those writes to a tmpfs). With root.readonly nothing is written.
+    let Some(tb) = testbed() else { return };
+    let shim = tb.build_c("nsbshim", SHIM, true).unwrap();
+    let config = stack_config(&tb, Some(&shim));
+    for readonly in [false, true] {
+        let name = if readonly { "ro" } else { "rw" };
+        let image = tb.new_rootfs(&format!("layered-image-{name}")).unwrap();
+        let layers = tb.dir.join(format!("layers-{name}"));
+        let rootfs = LayeredRootfs::new(&layers, &image);
+        let before = snapshot(&image);
+        let c = hooked(&tb, &config, &format!("layered-{name}"))
+            .rootfs(rootfs.merged.clone())
+            .annotation("nsbypass.io/profile", "stack")
+            .edit_spec(move |spec| spec["root"]["readonly"] = readonly.into())
+            .create()
+            .unwrap();
+        c.start().unwrap();
+        let preload = c.exec_ok(&["cat", "/etc/ld.so.preload"]).unwrap();
+        assert_eq!(preload, "/usr/lib/nsbypass/libnsbshim.so\n", "{name}");
+        open_in(&c, "/dev/nsbtest").unwrap();
+        // Overlays nsbypass made show as overlay mounts on directories of
+        // the rootfs; the rootfs itself is the only overlay at its root.
+        let mut overlays: Vec<String> =
+            std::fs::read_to_string(format!("/proc/{}/mountinfo", c.pid))
+                .unwrap()
+                .lines()
+                .filter(|l| l.contains(" - overlay "))
+                .filter_map(|l| l.split_whitespace().nth(4).map(str::to_owned))
+                .collect();
+        overlays.sort();
+        let written = c.exec(&["sh", "-c", "echo mine > /etc/app.conf"]).unwrap();
+        if readonly {
+            assert_eq!(
+                overlays,
+                ["/", "/etc", "/usr/lib"],
+                "{name}: /etc and /usr/lib get overlays"
+            );
+            assert!(!written.status.success(), "{name}: /etc is writable");
+            assert!(!rootfs.upper.join("etc/ld.so.preload").exists());
+        } else {
+            assert_eq!(
+                overlays,
+                ["/"],
+                "{name}: an overlay beyond the rootfs: {overlays:?}"
+            );
+            assert!(written.status.success(), "{name}");
+            assert_eq!(
+                std::fs::read_to_string(rootfs.upper.join("etc/app.conf")).unwrap(),
+                "mine\n",
+                "{name}: the container's write reached its own layer"
+            );
+            assert!(
+                rootfs.upper.join("etc/ld.so.preload").exists(),
+                "{name}: the mount point is in the container's layer"
+            );
+        }
+        delete(c);
+        assert_same_tree(&before, &snapshot(&image), &format!("{name}: the image"));
+        assert!(records(&tb).is_empty(), "{:?}", records(&tb));
+    }
+}

@@ -114,6 +114,7 @@ pub fn apply(
         container: mountinfo::read(&pid.to_string()).step(Step::OpenRootfs)?,
         host_devices: mountinfo::devices(&mountinfo::read("self").step(Step::OpenRootfs)?),
         rootfs_mount: mountinfo::mount_id(root.fd()).step(Step::OpenRootfs)?,
+        readonly,
     };
 
     let mut wanted: Vec<Wanted> = plan

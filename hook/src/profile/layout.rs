@@ -11,9 +11,11 @@
 //!
 //! A missing target is never created in the image: it gets a *room*, an
 //! overlay of its nearest existing directory on a fresh tmpfs, made inside
-//! the container's mount namespace, which dies with it. Only on a
-//! filesystem that exists in the container alone (runc's `/dev` tmpfs) are
-//! entries made directly. A missing target on a volume is refused: an
+//! the container's mount namespace, which dies with it. Entries are made
+//! directly only where they cannot reach an image: on a filesystem that
+//! exists in the container alone (runc's `/dev` tmpfs), and on a rootfs
+//! that is an overlayfs, the container's own writable layer, when the spec
+//! does not make it read-only. A missing target on a volume is refused: an
 //! overlay there would take the container's writes away from the volume.
 
 use std::collections::HashSet;
@@ -80,6 +82,14 @@ pub struct Tables {
     pub host_devices: HashSet<(u32, u32)>,
     /// The mount the rootfs itself is (the image's).
     pub rootfs_mount: u64,
+    /// The spec's `root.readonly`: nothing may be written there.
+    pub readonly: bool,
+}
+
+/// Whether `fd` lies on an overlayfs.
+fn is_overlayfs(fd: &OwnedFd) -> bool {
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    nix::sys::statfs::fstatfs(fd).is_ok_and(|fs| fs.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC)
 }
 
 /// Resolves and checks every target; touches nothing.
@@ -134,12 +144,21 @@ pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layou
                 nix::sys::stat::major(stat.st_dev) as u32,
                 nix::sys::stat::minor(stat.st_dev) as u32,
             );
-            let overlay = tables.host_devices.contains(&dev);
+            // A filesystem only the container has (runc's /dev tmpfs) dies
+            // with it: entries are made there directly.
+            let private = !tables.host_devices.contains(&dev);
             // An overlay of a volume would take the container's writes to
             // it (and the user's data) onto a tmpfs: only the image's own
             // directories get one.
             let on_image = mountinfo::mount_id(at.as_fd()).map_err(|e| fail(e.to_string()))?
                 == tables.rootfs_mount;
+            // A rootfs that is an overlayfs is the container's own writable
+            // layer (podman, docker, containerd): mount points made there
+            // stay out of the image, as the runtime's own do, and the
+            // container's writes to that directory keep reaching its layer.
+            // Unless the spec makes the rootfs read-only.
+            let own_layer = on_image && !tables.readonly && is_overlayfs(&at);
+            let overlay = !private && !own_layer;
             if overlay && !on_image {
                 return Err(fail(format!(
                     "the image lacks {}, and it would go on a volume or other mount ({}), which nsbypass neither writes nor overlays; mount the file there yourself or choose a target in the image",
