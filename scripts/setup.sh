@@ -22,5 +22,6 @@ if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get install -y --no-install-recommends "${packages[@]}"
 fi
 
-cargo build --locked --workspace --all-targets
+# With the failpoints the fault-injection tests arm, as scripts/test.sh builds.
+cargo build --locked --workspace --all-targets --features nsbypass/failpoints
 echo "setup.sh: done; run scripts/test.sh"

@@ -16,7 +16,7 @@ use nsutil::ns::{self, Netns, NetnsId};
 use nsutil::sysctl;
 use runtime_config::MacvlanMode;
 
-use crate::records::{Member, NetnsRecord};
+use crate::records::{Identity, Member, NetnsRecord};
 
 pub type Result<T> = nsutil::Result<T>;
 
@@ -48,6 +48,8 @@ pub trait Kernel {
     /// The container namespace's id in the host namespace, assigned if it
     /// has none; see `NetnsRecord::nsid`.
     fn assign_nsid(&mut self) -> Result<i32>;
+    /// The container namespace's cookie; see `NetnsRecord::cookie`.
+    fn cookie(&mut self) -> Result<Option<u64>>;
     /// Creates a MACVLAN on a host parent directly inside the container's
     /// namespace and returns it as the container's namespace sees it.
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link>;
@@ -64,21 +66,26 @@ pub trait Kernel {
 pub trait Reach {
     /// Whether `path` leads to the namespace `id` right now.
     fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool;
-    /// A kernel for namespace `id` through `path`; `Ok(None)` if the path
-    /// no longer leads there.
-    fn enter(&mut self, path: &Path, id: NetnsId) -> Result<Option<Box<dyn Kernel>>>;
+    /// A kernel for the namespace `who` through `path`; `Ok(None)` if the
+    /// path no longer leads there (or leads to a later namespace with the
+    /// same number).
+    fn enter(&mut self, path: &Path, who: &Identity) -> Result<Option<Box<dyn Kernel>>>;
     /// Whether process `pid` is still the one that started at `start`.
     fn started_at(&mut self, pid: i32, start: u64) -> bool;
     /// The namespace ids assigned in the host namespace: those of every
     /// namespace that still exists (and was given one).
     fn live_nsids(&mut self) -> Result<Vec<i32>>;
+    /// The links of the namespace that has id `nsid` now (ids are reused:
+    /// not necessarily the one that had it when it was recorded).
+    fn links_in(&mut self, nsid: i32) -> Result<Vec<Link>>;
     /// Whether a MACVLAN child with `mac` (`aa:bb:...`) is up on host link
     /// `parent`, in whatever namespace it lives.
     fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool>;
-    /// A kernel for namespace `id` found without a recorded path: through
-    /// a bind mount of it, a process in it, or an fd to it (an engine that
-    /// keeps a container's namespace past its poststop, as dockerd does).
-    fn discover(&mut self, id: NetnsId) -> Result<Option<Box<dyn Kernel>>>;
+    /// A kernel for the namespace `who` found without a recorded path:
+    /// through a bind mount of it, a process in it, or an fd to it (an
+    /// engine that keeps a container's namespace past its poststop, as
+    /// dockerd does).
+    fn discover(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>>;
 }
 
 /// Where a recorded namespace stands.
@@ -95,36 +102,52 @@ pub enum Presence {
 /// Where `record`'s namespace stands. An error means the namespace is
 /// there but cannot be worked in.
 ///
-/// Gone means: no recorded path leads there, the namespace's id has left
-/// the host's table, and no recorded link's MAC is still up on its parent.
-/// The last check closes a gap of some milliseconds: a dying namespace
-/// loses its id before the kernel unregisters its links, which meanwhile
-/// still answer ARP for their addresses.
+/// A recorded path that leads to the recorded (dev, ino) and shows the
+/// recorded cookie reaches it. Without one, what matters is whether the
+/// links nsbypass made are still alive somewhere: one is while the
+/// namespace the recorded id names now has it (same index and MAC: ids
+/// are reused, so the id alone proves nothing), and while its MAC is up on
+/// its parent (a dying namespace loses its id some milliseconds before its
+/// links go, which meanwhile still answer ARP). If none is, the namespace
+/// is gone or keeps nothing of ours: Gone. If one is, discovery looks for a
+/// way in; failing that, it lives on out of reach.
 pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence> {
+    let who = record.identity();
     for path in record.netns_paths() {
-        if let Some(kernel) = reach.enter(path, record.id())? {
+        if let Some(kernel) = reach.enter(path, &who)? {
             return Ok(Presence::Reachable(kernel));
         }
     }
-    let live = match record.nsid {
-        Some(nsid) => reach.live_nsids()?.contains(&nsid),
-        None => false,
-    };
-    // Without an id (a record of an older version) this is the only sign.
-    let mut up = false;
-    for link in record.links.iter().filter(|l| !l.passthru) {
-        if !live && reach.mac_up_on(&link.parent, &link.mac)? {
-            up = true;
-            break;
-        }
-    }
-    if !live && !up {
+    if !links_live(reach, record)? {
         return Ok(Presence::Gone);
     }
-    match reach.discover(record.id())? {
+    match reach.discover(&who)? {
         Some(kernel) => Ok(Presence::Reachable(kernel)),
         None => Ok(Presence::Unreachable),
     }
+}
+
+/// Whether any link of `record` may still be alive, seen from the host.
+fn links_live(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
+    if let Some(nsid) = record.nsid {
+        if reach.live_nsids()?.contains(&nsid) {
+            let there = reach.links_in(nsid)?;
+            if record
+                .links
+                .iter()
+                .any(|ours| there.iter().any(|l| ours.is_by_mac(l)))
+            {
+                return Ok(true);
+            }
+        }
+    }
+    // Passthru links take the parent's MAC: no sign on the parent.
+    for link in record.links.iter().filter(|l| !l.passthru) {
+        if reach.mac_up_on(&link.parent, &link.mac)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Like [`presence`], but gives a namespace that is out of reach up to
@@ -200,6 +223,10 @@ impl Kernel for RealKernel {
 
     fn assign_nsid(&mut self) -> Result<i32> {
         self.host.assign_nsid(self.netns.fd())
+    }
+
+    fn cookie(&mut self) -> Result<Option<u64>> {
+        self.netns.cookie()
     }
 
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link> {
@@ -279,11 +306,15 @@ impl Reach for RealReach {
         ns::id_of(path).is_ok_and(|found| found == id)
     }
 
-    fn enter(&mut self, path: &Path, id: NetnsId) -> Result<Option<Box<dyn Kernel>>> {
-        match Netns::open_if(path, id)? {
-            Some(netns) => Ok(Some(Box::new(RealKernel::new(netns)?))),
-            None => Ok(None),
+    fn enter(&mut self, path: &Path, who: &Identity) -> Result<Option<Box<dyn Kernel>>> {
+        let Some(netns) = Netns::open_if(path, who.id)? else {
+            return Ok(None);
+        };
+        if who.cookie.is_some() && netns.cookie()? != who.cookie {
+            // A later namespace that got the recorded inode number.
+            return Ok(None);
         }
+        Ok(Some(Box::new(RealKernel::new(netns)?)))
     }
 
     fn started_at(&mut self, pid: i32, start: u64) -> bool {
@@ -292,6 +323,10 @@ impl Reach for RealReach {
 
     fn live_nsids(&mut self) -> Result<Vec<i32>> {
         self.host()?.nsids()
+    }
+
+    fn links_in(&mut self, nsid: i32) -> Result<Vec<Link>> {
+        self.host()?.links_in(nsid)
     }
 
     fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool> {
@@ -306,11 +341,12 @@ impl Reach for RealReach {
             .any(|m| nsutil::netlink::format_mac(m) == mac))
     }
 
-    fn discover(&mut self, id: NetnsId) -> Result<Option<Box<dyn Kernel>>> {
+    fn discover(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>> {
+        let id = who.id;
         let wanted = format!("net:[{}]", id.ino);
         for mount in nsutil::mountinfo::read("self")? {
             if mount.fstype == "nsfs" && mount.root == wanted {
-                if let Some(kernel) = self.enter(&mount.point, id)? {
+                if let Some(kernel) = self.enter(&mount.point, who)? {
                     return Ok(Some(kernel));
                 }
             }
@@ -327,7 +363,7 @@ impl Reach for RealReach {
                 continue;
             }
             let dir = process.path();
-            if let Some(kernel) = self.enter(&dir.join("ns/net"), id)? {
+            if let Some(kernel) = self.enter(&dir.join("ns/net"), who)? {
                 return Ok(Some(kernel));
             }
             let Ok(fds) = std::fs::read_dir(dir.join("fd")) else {
@@ -343,7 +379,7 @@ impl Reach for RealReach {
                 let text = std::fs::read_link(&path).unwrap_or_default();
                 let candidate = text.as_os_str() == wanted.as_str() || text == Path::new("/");
                 if candidate && self.leads_to(&path, id) {
-                    if let Some(kernel) = self.enter(&path, id)? {
+                    if let Some(kernel) = self.enter(&path, who)? {
                         return Ok(Some(kernel));
                     }
                 }
@@ -371,14 +407,23 @@ mod tests {
         let own = Netns::current().unwrap().id();
         let path = Path::new("/proc/self/ns/net");
         let mut reach = RealReach::default();
+        let cookie = Netns::current().unwrap().cookie().unwrap();
+        let who = |id, cookie| Identity { id, cookie };
         assert!(reach.leads_to(path, own));
-        assert!(reach.enter(path, own).unwrap().is_some());
+        assert!(reach.enter(path, &who(own, cookie)).unwrap().is_some());
+        assert!(reach.enter(path, &who(own, None)).unwrap().is_some());
         let elsewhere = NetnsId {
             dev: own.dev,
             ino: own.ino ^ 1,
         };
         assert!(!reach.leads_to(path, elsewhere));
-        assert!(reach.enter(path, elsewhere).unwrap().is_none());
+        assert!(reach
+            .enter(path, &who(elsewhere, cookie))
+            .unwrap()
+            .is_none());
+        // Same number, another namespace (what a reused inode looks like).
+        let later = cookie.map(|c| c + 1);
+        assert!(reach.enter(path, &who(own, later)).unwrap().is_none());
         assert!(!reach.leads_to(Path::new("/proc/no-such-pid/ns/net"), own));
     }
 

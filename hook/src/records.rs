@@ -98,6 +98,11 @@ pub struct NetnsRecord {
     /// a namespace that is gone from one nobody recorded a way into.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nsid: Option<i32>,
+    /// The namespace's cookie (`SO_NETNS_COOKIE`), never another
+    /// namespace's while the machine runs: (dev, ino) and the id are reused
+    /// once it is gone, so a namespace reached again must show it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<u64>,
     /// Containers using the namespace, by id.
     pub members: BTreeMap<String, Member>,
     pub links: Vec<LinkRecord>,
@@ -122,6 +127,14 @@ pub struct Member {
     /// Written before setup touched anything; cleared by its last write.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+}
+
+/// A recorded namespace's identity: (dev, ino) while it lives, and its
+/// cookie, which no later namespace shares (when the kernel has cookies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Identity {
+    pub id: NetnsId,
+    pub cookie: Option<u64>,
 }
 
 /// A MACVLAN nsbypass created, or is about to.
@@ -156,6 +169,14 @@ pub struct LinkRecord {
 }
 
 impl LinkRecord {
+    /// Whether `link`, seen in whatever namespace now has the recorded id
+    /// (ids are reused), is this one: what [`LinkRecord::is`] says, and the
+    /// recorded MAC, which another namespace's link will not have.
+    pub fn is_by_mac(&self, link: &Link) -> bool {
+        self.is(link)
+            && link.mac.map(|m| nsutil::netlink::format_mac(&m)).as_deref() == Some(&self.mac)
+    }
+
     /// Whether `link` (in the record's namespace) is this one: same index
     /// once known; before that, a MACVLAN with the derived MAC, or for
     /// passthru one of the recorded names.
@@ -181,6 +202,7 @@ impl NetnsRecord {
             dev: id.dev,
             ino: id.ino,
             nsid: None,
+            cookie: None,
             members: BTreeMap::new(),
             links: Vec::new(),
         }
@@ -190,6 +212,14 @@ impl NetnsRecord {
         NetnsId {
             dev: self.dev,
             ino: self.ino,
+        }
+    }
+
+    /// What a namespace reached through a path must match to be this one.
+    pub fn identity(&self) -> Identity {
+        Identity {
+            id: self.id(),
+            cookie: self.cookie,
         }
     }
 

@@ -15,7 +15,7 @@ use runtime_config::{Config, Ipv4Pool, MacvlanMode, Network, Request};
 use crate::derive;
 use crate::failpoint;
 use crate::failure::{no_such, Failure, Refusal, Step, StepExt};
-use crate::kernel::{self, Kernel, MacvlanSpec};
+use crate::kernel::{self, Kernel, MacvlanSpec, Presence};
 use crate::lease::{check_assignable, LeaseError};
 use crate::reconcile::{self, Stores};
 use crate::records::{ContainerRecord, LinkRecord, Member, NetnsRecord, ProfilesRecord};
@@ -120,16 +120,32 @@ pub fn prepare<'a>(
     let key = ctx.netns.key();
     let wanted = resolve(ctx.request, ctx.config)?;
     let pointer = clear_stale_container(ctx, stores)?;
+    let cookie = kernel.cookie().step(Step::OpenNamespace)?;
     let record = match stores.state.netns(&key).step(Step::ReadRecords)? {
+        // The record of a namespace that died without a poststop, whose
+        // inode number this one got: what it held went with it.
+        Some(found) if found.cookie.is_some() && found.cookie != cookie => {
+            tracing::warn!(netns = %found.id(), "clearing the record of a namespace that is gone");
+            let (gone, _) = reconcile::settle(found, Presence::Gone, stores)?;
+            stores.state.put_netns(&gone).step(Step::WriteRecord)?;
+            NetnsRecord {
+                cookie,
+                ..NetnsRecord::new(ctx.netns)
+            }
+        }
         Some(found) => {
             let before = found.clone();
-            let record = reconcile::reconcile_in(found, kernel, stores)?;
+            let mut record = reconcile::reconcile_in(found, kernel, stores)?;
+            record.cookie = record.cookie.or(cookie);
             if record != before {
                 stores.state.put_netns(&record).step(Step::WriteRecord)?;
             }
             record
         }
-        None => NetnsRecord::new(ctx.netns),
+        None => NetnsRecord {
+            cookie,
+            ..NetnsRecord::new(ctx.netns)
+        },
     };
 
     let mut shared = Vec::new();

@@ -23,7 +23,7 @@ use crate::failure::{Failure, Step};
 use crate::kernel::{Kernel, MacvlanSpec, Reach};
 use crate::lease::Holder;
 use crate::reconcile::{self, Stores};
-use crate::records::{StateDir, LOCK_TIMEOUT};
+use crate::records::{Identity, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Context, Wired};
 use crate::teardown::{self, Outcome};
 
@@ -31,6 +31,7 @@ use crate::teardown::{self, Outcome};
 struct FakeNs {
     links: Vec<Link>,
     nsid: Option<i32>,
+    cookie: u64,
 }
 
 /// The host's parents, every container namespace, and what was called.
@@ -48,6 +49,23 @@ struct World {
     /// Armed failures: the first call starting with a prefix fails with its errno, once.
     fail: Vec<(String, i32)>,
     next_index: u32,
+    /// The last cookie given to a namespace.
+    cookies: u64,
+}
+
+impl World {
+    /// A new namespace with number `id` (maybe a number reused).
+    fn make(&mut self, id: NetnsId) {
+        self.cookies += 1;
+        let cookie = self.cookies;
+        self.namespaces.insert(
+            id,
+            FakeNs {
+                cookie,
+                ..FakeNs::default()
+            },
+        );
+    }
 }
 
 type Shared = Rc<RefCell<World>>;
@@ -114,6 +132,10 @@ impl Kernel for FakeKernel {
         let id = (0..).find(|i| !taken.contains(i)).unwrap();
         w.namespaces.get_mut(&self.ns).unwrap().nsid = Some(id);
         Ok(id)
+    }
+
+    fn cookie(&mut self) -> nsutil::Result<Option<u64>> {
+        Ok(Some(self.with_ns(|ns| ns.cookie)))
     }
 
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> nsutil::Result<Link> {
@@ -183,17 +205,28 @@ impl Kernel for FakeKernel {
 /// Teardown's and reclaim's way back in.
 struct FakeReach(Shared);
 
+impl FakeReach {
+    /// Whether the namespace with `who`'s number is `who` (not a later one).
+    fn is(&self, who: &Identity) -> bool {
+        let w = self.0.borrow();
+        w.namespaces
+            .get(&who.id)
+            .is_some_and(|n| who.cookie.is_none_or(|c| c == n.cookie))
+    }
+}
+
 impl Reach for FakeReach {
     fn leads_to(&mut self, path: &Path, id: NetnsId) -> bool {
         let w = self.0.borrow();
         w.paths.get(path) == Some(&id) && w.namespaces.contains_key(&id)
     }
 
-    fn enter(&mut self, path: &Path, id: NetnsId) -> nsutil::Result<Option<Box<dyn Kernel>>> {
-        Ok(self.leads_to(path, id).then(|| {
+    fn enter(&mut self, path: &Path, who: &Identity) -> nsutil::Result<Option<Box<dyn Kernel>>> {
+        let same = self.leads_to(path, who.id) && self.is(who);
+        Ok(same.then(|| {
             Box::new(FakeKernel {
                 world: self.0.clone(),
-                ns: id,
+                ns: who.id,
             }) as Box<dyn Kernel>
         }))
     }
@@ -212,16 +245,23 @@ impl Reach for FakeReach {
             .collect())
     }
 
-    fn discover(&mut self, id: NetnsId) -> nsutil::Result<Option<Box<dyn Kernel>>> {
+    fn discover(&mut self, who: &Identity) -> nsutil::Result<Option<Box<dyn Kernel>>> {
+        let found = self.0.borrow().discoverable.contains(&who.id) && self.is(who);
+        Ok(found.then(|| {
+            Box::new(FakeKernel {
+                world: self.0.clone(),
+                ns: who.id,
+            }) as Box<dyn Kernel>
+        }))
+    }
+
+    fn links_in(&mut self, nsid: i32) -> nsutil::Result<Vec<Link>> {
         let w = self.0.borrow();
-        Ok(
-            (w.discoverable.contains(&id) && w.namespaces.contains_key(&id)).then(|| {
-                Box::new(FakeKernel {
-                    world: self.0.clone(),
-                    ns: id,
-                }) as Box<dyn Kernel>
-            }),
-        )
+        Ok(w.namespaces
+            .values()
+            .find(|n| n.nsid == Some(nsid))
+            .map(|n| n.links.clone())
+            .unwrap_or_default())
     }
 
     fn mac_up_on(&mut self, _parent: &str, mac: &str) -> nsutil::Result<bool> {
@@ -345,7 +385,9 @@ impl Bed {
     /// init runs in it.
     fn enter(&self, container: &str, ino: u64) {
         let mut w = self.world.borrow_mut();
-        w.namespaces.entry(ns(ino)).or_default();
+        if !w.namespaces.contains_key(&ns(ino)) {
+            w.make(ns(ino));
+        }
         w.paths.insert(pin_path(ino), ns(ino));
         w.paths.insert(member_path(container), ns(ino));
     }
@@ -1227,4 +1269,114 @@ fn a_killed_second_setup_of_a_running_member_keeps_it_a_member() {
     bed.teardown("c2", true).unwrap();
     assert_eq!(bed.link_names(1000), ["net1"], "c1 still uses it");
     bed.check_no_address_live_twice_or_unleased();
+}
+
+#[test]
+fn a_dead_namespaces_id_given_to_another_does_not_keep_its_lease() {
+    // The kernel hands out the lowest free id: a namespace that died
+    // without a poststop soon has its id on another namespace.
+    let bed = Bed::new();
+    bed.setup_in("a", 1000, "fast", "").unwrap();
+    bed.stop("a");
+    bed.destroy(1000);
+    bed.world.borrow_mut().make(ns(3000));
+    bed.world
+        .borrow_mut()
+        .namespaces
+        .get_mut(&ns(3000))
+        .unwrap()
+        .nsid = Some(0);
+    // Another container's MACVLAN, at the index a's net1 had.
+    bed.kernel(3000).with_ns(|n| {
+        n.links.push(Link {
+            index: 11,
+            name: "net1".into(),
+            mtu: 1500,
+            up: false,
+            mac: Some([2, 7, 7, 7, 7, 7]),
+            kind: Some("macvlan".into()),
+            parent_index: Some(2),
+            parent_netnsid: Some(0),
+        })
+    });
+    let Outcome::Left { released, kept } = bed.poststop("a").unwrap() else {
+        panic!()
+    };
+    assert_eq!(
+        (released.len(), kept.len()),
+        (1, 0),
+        "a's link is not in the namespace that has the id now"
+    );
+    assert!(bed.leases().is_empty());
+}
+
+#[test]
+fn a_later_namespace_with_a_dead_ones_number_is_left_alone() {
+    // a dies without a poststop; a new namespace gets its inode number,
+    // and has a MACVLAN of someone else's where a's net1 was.
+    let bed = Bed::new();
+    bed.setup_in("a", 1000, "fast", "").unwrap();
+    bed.stop("a");
+    bed.destroy(1000);
+    bed.world.borrow_mut().make(ns(1000));
+    bed.world
+        .borrow_mut()
+        .paths
+        .insert(pin_path(1000), ns(1000));
+    bed.kernel(1000).with_ns(|n| {
+        n.links.push(Link {
+            index: 11,
+            name: "theirs".into(),
+            mtu: 1500,
+            up: true,
+            mac: Some([2, 7, 7, 7, 7, 7]),
+            kind: Some("macvlan".into()),
+            parent_index: Some(2),
+            parent_netnsid: Some(0),
+        })
+    });
+    bed.poststop("a").unwrap();
+    assert_eq!(
+        bed.link_names(1000),
+        ["theirs"],
+        "another namespace's link was deleted"
+    );
+    assert!(
+        bed.leases().is_empty(),
+        "a's address is free: its namespace is gone"
+    );
+    // And a setup into the new namespace does not take the old record for its own.
+    let b = bed.setup_in("b", 1000, "fast", "").unwrap();
+    assert!(!b[0].shared);
+    assert_eq!(bed.link_names(1000), ["theirs", "net1"]);
+    assert_eq!(bed.leases().len(), 1);
+}
+
+#[test]
+fn a_setup_into_a_namespace_with_a_dead_ones_number_starts_afresh() {
+    // No poststop for a ever comes; the next setup into the namespace that
+    // got a's number must not take a's record (and a's link) for its own.
+    let bed = Bed::new();
+    bed.setup_in("a", 1000, "fast", "").unwrap();
+    bed.stop("a");
+    bed.destroy(1000);
+    bed.world.borrow_mut().make(ns(1000));
+    bed.kernel(1000).with_ns(|n| {
+        n.links.push(Link {
+            index: 11,
+            name: "theirs".into(),
+            mtu: 1500,
+            up: true,
+            mac: Some([2, 7, 7, 7, 7, 7]),
+            kind: Some("macvlan".into()),
+            parent_index: Some(2),
+            parent_netnsid: Some(0),
+        })
+    });
+    let b = bed.setup_in("b", 1000, "fast", "").unwrap();
+    assert!(!b[0].shared, "b was given a's link");
+    assert_eq!(bed.link_names(1000), ["theirs", "net1"]);
+    let leases = bed.leases();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].1.container, "b");
 }

@@ -119,6 +119,46 @@ impl Netlink {
         }
     }
 
+    /// The link with index `index` in the namespace that has id `nsid` in
+    /// this socket's namespace (`IFLA_TARGET_NETNSID`, Linux 4.20+): a look
+    /// into a namespace without a path to it. `None` if it has no such link
+    /// (or there is no such namespace).
+    pub fn link_in(&self, nsid: i32, index: u32) -> Result<Option<Link>> {
+        let mut request = self.handle.link().get().match_index(index);
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::IfNetnsId(nsid));
+        let mut request = std::pin::pin!(request.execute());
+        match self.rt.block_on(request.try_next()) {
+            Ok(message) => Ok(message.map(|m| link_from(&m))),
+            Err(e) if matches!(errno_of(&e), Some(libc::ENODEV) | Some(libc::EINVAL)) => Ok(None),
+            Err(e) => Err(netlink_error(
+                format!("get link {index} in namespace id {nsid}"),
+                e,
+            )),
+        }
+    }
+
+    /// Every link in the namespace that has id `nsid` here.
+    pub fn links_in(&self, nsid: i32) -> Result<Vec<Link>> {
+        let mut request = self.handle.link().get();
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::IfNetnsId(nsid));
+        let messages: std::result::Result<Vec<LinkMessage>, _> =
+            self.rt.block_on(request.execute().try_collect());
+        match messages {
+            Ok(messages) => Ok(messages.iter().map(link_from).collect()),
+            Err(e) if errno_of(&e) == Some(libc::EINVAL) => Ok(Vec::new()),
+            Err(e) => Err(netlink_error(
+                format!("list links in namespace id {nsid}"),
+                e,
+            )),
+        }
+    }
+
     /// Every link in the namespace.
     pub fn links(&self) -> Result<Vec<Link>> {
         let request = self.handle.link().get().execute();
@@ -582,6 +622,19 @@ mod tests {
             );
             assert_eq!(link.parent_netnsid, host_id);
 
+            // From the host, through the id, without a path.
+            let seen = nl.link_in(id, link.index).unwrap().unwrap();
+            assert_eq!(
+                (seen.mac, seen.kind.as_deref()),
+                (Some(mac), Some("macvlan"))
+            );
+            assert!(nl
+                .links_in(id)
+                .unwrap()
+                .iter()
+                .any(|l| l.index == link.index));
+            assert_eq!(nl.link_in(id, 9999).unwrap(), None);
+
             // Up, the child's MAC is in the parent's address filter.
             assert!(!nl.unicast_macs(parent.index).unwrap().contains(&mac));
             nl.set_up(parent.index).unwrap();
@@ -607,6 +660,12 @@ mod tests {
                 nl.link_by_index(parent.index).unwrap().map(|l| l.index),
                 Some(parent.index)
             );
+            assert_eq!(
+                nl.link_in(id, link.index).unwrap(),
+                None,
+                "the id names nothing now"
+            );
+            assert!(nl.links_in(id).unwrap().is_empty());
         });
     }
 

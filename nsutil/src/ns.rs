@@ -6,7 +6,7 @@
 //! path. Mount namespaces are entered to attach mounts inside a container.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
@@ -231,7 +231,58 @@ impl Netns {
             return Ok(None);
         }
         let reopened = format!("/proc/self/fd/{}", probe.as_raw_fd());
-        Netns::open(Path::new(&reopened)).map(Some)
+        let file =
+            File::open(&reopened).map_err(|e| Error::new(format!("open {}", path.display()), e))?;
+        // Inode numbers are shared by namespaces of every kind, and reused:
+        // one of another kind with the recorded number is not it.
+        // SAFETY: NS_GET_NSTYPE takes no argument and only reads the fd.
+        let nstype = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+        if nstype != Kind::Net.flag().bits() {
+            return Ok(None);
+        }
+        Ok(Some(Netns(Ns {
+            fd: file.into(),
+            id,
+            kind: Kind::Net,
+        })))
+    }
+
+    /// The namespace's cookie: a number the kernel gives each network
+    /// namespace and never gives another while the machine runs (Linux
+    /// 5.14+; `None` before), unlike its inode number or its id. Read from
+    /// a socket made inside it.
+    pub fn cookie(&self) -> Result<Option<u64>> {
+        const SO_NETNS_COOKIE: libc::c_int = 71;
+        self.run(|| {
+            // SAFETY: socket returns a new fd we own, or -1.
+            let fd =
+                unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+            if fd < 0 {
+                return Err(Error::new("socket", std::io::Error::last_os_error()));
+            }
+            // SAFETY: the kernel just returned this fd to us.
+            let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+            let mut cookie: u64 = 0;
+            let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+            // SAFETY: getsockopt writes at most `len` bytes into `cookie`.
+            let rc = unsafe {
+                libc::getsockopt(
+                    socket.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    SO_NETNS_COOKIE,
+                    (&mut cookie as *mut u64).cast(),
+                    &mut len,
+                )
+            };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::ENOPROTOOPT) {
+                    return Ok(None);
+                }
+                return Err(Error::new("getsockopt SO_NETNS_COOKIE", e));
+            }
+            Ok(Some(cookie))
+        })?
     }
 }
 
@@ -262,6 +313,31 @@ mod tests {
         assert!(Netns::open_if(Path::new("/nonexistent/ns"), own)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_namespace_of_another_kind_with_the_number_is_not_it() {
+        // Our mount namespace's number, asked for as a network namespace.
+        let mnt = id_of(Path::new("/proc/self/ns/mnt")).unwrap();
+        assert!(Netns::open_if(Path::new("/proc/self/ns/mnt"), mnt)
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn cookies_are_one_per_namespace() {
+        let a = Netns::current().unwrap();
+        let b = Netns::open(Path::new("/proc/self/ns/net")).unwrap();
+        let cookie = a.cookie().unwrap();
+        assert!(cookie.is_some(), "this kernel has namespace cookies");
+        assert_eq!(cookie, b.cookie().unwrap());
+        let other = std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET).unwrap();
+            Netns::current().unwrap().cookie().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_ne!(other, cookie);
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test target uses its own subset
 
+pub mod direct;
+
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
@@ -99,14 +101,21 @@ pub fn ifaces(c: &Container) -> Vec<Iface> {
 /// Every interface in the network namespace of process `pid` (a container
 /// init, whichever runtime started it).
 pub fn ifaces_of(pid: u32) -> Vec<Iface> {
+    ifaces_in(Path::new(&format!("/proc/{pid}/ns/net")))
+}
+
+/// Every interface in the network namespace at `netns` (a process's
+/// `/proc/<pid>/ns/net`, a `/run/netns/<name>`, an fd's `/proc/<pid>/fd/<n>`).
+pub fn ifaces_in(netns: &Path) -> Vec<Iface> {
     let out = std::process::Command::new("nsenter")
-        .arg(format!("--net=/proc/{pid}/ns/net"))
+        .arg(format!("--net={}", netns.display()))
         .args(["ip", "-d", "-j", "addr", "show"])
         .output()
         .expect("nsenter ip addr");
     assert!(
         out.status.success(),
-        "ip addr in {pid}'s namespace: {}",
+        "ip addr in {}: {}",
+        netns.display(),
         String::from_utf8_lossy(&out.stderr)
     );
     let json = String::from_utf8(out.stdout).unwrap();
