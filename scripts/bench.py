@@ -131,19 +131,31 @@ class Bench:
         hook = lambda stage, state: timed(self.nsbypass, "--config", config, "hook", stage, stdin=state)
         pre, post = [], []
         for i in range(self.runs):
-            # A process in a fresh netns stands in for the container's init.
-            init = subprocess.Popen(["unshare", "--net", "sleep", "60"])
+            bundle = f"{self.dir}/bundle"
+            if pod:
+                # A pod's namespace, pinned as a sandbox pins it, outlives
+                # the member: its poststop deletes the link in a live netns.
+                pin = f"{TAG}-pod"
+                sh("ip", "netns", "add", pin)
+                bundle = f"{self.dir}/bundle-pod"
+                os.makedirs(bundle, exist_ok=True)
+                with open(f"{bundle}/config.json", "w") as f:
+                    json.dump({"annotations": {"nsbypass.io/network": "fast"},
+                               "linux": {"namespaces": [{"type": "network", "path": f"/run/netns/{pin}"}]}}, f)
+                init = subprocess.Popen(["nsenter", f"--net=/run/netns/{pin}", "sleep", "60"])
+            else:
+                # A process in a fresh netns stands in for the container's init.
+                init = subprocess.Popen(["unshare", "--net", "sleep", "60"])
             time.sleep(0.01)
             state = json.dumps({"ociVersion": "1.0.2", "id": f"bench{i}", "status": "creating",
-                                "pid": init.pid, "bundle": f"{self.dir}/bundle"}).encode()
+                                "pid": init.pid, "bundle": bundle}).encode()
             pre.append(hook("prestart", state))
-            if not pod:
-                init.send_signal(signal.SIGKILL)
-                init.wait()
+            # A runtime runs poststop once the container's processes are gone.
+            init.send_signal(signal.SIGKILL)
+            init.wait()
             post.append(hook("poststop", state))
             if pod:
-                init.send_signal(signal.SIGKILL)
-                init.wait()
+                sh("ip", "netns", "del", pin)
         label = "nsbypass (pod: netns alive at poststop)" if pod else "nsbypass"
         self.record(f"{label} prestart", pre)
         self.record(f"{label} poststop", post)

@@ -134,7 +134,7 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
             Outcome::NotRecorded => {
                 tracing::debug!(container = %state.id, "nothing recorded for this container");
             }
-            Outcome::StillRunning => {}
+            Outcome::StillRunning | Outcome::Dying => {}
             Outcome::Left { released, kept } => tracing::info!(
                 container = %state.id,
                 stage = stage.name(),

@@ -20,9 +20,10 @@ use crate::records::{Identity, Member, NetnsRecord};
 
 pub type Result<T> = nsutil::Result<T>;
 
-/// How long poststop waits for a namespace nobody can reach to finish
-/// dying (the kernel destroys namespaces asynchronously) before it
-/// concludes someone else keeps it alive and leaves its leases held.
+/// How long poststop waits, without the state lock, for a dying
+/// namespace's links to go (the kernel destroys namespaces asynchronously,
+/// normally within some tens of milliseconds) before it leaves their
+/// leases held for a later run to free.
 pub const DYING_WAIT: Duration = Duration::from_secs(1);
 
 /// A MACVLAN to create in the container's namespace.
@@ -95,6 +96,9 @@ pub enum Presence {
     /// It exists (its id is live) but no recorded path leads to it any
     /// more: someone else keeps it, with whatever nsbypass made in it.
     Unreachable,
+    /// It is being destroyed: its id is gone, but its links, which still
+    /// answer for their addresses, are not yet.
+    Dying,
     /// It is gone, and took its links with it.
     Gone,
 }
@@ -118,8 +122,20 @@ pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence>
             return Ok(Presence::Reachable(kernel));
         }
     }
-    if !links_live(reach, record)? {
-        return Ok(Presence::Gone);
+    let alive = match record.nsid {
+        Some(nsid) => reach.live_nsids()?.contains(&nsid) && holds_a_link(reach, nsid, record)?,
+        None => false,
+    };
+    if !alive {
+        if !macs_up(reach, record)? {
+            return Ok(Presence::Gone);
+        }
+        // With an id recorded, its absence (or another namespace holding
+        // it) means this one is on its way out. Records of an older
+        // version have none: there an up MAC is all there is to go by.
+        if record.nsid.is_some() {
+            return Ok(Presence::Dying);
+        }
     }
     match reach.discover(&who)? {
         Some(kernel) => Ok(Presence::Reachable(kernel)),
@@ -127,46 +143,25 @@ pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence>
     }
 }
 
-/// Whether any link of `record` may still be alive, seen from the host.
-fn links_live(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
-    if let Some(nsid) = record.nsid {
-        if reach.live_nsids()?.contains(&nsid) {
-            let there = reach.links_in(nsid)?;
-            if record
-                .links
-                .iter()
-                .any(|ours| there.iter().any(|l| ours.is_by_mac(l)))
-            {
-                return Ok(true);
-            }
-        }
-    }
-    // Passthru links take the parent's MAC: no sign on the parent.
+/// Whether the namespace with id `nsid` now has one of `record`'s links
+/// (same index and MAC: ids are reused, so the id alone proves nothing).
+fn holds_a_link(reach: &mut dyn Reach, nsid: i32, record: &NetnsRecord) -> Result<bool> {
+    let there = reach.links_in(nsid)?;
+    Ok(record
+        .links
+        .iter()
+        .any(|ours| there.iter().any(|l| ours.is_by_mac(l))))
+}
+
+/// Whether a MAC of `record`'s links is still up on its parent. Passthru
+/// links take the parent's MAC: they give no sign there.
+pub fn macs_up(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
     for link in record.links.iter().filter(|l| !l.passthru) {
         if reach.mac_up_on(&link.parent, &link.mac)? {
             return Ok(true);
         }
     }
     Ok(false)
-}
-
-/// Like [`presence`], but gives a namespace that is out of reach up to
-/// `wait` to finish dying: right after a container's last process exits,
-/// its namespace is usually on its way out, and its id goes with it.
-pub fn settled_presence(
-    reach: &mut dyn Reach,
-    record: &NetnsRecord,
-    wait: Duration,
-) -> Result<Presence> {
-    let deadline = Instant::now() + wait;
-    loop {
-        match presence(reach, record)? {
-            Presence::Unreachable if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            other => return Ok(other),
-        }
-    }
 }
 
 /// Whether `member` still runs in namespace `id`: its init's

@@ -5,6 +5,7 @@
 //! wire a namespace by hand are another, on the same code path.
 
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nsutil::ns::{self, Netns, NetnsId};
 use runtime_config::{Config, Request};
@@ -18,7 +19,7 @@ use crate::profile;
 use crate::reconcile::{self, Stores};
 use crate::records::{ProfilesRecord, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Wired};
-use crate::teardown::{self, Outcome};
+use crate::teardown::{self, IfDying, Outcome};
 
 /// The file naming this host; mixed into MACs and written into every lease.
 const MACHINE_ID: &str = "/etc/machine-id";
@@ -183,27 +184,100 @@ impl Node {
         Ok(done)
     }
 
-    /// Tears `container` down from its records.
+    /// Tears `container` down from its records. A namespace still dying
+    /// (its links not yet gone) is waited for with the state lock
+    /// released, so that every other hook on the host goes on meanwhile.
     pub fn teardown(&self, container: &str) -> Result<Outcome, Failure> {
         if !self.config.state_dir.exists() {
             return Ok(Outcome::NotRecorded);
         }
+        let deadline = Instant::now() + kernel::DYING_WAIT;
+        let mut if_dying = IfDying::Report;
+        loop {
+            let (outcome, macs) = self.teardown_locked(container, if_dying)?;
+            if outcome != Outcome::Dying {
+                return Ok(outcome);
+            }
+            // Until the links' MACs leave their parent, or a little while
+            // when there is no MAC to watch (passthru), then look again.
+            let mut reach = RealReach::default();
+            let pause = Instant::now() + Duration::from_millis(20);
+            loop {
+                std::thread::sleep(Duration::from_millis(5));
+                let now = Instant::now();
+                if now >= deadline
+                    || (macs.is_empty() && now >= pause)
+                    || !any_up(&mut reach, &macs)?
+                {
+                    break;
+                }
+            }
+            if Instant::now() >= deadline {
+                if_dying = IfDying::Keep;
+            }
+        }
+    }
+
+    /// One teardown under the lock; with [`Outcome::Dying`], the links to
+    /// wait for, as (parent, MAC).
+    fn teardown_locked(
+        &self,
+        container: &str,
+        if_dying: IfDying,
+    ) -> Result<(Outcome, Vec<(String, String)>), Failure> {
         let state = self.lock()?;
         let mut leases = state.leases();
         let mut reach = RealReach::default();
         let mut stores = self.stores(&state, &mut leases, &mut reach);
-        let outcome = teardown::teardown(container, &mut stores)?;
-        if outcome == Outcome::NotRecorded {
-            // A setup killed before its first record write leaves only
-            // leases; this is the one poststop that can know them.
-            for (name, network) in &self.config.networks {
-                if network.ipv4.is_some() {
-                    reconcile::release_unaccounted(name, container, &mut stores)?;
+        let outcome = teardown::teardown(container, &mut stores, if_dying)?;
+        match outcome {
+            Outcome::Dying => Ok((Outcome::Dying, dying_macs(&state, container)?)),
+            Outcome::NotRecorded => {
+                // A setup killed before its first record write leaves only
+                // leases; this is the one poststop that can know them.
+                for (name, network) in &self.config.networks {
+                    if network.ipv4.is_some() {
+                        reconcile::release_unaccounted(name, container, &mut stores)?;
+                    }
                 }
+                Ok((outcome, Vec::new()))
             }
+            other => Ok((other, Vec::new())),
         }
-        Ok(outcome)
     }
+}
+
+/// The (parent, MAC) of the links recorded for `container`'s namespace.
+fn dying_macs(state: &StateDir, container: &str) -> Result<Vec<(String, String)>, Failure> {
+    let key = state
+        .container(container)
+        .step(Step::ReadRecords)?
+        .and_then(|p| p.netns);
+    let Some(key) = key else {
+        return Ok(Vec::new());
+    };
+    Ok(state
+        .netns(&key)
+        .step(Step::ReadRecords)?
+        .map(|r| {
+            r.links
+                .iter()
+                .filter(|l| !l.passthru)
+                .map(|l| (l.parent.clone(), l.mac.clone()))
+                .collect()
+        })
+        .unwrap_or_default())
+}
+
+/// Whether any of `macs` is still up on its parent.
+fn any_up(reach: &mut RealReach, macs: &[(String, String)]) -> Result<bool, Failure> {
+    use crate::kernel::Reach;
+    for (parent, mac) in macs {
+        if reach.mac_up_on(parent, mac).step(Step::OpenNamespace)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The inode of `pid`'s mount namespace: with the pid, it tells one

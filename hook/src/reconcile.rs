@@ -146,7 +146,9 @@ pub fn settle(
             let record = reconcile_in(record, kernel.as_mut(), stores)?;
             Ok((record, Some(kernel)))
         }
-        Presence::Unreachable => {
+        // A dying namespace's links still answer for their addresses; they
+        // stay leased until a later look finds them gone.
+        Presence::Unreachable | Presence::Dying => {
             // Nobody can run in a namespace no member's path leads to.
             record.members.clear();
             Ok((record, None))

@@ -370,7 +370,7 @@ fn clear_stale_container(
         }
     }
     tracing::warn!(container = ctx.container, old = %old_netns, "clearing a stale record of this container id");
-    teardown::teardown(ctx.container, stores).map_err(|f| {
+    teardown::teardown(ctx.container, stores, teardown::IfDying::Keep).map_err(|f| {
         Failure::new(
             f.step,
             Refusal(format!(

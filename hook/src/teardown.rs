@@ -32,17 +32,36 @@ pub enum Outcome {
     NotRecorded,
     /// The recorded container still runs: this teardown is not for it.
     StillRunning,
+    /// The container's namespace is being destroyed and its links, which
+    /// still answer for their addresses, are not gone yet (or it is out of
+    /// reach, which right after its last process exited means the same):
+    /// nothing was changed. Wait (without the state lock) and try again.
+    Dying,
     /// The container left; `released` links went, `kept` links stay
-    /// leased because their namespace lives on out of reach.
+    /// leased because their namespace lives on out of reach (or was still
+    /// dying when the caller stopped waiting).
     Left {
         released: Vec<Released>,
         kept: Vec<Released>,
     },
 }
 
+/// What teardown does about a namespace that is still dying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfDying {
+    /// Change nothing and say so ([`Outcome::Dying`]): the caller waits.
+    Report,
+    /// Finish what can be finished; its links stay leased.
+    Keep,
+}
+
 /// Removes `container` from its namespace record and undoes what only it
 /// needed.
-pub fn teardown(container: &str, stores: &mut Stores) -> Result<Outcome, Failure> {
+pub fn teardown(
+    container: &str,
+    stores: &mut Stores,
+    if_dying: IfDying,
+) -> Result<Outcome, Failure> {
     let Some(pointer) = stores.state.container(container).step(Step::ReadRecords)? else {
         return Ok(Outcome::NotRecorded);
     };
@@ -79,12 +98,16 @@ pub fn teardown(container: &str, stores: &mut Stores) -> Result<Outcome, Failure
     let key = record.key();
     // Through every recorded path, the leaving container's included: in a
     // pod it may be the only one still valid.
-    let presence = kernel::settled_presence(stores.reach, &record, kernel::DYING_WAIT)
-        .step(Step::OpenNamespace);
-    let presence = match presence {
+    let presence = match kernel::presence(stores.reach, &record).step(Step::OpenNamespace) {
         Ok(p) => p,
         Err(failure) => return keep_for_retry(container, record, vec![failure], stores),
     };
+    // Out of reach right after its last process exited, a namespace is
+    // usually about to be destroyed (it still has its id and its links for
+    // a moment): give it the wait a dying one gets.
+    if matches!(presence, Presence::Dying | Presence::Unreachable) && if_dying == IfDying::Report {
+        return Ok(Outcome::Dying);
+    }
     if matches!(presence, Presence::Gone) {
         // The namespace took its links with it; settle frees their leases.
         let released = record.links.iter().map(released_of).collect();

@@ -447,8 +447,12 @@ impl Bed {
         self.world.borrow_mut().paths.retain(|_, id| *id != ns(ino));
     }
 
+    /// The container's poststop, as the node runs it once it has waited
+    /// for a dying namespace (the fake's namespaces die at once).
     fn poststop(&self, container: &str) -> Result<Outcome, Failure> {
-        self.with_stores(HOST, |stores| teardown::teardown(container, stores))
+        self.with_stores(HOST, |stores| {
+            teardown::teardown(container, stores, teardown::IfDying::Keep)
+        })
     }
 
     /// Stops `container` and runs its poststop. With `namespace_alive`, the
@@ -1078,13 +1082,28 @@ fn a_dying_namespace_is_gone_only_once_its_links_mac_leaves_the_parent() {
     let mut reach = FakeReach(bed.world.clone());
     assert!(matches!(
         crate::kernel::presence(&mut reach, &record).unwrap(),
-        crate::kernel::Presence::Unreachable
+        crate::kernel::Presence::Dying
     ));
+    // Teardown says so, changing nothing, so that the node can wait for it
+    // without the state lock; reclaim keeps the address meanwhile.
+    let before = bed.state_files();
+    let outcome = bed.with_stores(HOST, |s| {
+        teardown::teardown("c1", s, teardown::IfDying::Report).unwrap()
+    });
+    assert_eq!(outcome, Outcome::Dying);
+    assert_eq!(bed.state_files(), before);
+    bed.with_stores(HOST, |s| {
+        assert_eq!(reconcile::reclaim("fast", s).unwrap(), 0)
+    });
     bed.destroy(1000);
     assert!(matches!(
         crate::kernel::presence(&mut reach, &record).unwrap(),
         crate::kernel::Presence::Gone
     ));
+    assert!(
+        matches!(bed.poststop("c1").unwrap(), Outcome::Left { released, .. } if released.len() == 1)
+    );
+    assert!(bed.leases().is_empty());
 }
 
 #[test]

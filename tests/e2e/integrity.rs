@@ -1210,3 +1210,29 @@ fn a_new_namespace_with_a_dead_namespaces_number_is_not_torn_down() {
     }
     panic!("another process took the dead namespace's number in {ATTEMPTS} attempts");
 }
+
+/// A poststop that runs the moment the container's init is reaped finds
+/// the namespace out of reach but not yet gone (for a moment it still has
+/// its id and its links): it waits for the namespace to go, without the
+/// lock, rather than leaving the address leased.
+#[test]
+fn a_poststop_right_after_the_init_exits_frees_the_address() {
+    let Some(tb) = testbed() else { return };
+    let config = pool_config(&tb, 100, 103);
+    for i in 0..10 {
+        let id = format!("quick{i}");
+        let s = Sleeper::own_netns(&tb);
+        let b = bundle(&tb, &id, None);
+        HookRun::prestart(&tb, &config, &id, s.pid, &b)
+            .run()
+            .assert_ok();
+        s.kill();
+        HookRun::poststop(&tb, &config, &id, &b).run().assert_ok();
+        assert!(
+            leases_on(&tb).is_empty(),
+            "{id}: the address is still leased: {:?}",
+            leases_on(&tb)
+        );
+        assert_state_empty(&tb, &id);
+    }
+}
