@@ -164,12 +164,6 @@ impl DetachedMount {
         self.fd.as_fd()
     }
 
-    /// Makes the whole mount read-only (the runtime's `root.readonly`
-    /// remounts only the rootfs itself, not mounts on it).
-    pub fn make_readonly(&self) -> Result<()> {
-        self.set_attr(MOUNT_ATTR_RDONLY, 0)
-    }
-
     /// Gives the mount the nosuid, nodev, noexec and read-only flags the
     /// mount of `like` has (an overlay shows that directory and must not
     /// loosen it), and read-only also when `readonly`.

@@ -19,6 +19,7 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+use common::direct::Sleeper;
 use common::*;
 use nsbypass_testbed::{mknod_char, Testbed};
 use serde_json::json;

@@ -365,10 +365,33 @@ impl Sleeper {
     /// namespace (`nsenter --net=/run/netns/<tag>-h unshare -n sleep 600`);
     /// the namespace dies with it.
     pub fn own_netns(tb: &Testbed) -> Sleeper {
+        Sleeper::new(tb, &["--net"])
+    }
+
+    /// `unshare FLAGS sleep 600`, started inside the testbed's host netns
+    /// (so `--net` gives it a netns of its own below that one, and
+    /// `--mount` a private copy of the machine's mount table).
+    pub fn new(tb: &Testbed, unshare_flags: &[&str]) -> Sleeper {
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
-            .args(["--", "unshare", "-n", "sleep", "600"]);
+            .args(["--", "unshare"])
+            .args(unshare_flags)
+            .args(["sleep", "600"]);
         Sleeper::start(cmd)
+    }
+
+    /// The key nsbypass files the sleeper's netns record under
+    /// (`<dev>-<ino>`, as `netns/<key>.json`).
+    pub fn netns_key(&self) -> String {
+        netns_key(&self.netns())
+    }
+
+    /// The interfaces in the sleeper's netns other than `lo`.
+    pub fn links(&self) -> Vec<String> {
+        links_in(&self.netns())
+            .into_iter()
+            .filter(|n| n != "lo")
+            .collect()
     }
 
     /// Inside the namespace at `netns` (`nsenter --net=<netns> sleep 600`),

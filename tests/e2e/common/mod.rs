@@ -282,65 +282,6 @@ pub fn hook_line(runc_stderr: &str) -> String {
     text.to_owned()
 }
 
-/// A process standing in for a container's init, for tests that run the
-/// hook by hand: `unshare FLAGS sleep 600`, started inside the testbed's
-/// host netns (so `--net` gives it a netns of its own below that one, and
-/// `--mount` a private copy of the machine's mount table). `nsenter` and
-/// `unshare` exec, so [`Sleeper::pid`] is the sleep itself. Killed, by that
-/// pid, on drop.
-pub struct Sleeper {
-    pub pid: u32,
-    child: Child,
-}
-
-impl Sleeper {
-    pub fn new(tb: &Testbed, unshare_flags: &[&str]) -> Sleeper {
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", tb.host_ns))
-            .args(["--", "unshare"])
-            .args(unshare_flags)
-            .args(["sleep", "600"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting unshare sleep");
-        let sleeper = Sleeper {
-            pid: child.id(),
-            child,
-        };
-        // Once it runs sleep, unshare has made its namespaces.
-        let comm = format!("/proc/{}/comm", sleeper.pid);
-        eventually("the sleeper to exec sleep", || {
-            std::fs::read_to_string(&comm).is_ok_and(|c| c.trim() == "sleep")
-        });
-        sleeper
-    }
-
-    /// The key nsbypass files the sleeper's netns record under
-    /// (`<dev>-<ino>`, as `netns/<key>.json`).
-    pub fn netns_key(&self) -> String {
-        let meta = std::fs::metadata(format!("/proc/{}/ns/net", self.pid)).unwrap();
-        format!("{}-{}", meta.dev(), meta.ino())
-    }
-
-    /// The interfaces in the sleeper's netns other than `lo`.
-    pub fn links(&self) -> Vec<String> {
-        ifaces_of(self.pid)
-            .into_iter()
-            .map(|i| i.name)
-            .filter(|n| n != "lo")
-            .collect()
-    }
-}
-
-impl Drop for Sleeper {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// OCI state as a runtime hands it to a setup hook.
 pub fn setup_state(id: &str, pid: u32, bundle: &Path) -> String {
     serde_json::json!({
