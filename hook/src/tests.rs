@@ -273,6 +273,20 @@ impl Reach for FakeReach {
     }
 }
 
+/// A MACVLAN nsbypass did not make (another container's, another tool's).
+fn someone_elses_macvlan(index: u32, name: &str, up: bool) -> Link {
+    Link {
+        index,
+        name: name.into(),
+        mtu: 1500,
+        up,
+        mac: Some([2, 7, 7, 7, 7, 7]),
+        kind: Some("macvlan".into()),
+        parent_index: Some(2),
+        parent_netnsid: Some(0),
+    }
+}
+
 const CONFIG: &str = r#"
 [networks.fast]
 parent = "nic0"
@@ -1306,18 +1320,8 @@ fn a_dead_namespaces_id_given_to_another_does_not_keep_its_lease() {
         .unwrap()
         .nsid = Some(0);
     // Another container's MACVLAN, at the index a's net1 had.
-    bed.kernel(3000).with_ns(|n| {
-        n.links.push(Link {
-            index: 11,
-            name: "net1".into(),
-            mtu: 1500,
-            up: false,
-            mac: Some([2, 7, 7, 7, 7, 7]),
-            kind: Some("macvlan".into()),
-            parent_index: Some(2),
-            parent_netnsid: Some(0),
-        })
-    });
+    bed.kernel(3000)
+        .with_ns(|n| n.links.push(someone_elses_macvlan(11, "net1", false)));
     let Outcome::Left { released, kept } = bed.poststop("a").unwrap() else {
         panic!()
     };
@@ -1342,18 +1346,8 @@ fn a_later_namespace_with_a_dead_ones_number_is_left_alone() {
         .borrow_mut()
         .paths
         .insert(pin_path(1000), ns(1000));
-    bed.kernel(1000).with_ns(|n| {
-        n.links.push(Link {
-            index: 11,
-            name: "theirs".into(),
-            mtu: 1500,
-            up: true,
-            mac: Some([2, 7, 7, 7, 7, 7]),
-            kind: Some("macvlan".into()),
-            parent_index: Some(2),
-            parent_netnsid: Some(0),
-        })
-    });
+    bed.kernel(1000)
+        .with_ns(|n| n.links.push(someone_elses_macvlan(11, "theirs", true)));
     bed.poststop("a").unwrap();
     assert_eq!(
         bed.link_names(1000),
@@ -1380,18 +1374,8 @@ fn a_setup_into_a_namespace_with_a_dead_ones_number_starts_afresh() {
     bed.stop("a");
     bed.destroy(1000);
     bed.world.borrow_mut().make(ns(1000));
-    bed.kernel(1000).with_ns(|n| {
-        n.links.push(Link {
-            index: 11,
-            name: "theirs".into(),
-            mtu: 1500,
-            up: true,
-            mac: Some([2, 7, 7, 7, 7, 7]),
-            kind: Some("macvlan".into()),
-            parent_index: Some(2),
-            parent_netnsid: Some(0),
-        })
-    });
+    bed.kernel(1000)
+        .with_ns(|n| n.links.push(someone_elses_macvlan(11, "theirs", true)));
     let b = bed.setup_in("b", 1000, "fast", "").unwrap();
     assert!(!b[0].shared, "b was given a's link");
     assert_eq!(bed.link_names(1000), ["theirs", "net1"]);

@@ -243,6 +243,28 @@ fn every_network_failpoint_that_fails_leaves_nothing() {
     }
 }
 
+/// A pod's namespace (pinned as `<tag>-<suffix>`) whose member `<prefix>-
+/// <failpoint>` had its prestart SIGKILLed at `failpoint`, and whose init
+/// is dead since, as a runtime leaves it; with the member's id and bundle.
+fn killed_in_a_pod(
+    tb: &Testbed,
+    config: &Path,
+    suffix: &str,
+    prefix: &str,
+    failpoint: &str,
+) -> (PinnedNetns, String, PathBuf) {
+    let pod = PinnedNetns::new(tb, suffix);
+    let id = format!("{prefix}-{failpoint}");
+    let init = Sleeper::in_netns(&pod.path);
+    let b = bundle(tb, &id, Some(&pod.path));
+    prestart_at(tb, config, &id, &init, &b, failpoint, "kill").assert_killed();
+    if failpoint == "rename-link" {
+        remove_clash(&pod.path);
+    }
+    init.kill();
+    (pod, id, b)
+}
+
 /// Defect 2 (`repro_killed_orphan_dup.sh`), fault injection: the hook is
 /// SIGKILLed at each step of network setup, in a pod's namespace that
 /// lives on. The container's poststop (after its init died) then leaves
@@ -253,15 +275,7 @@ fn every_network_failpoint_killed_in_a_pod_is_undone_by_poststop() {
     let Some(tb) = testbed() else { return };
     let config = pool_config(&tb, 100, 102);
     for (i, (name, _)) in NETWORK_FAILPOINTS.iter().enumerate() {
-        let pod = PinnedNetns::new(&tb, &format!("k{i}"));
-        let id = format!("kill-{name}");
-        let init = Sleeper::in_netns(&pod.path);
-        let b = bundle(&tb, &id, Some(&pod.path));
-        prestart_at(&tb, &config, &id, &init, &b, name, "kill").assert_killed();
-        if *name == "rename-link" {
-            remove_clash(&pod.path);
-        }
-        init.kill();
+        let (pod, id, b) = killed_in_a_pod(&tb, &config, &format!("k{i}"), "kill", name);
         HookRun::poststop(&tb, &config, &id, &b).run().assert_ok();
         assert_eq!(links_in(&pod.path), ["lo"], "after {name}=kill, poststop");
         assert_state_empty(&tb, &format!("after {name}=kill, poststop"));
@@ -300,15 +314,7 @@ fn every_network_failpoint_killed_in_a_pod_is_undone_when_the_pool_runs_dry() {
     let Some(tb) = testbed() else { return };
     let config = pool_config(&tb, 100, 102);
     for (i, (name, _)) in NETWORK_FAILPOINTS.iter().enumerate() {
-        let pod = PinnedNetns::new(&tb, &format!("d{i}"));
-        let id = format!("dry-{name}");
-        let init = Sleeper::in_netns(&pod.path);
-        let b = bundle(&tb, &id, Some(&pod.path));
-        prestart_at(&tb, &config, &id, &init, &b, name, "kill").assert_killed();
-        if *name == "rename-link" {
-            remove_clash(&pod.path);
-        }
-        init.kill();
+        let (pod, id, b) = killed_in_a_pod(&tb, &config, &format!("d{i}"), "dry", name);
 
         let mut live = vec![(pod.name.clone(), pod.path.clone())];
         let mut fresh = Vec::new();
