@@ -178,26 +178,37 @@ fn run_setup(
         rootfs: bundle.root.as_deref(),
         readonly: bundle.readonly,
     };
-    node.setup(&target, request, &profiles_to_carry(node, bundle, request)?)
+    node.setup(&target, request, profiles_to_carry(node, bundle, request)?)
 }
 
-/// The requested profiles the hook must carry in itself: all of them but
-/// those the spec verifiably carries already (the docker runtime entry and
-/// CDI put them there). The in-spec marker variable is not taken on its
-/// word: an image can set it.
+/// What of the requested profiles the hook must carry in itself: all of
+/// them but those the spec verifiably carries already (the docker runtime
+/// entry and CDI put them there), planned once. The in-spec marker
+/// variable is not taken on its word: an image can set it.
 fn profiles_to_carry(
     node: &Node,
     bundle: &Bundle,
     request: &Request,
-) -> Result<Vec<String>, Failure> {
-    let mut carry = Vec::new();
-    for name in &request.profiles {
-        let plan = profile::plan(std::slice::from_ref(name), &node.config)?;
-        if runtime_config::install::check_in_spec(&plan.carry(), bundle).is_err() {
-            carry.push(name.clone());
-        }
+) -> Result<Option<profile::Plan>, Failure> {
+    if request.profiles.is_empty() {
+        return Ok(None);
     }
-    Ok(carry)
+    let plan = profile::plan(&request.profiles, &node.config)?;
+    let carry: Vec<String> = request
+        .profiles
+        .iter()
+        .filter(|name| {
+            let profile = &node.config.profiles[name.as_str()];
+            runtime_config::install::check_in_spec(&plan.carry_of(profile), bundle).is_err()
+        })
+        .cloned()
+        .collect();
+    match carry.len() {
+        0 => Ok(None),
+        n if n == request.profiles.len() => Ok(Some(plan)),
+        // Some are in the spec already: plan just the others.
+        _ => profile::plan(&carry, &node.config).map(Some),
+    }
 }
 
 fn describe(w: &setup::Wired) -> String {

@@ -79,25 +79,26 @@ impl Node {
         StateDir::lock(&self.config.state_dir, LOCK_TIMEOUT).step(Step::LockState)
     }
 
-    /// Sets `target` up as `request` asks, carrying the profiles in
-    /// `carry` (the requested ones the spec does not carry already).
-    /// Everything is checked before anything changes: profile sources on
-    /// the host, then the networks against config, records and host. Then
-    /// the profiles are carried in and the networks wired; a network that
-    /// fails undoes the profiles too.
+    /// Sets `target` up as `request` asks, carrying the profiles `plan`
+    /// holds (the requested ones the spec does not carry already, their
+    /// host sources opened and checked).
+    /// Everything is checked before anything changes: the profile sources
+    /// (by the caller, planning), then the networks against config, records
+    /// and host. Then the profiles are carried in and the networks wired; a
+    /// network that fails undoes the profiles too.
     pub fn setup(
         &self,
         target: &Target,
         request: &Request,
-        carry: &[String],
+        plan: Option<profile::Plan>,
     ) -> Result<Done, Failure> {
-        let plan = match carry.is_empty() {
-            true => None,
-            false => {
+        let plan = match plan {
+            None => None,
+            Some(plan) => {
                 let rootfs = target.rootfs.ok_or_else(|| {
                     Failure::refuse(Step::OpenRootfs, "config.json has no root.path")
                 })?;
-                Some((profile::plan(carry, &self.config)?, rootfs))
+                Some((plan, rootfs))
             }
         };
         let mut network = match request.networks.is_empty() {

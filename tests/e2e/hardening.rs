@@ -59,6 +59,17 @@ fn poststop(tb: &Testbed, config: &Path, id: &str, bundle: &Path) -> HookRun {
     DirectHook::new(tb, config, "poststop").run(&stopped_state(id, bundle))
 }
 
+/// One container wired and torn down, so that the state directory exists
+/// (its lock, its subdirectories) as on a host that has run hooks before.
+fn warm_up(tb: &Testbed, config: &Path, bundle: &Path) {
+    let warm = Sleeper::new(tb, &["--net"]);
+    let run = prestart(tb, config, "warm", warm.pid, bundle);
+    assert!(run.ok(), "{run:?}");
+    drop(warm);
+    let run = poststop(tb, config, "warm", bundle);
+    assert!(run.ok(), "{run:?}");
+}
+
 /// Fails the test, saying why, unless the hook under test has failpoints
 /// (a build with `--features nsbypass/failpoints`): without them every
 /// injected failure would silently be a success. `config` must be one of
@@ -235,10 +246,7 @@ fn links_at_temporary_names_are_removed_as_links() {
     let Some(tb) = testbed() else { return };
     let config = config(&tb, "");
     let bundle = network_bundle(&tb);
-    let warm = Sleeper::new(&tb, &["--net"]);
-    assert!(prestart(&tb, &config, "warm", warm.pid, &bundle).ok());
-    drop(warm);
-    assert!(poststop(&tb, &config, "warm", &bundle).ok());
+    warm_up(&tb, &config, &bundle);
 
     require_failpoints(&tb, &config);
     let tmp = tb.state_dir().join("tmp");
@@ -314,10 +322,7 @@ fn a_held_lock_gives_up_after_5_s_naming_the_lock_and_its_holder() {
     let Some(tb) = testbed() else { return };
     let config = config(&tb, "");
     let bundle = network_bundle(&tb);
-    let warm = Sleeper::new(&tb, &["--net"]);
-    assert!(prestart(&tb, &config, "warm", warm.pid, &bundle).ok());
-    drop(warm);
-    assert!(poststop(&tb, &config, "warm", &bundle).ok());
+    warm_up(&tb, &config, &bundle);
 
     let lock = tb.state_dir().join("lock");
     let file = fs::File::open(&lock).unwrap();
@@ -431,11 +436,7 @@ fn a_full_state_dir_fails_cleanly_and_scratch_files_never_stay() {
     require_failpoints(&tb, &config);
     let bundle = network_bundle(&tb);
     let tmp = state.join("tmp");
-    let warm = Sleeper::new(&tb, &["--net"]);
-    let run = prestart(&tb, &config, "warm", warm.pid, &bundle);
-    assert!(run.ok(), "{run:?}");
-    drop(warm);
-    assert!(poststop(&tb, &config, "warm", &bundle).ok());
+    warm_up(&tb, &config, &bundle);
     assert_eq!(state_files(&state), Vec::<String>::new());
 
     let cases: [(&str, Option<u64>, Option<u64>); 8] = [

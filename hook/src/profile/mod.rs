@@ -29,6 +29,8 @@ use crate::failure::{no_such, Failure, Step};
 /// One host file, directory or device node to bind into the container.
 struct Source {
     profile: String,
+    /// Every requested profile that binds this (the first is `profile`).
+    wanted_by: Vec<String>,
     host: PathBuf,
     target: PathBuf,
     fd: OwnedFd,
@@ -235,8 +237,9 @@ fn add_source(
     (fd, meta): (OwnedFd, &std::fs::Metadata),
     kind: SourceKind,
 ) -> Result<(), Failure> {
-    if let Some(other) = plan.sources.iter().find(|s| s.target == target) {
+    if let Some(other) = plan.sources.iter_mut().find(|s| s.target == target) {
         if other.host == host && other.kind == kind {
+            other.wanted_by.push(profile.to_owned());
             return Ok(());
         }
         return Err(Failure::profile(
@@ -252,6 +255,7 @@ fn add_source(
     }
     plan.sources.push(Source {
         profile: profile.to_owned(),
+        wanted_by: vec![profile.to_owned()],
         host,
         target,
         fd,
@@ -267,13 +271,37 @@ impl Plan {
     /// The plan as spec edits, for runtimes that take profiles through the
     /// spec (the docker runtime entry, CDI) rather than from the hook.
     pub fn carry(&self) -> Carry {
-        let mut carry = Carry {
-            profiles: self.names.clone(),
-            preload: self.preload.clone(),
-            env: self.env.clone(),
-            ..Carry::default()
-        };
-        for source in &self.sources {
+        self.carry_where(
+            Carry {
+                profiles: self.names.clone(),
+                preload: self.preload.clone(),
+                env: self.env.clone(),
+                ..Carry::default()
+            },
+            |_| true,
+        )
+    }
+
+    /// What of the plan is `profile`'s alone, as spec edits: to tell
+    /// whether a spec already carries that one profile.
+    pub fn carry_of(&self, profile: &Profile) -> Carry {
+        self.carry_where(
+            Carry {
+                profiles: vec![profile.name.clone()],
+                preload: profile.preload.clone(),
+                env: profile
+                    .env
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                ..Carry::default()
+            },
+            |s| s.wanted_by.contains(&profile.name),
+        )
+    }
+
+    fn carry_where(&self, mut carry: Carry, wanted: impl Fn(&Source) -> bool) -> Carry {
+        for source in self.sources.iter().filter(|s| wanted(s)) {
             match source.kind {
                 SourceKind::Device(d) => carry.devices.push(CarriedDevice {
                     source: source.host.clone(),
@@ -293,5 +321,36 @@ impl Plan {
             }
         }
         carry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_profiles_own_carry_includes_what_it_shares_with_another() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let lib = dir.path().join("libshared.so");
+        std::fs::write(&lib, "").unwrap();
+        let text = format!(
+            "[profiles.a]\nmounts = [\"{lib}\"]\n\
+             [profiles.b]\nmounts = [\"{lib}\"]\npreload = [\"{lib}\"]\nenv = {{ X = \"1\" }}\n",
+            lib = lib.display()
+        );
+        let config = Config::parse(&text, Path::new("/etc/nsbypass/config.toml")).unwrap();
+        let plan = plan(&["a".into(), "b".into()], &config).unwrap();
+        assert_eq!(plan.carry().mounts.len(), 1, "one bind for both");
+        let b = plan.carry_of(&config.profiles["b"]);
+        assert_eq!(b.profiles, ["b"]);
+        assert_eq!(
+            b.mounts.len(),
+            1,
+            "b's needs include the bind a planned first"
+        );
+        assert_eq!(b.preload, vec![lib]);
+        assert_eq!(b.env, [("X".to_owned(), "1".to_owned())]);
+        let a = plan.carry_of(&config.profiles["a"]);
+        assert!(a.preload.is_empty() && a.env.is_empty() && a.mounts.len() == 1);
     }
 }

@@ -59,29 +59,7 @@ pub const NETWORK: &str = "fast";
 /// hit), the peer host as gateway and one route (so every step of setup,
 /// `add-route` included, runs). State in [`Testbed::state_dir`].
 pub fn pool_config(tb: &Testbed, first: u8, last: u8) -> PathBuf {
-    let text = format!(
-        r#"
-state_dir = "{state}"
-[log]
-file = "{dir}/nsbypass.log"
-level = "debug"
-
-[networks.{NETWORK}]
-parent = "{parent}"
-subnet = "{subnet}"
-range = "{a}-{b}"
-gateway = "{peer}"
-routes = ["10.20.0.0/16"]
-"#,
-        state = tb.state_dir().display(),
-        dir = tb.dir.display(),
-        parent = tb.parent,
-        subnet = tb.subnet,
-        a = tb.addr(first),
-        b = tb.addr(last),
-        peer = tb.peer_ip,
-    );
-    tb.write_config(&text).expect("writing config")
+    super::config_with_range(tb, first, last, "")
 }
 
 /// Writes a bundle `<dir>/direct/<name>/config.json` asking for network

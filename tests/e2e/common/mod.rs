@@ -46,6 +46,11 @@ pub fn testbed() -> Option<Testbed> {
 /// Config with network `fast` on the testbed's NIC, the peer host as gateway,
 /// plus whatever `extra` TOML adds.
 pub fn config(tb: &Testbed, extra: &str) -> PathBuf {
+    config_with_range(tb, 100, 199, extra)
+}
+
+/// Like [`config`], with the pool `.<first>`-`.<last>` of the subnet.
+pub fn config_with_range(tb: &Testbed, first: u8, last: u8, extra: &str) -> PathBuf {
     let text = format!(
         r#"
 state_dir = "{state}"
@@ -65,8 +70,8 @@ routes = ["10.20.0.0/16"]
         dir = tb.dir.display(),
         parent = tb.parent,
         subnet = tb.subnet,
-        a = tb.addr(100),
-        b = tb.addr(199),
+        a = tb.addr(first),
+        b = tb.addr(last),
         peer = tb.peer_ip,
     );
     tb.write_config(&text).expect("writing config")
