@@ -15,7 +15,7 @@ use runtime_config::{Bundle, Config, Request, State};
 
 use crate::failure::{Failure, Step, StepExt};
 use crate::node::{Done, Node, Target};
-use crate::records::StateDir;
+use crate::records::{Source, StateDir};
 use crate::teardown::{Outcome, Released};
 use crate::{profile, setup};
 
@@ -173,10 +173,11 @@ fn run_setup(
     })?;
     let target = Target {
         container: &state.id,
-        pid,
+        pid: Some(pid),
         netns_path: bundle.netns_path.as_deref(),
         rootfs: bundle.root.as_deref(),
         readonly: bundle.readonly,
+        source: Source::Hook,
     };
     node.setup(&target, request, profiles_to_carry(node, bundle, request)?)
 }

@@ -174,6 +174,13 @@ pub fn alive(reach: &mut dyn Reach, member: &Member, id: NetnsId) -> bool {
     same_process && reach.leads_to(&member.process, id)
 }
 
+/// Whether process `pid` still lives in the mount namespace with inode
+/// `mntns` (a pid alone can be reused).
+pub fn same_mount_namespace(pid: i32, mntns: u64) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/mnt")).is_ok_and(|m| m.ino() == mntns)
+}
+
 /// When process `pid` started, in clock ticks since boot (field 22 of
 /// `/proc/<pid>/stat`), to tell it from a later process with its pid.
 pub fn start_time(pid: i32) -> Option<u64> {

@@ -94,6 +94,10 @@ pub trait LeaseStore {
 
     /// Every lease on `network`, for finding ones nothing accounts for.
     fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError>;
+
+    /// Every network with leases, configured or not (a network taken out
+    /// of the config may still have some).
+    fn networks(&self) -> Result<Vec<String>, LeaseError>;
 }
 
 /// Leases as files under `<state_dir>/leases`.
@@ -217,6 +221,17 @@ impl LeaseStore for FileLeases<'_> {
         }
         leases.sort_by_key(|(address, _)| *address);
         Ok(leases)
+    }
+
+    fn networks(&self) -> Result<Vec<String>, LeaseError> {
+        let mut names: Vec<String> = self
+            .dir
+            .names()?
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect();
+        names.sort();
+        Ok(names)
     }
 }
 

@@ -11,6 +11,7 @@ mod kernel;
 mod lease;
 mod logging;
 mod node;
+mod operate;
 mod profile;
 mod reconcile;
 mod records;
@@ -85,6 +86,44 @@ enum Command {
         #[command(subcommand)]
         command: CdiCommand,
     },
+    /// Wire a network namespace by hand, as the hook wires a container:
+    /// same checks, leases, records and rollback.
+    #[command(group(clap::ArgGroup::new("place").required(true).args(["netns", "pid"])))]
+    Attach {
+        /// The namespace to wire, by path (`ip netns add x` makes /run/netns/x)
+        #[arg(long, value_name = "PATH")]
+        netns: Option<PathBuf>,
+        /// The process whose namespace to wire (e.g. one started with `unshare -n`)
+        #[arg(long, value_name = "PID")]
+        pid: Option<i32>,
+        /// The id to record it under; `detach --id` takes it
+        #[arg(long, value_name = "ID")]
+        id: String,
+        /// Networks to join, comma-separated, as in nsbypass.io/network
+        #[arg(long, value_name = "NAMES")]
+        network: String,
+        /// Pinned addresses, NAME=ADDR[,NAME=ADDR], as in nsbypass.io/ip
+        #[arg(long, value_name = "NAME=ADDR,...")]
+        ip: Option<String>,
+        /// Profiles to carry in (needs --pid: a mount namespace and a root)
+        #[arg(long, value_name = "NAMES")]
+        profile: Option<String>,
+    },
+    /// Undo `attach` (or a hook's setup) for an id. Detaching twice is fine.
+    Detach {
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+    /// Show every live attachment, from hooks and attach alike.
+    List {
+        /// An array of objects (id, ids, network, ifname, mac, addresses,
+        /// parent, netns, netns_key, source, since, state)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Free leases and records no live namespace accounts for (a runtime
+    /// that never ran poststop, a killed hook). Safe beside live hooks.
+    Gc,
     /// Docker runtime mode: edit the bundle on create, then exec the real
     /// runtime with the same arguments (given after `--`).
     Runtime {
@@ -212,6 +251,31 @@ fn main() -> ExitCode {
             install::Target::new(binary, &config, dry_run)
                 .and_then(|t| install::cdi_generate(&t, &output)),
         ),
+        Command::Attach {
+            netns,
+            pid,
+            id,
+            network,
+            ip,
+            profile,
+        } => {
+            let place = match (pid, netns) {
+                (Some(pid), _) => operate::Place::Pid(pid),
+                (None, Some(path)) => operate::Place::Netns(path),
+                (None, None) => unreachable!("clap requires --netns or --pid"),
+            };
+            let attach = operate::Attach {
+                place,
+                id: id.clone(),
+                networks: network,
+                ip,
+                profiles: profile,
+            };
+            (format!("attach {id}"), operate::attach(&config, &attach))
+        }
+        Command::Detach { id } => (format!("detach {id}"), operate::detach(&config, &id)),
+        Command::List { json } => ("list".to_owned(), operate::list(&config, json)),
+        Command::Gc => ("gc".to_owned(), operate::gc(&config)),
         Command::Runtime { runtime, args } => {
             ("runtime".to_owned(), runtime::run(&config, &runtime, &args))
         }

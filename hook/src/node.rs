@@ -17,9 +17,9 @@ use crate::lease::FileLeases;
 use crate::logging;
 use crate::profile;
 use crate::reconcile::{self, Stores};
-use crate::records::{ProfilesRecord, StateDir, LOCK_TIMEOUT};
+use crate::records::{self, ContainerRecord, ProfilesRecord, Source, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Wired};
-use crate::teardown::{self, IfDying, Outcome};
+use crate::teardown::{self, IfDying, Leaving, Outcome};
 
 /// The file naming this host; mixed into MACs and written into every lease.
 const MACHINE_ID: &str = "/etc/machine-id";
@@ -33,13 +33,15 @@ pub struct Node {
 /// A container to set up, however it was described.
 pub struct Target<'a> {
     pub container: &'a str,
-    /// Its init, as the host sees it.
-    pub pid: i32,
+    /// Its init, as the host sees it; `None` for a bare namespace
+    /// (`nsbypass attach --netns`), which `netns_path` then names.
+    pub pid: Option<i32>,
     /// The network namespace path its spec names, if any (a pod's).
     pub netns_path: Option<&'a Path>,
     /// Its rootfs as a host path, and whether the spec makes it read-only.
     pub rootfs: Option<&'a Path>,
     pub readonly: bool,
+    pub source: Source,
 }
 
 /// What one setup did, for the log line.
@@ -79,6 +81,19 @@ impl Node {
         StateDir::lock(&self.config.state_dir, LOCK_TIMEOUT).step(Step::LockState)
     }
 
+    /// Runs `work` with the state locked and this host's stores, for the
+    /// commands that read or repair state as a whole (`list`, `gc`).
+    pub fn with_stores<T>(
+        &self,
+        work: impl FnOnce(&mut Stores) -> Result<T, Failure>,
+    ) -> Result<T, Failure> {
+        let state = self.lock()?;
+        let mut leases = state.leases();
+        let mut reach = RealReach::default();
+        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        work(&mut stores)
+    }
+
     /// Sets `target` up as `request` asks, carrying the profiles `plan`
     /// holds (the requested ones the spec does not carry already, their
     /// host sources opened and checked).
@@ -95,10 +110,13 @@ impl Node {
         let plan = match plan {
             None => None,
             Some(plan) => {
-                let rootfs = target.rootfs.ok_or_else(|| {
-                    Failure::refuse(Step::OpenRootfs, "config.json has no root.path")
-                })?;
-                Some((plan, rootfs))
+                let (Some(rootfs), Some(pid)) = (target.rootfs, target.pid) else {
+                    return Err(Failure::refuse(
+                        Step::OpenRootfs,
+                        "profiles need a container process and its root",
+                    ));
+                };
+                Some((plan, rootfs, pid))
             }
         };
         let mut network = match request.networks.is_empty() {
@@ -120,27 +138,28 @@ impl Node {
         // Profiles, unless this container instance has them already.
         let mut applied = None;
         let mut profiles_record = None;
-        if let Some((plan, rootfs)) = &plan {
-            let mntns = mount_namespace(target.pid)?;
+        if let Some((plan, rootfs, pid)) = &plan {
+            let pid = *pid;
+            let mntns = mount_namespace(pid)?;
             let previous = state
                 .container(target.container)
                 .step(Step::ReadRecords)?
                 .and_then(|r| r.profiles);
             let already = previous.as_ref().is_some_and(|p| {
-                p.pid == target.pid
+                p.pid == pid
                     && p.mntns == mntns
                     && plan.names.iter().all(|n| p.names.contains(n))
             });
             if !already {
                 applied = Some(profile::apply(
                     plan,
-                    target.pid,
+                    pid,
                     rootfs,
                     target.readonly,
                     state.scratch(),
                 )?);
                 profiles_record = Some(ProfilesRecord {
-                    pid: target.pid,
+                    pid,
                     mntns,
                     names: plan.names.clone(),
                 });
@@ -153,7 +172,7 @@ impl Node {
 
         let mut done = Done {
             wired: Vec::new(),
-            profiles: plan.map(|(p, _)| p.names).unwrap_or_default(),
+            profiles: plan.map(|(p, _, _)| p.names).unwrap_or_default(),
         };
         match (prepared, &ctx, &mut network) {
             (Some(prepared), Some(ctx), Some(n)) => {
@@ -185,17 +204,56 @@ impl Node {
         Ok(done)
     }
 
-    /// Tears `container` down from its records. A namespace still dying
-    /// (its links not yet gone) is waited for with the state lock
-    /// released, so that every other hook on the host goes on meanwhile.
+    /// Tears `container` down from its records, after its runtime said it
+    /// stopped (see [`Leaving::Stopped`]).
     pub fn teardown(&self, container: &str) -> Result<Outcome, Failure> {
         if !self.config.state_dir.exists() {
             return Ok(Outcome::NotRecorded);
         }
+        self.leave(container, Leaving::Stopped)
+    }
+
+    /// Undoes `nsbypass attach` (or a hook's setup) for `id`, whether or
+    /// not its process still runs, and leaves a marker so that detaching
+    /// again succeeds. An id nothing was ever recorded for is an error.
+    pub fn detach(&self, id: &str) -> Result<Detached, Failure> {
+        {
+            let state = self.lock()?;
+            let record = state.container(id).step(Step::ReadRecords)?;
+            match record {
+                Some(r) if r.detached.is_some() => return Ok(Detached::Already),
+                Some(_) => {}
+                None => {
+                    // A killed attach may have leased before its first
+                    // record write; those leases are this id's.
+                    let mut leases = state.leases();
+                    let mut reach = RealReach::default();
+                    let mut stores = self.stores(&state, &mut leases, &mut reach);
+                    let mut freed = 0;
+                    for name in self.pooled_networks() {
+                        freed += reconcile::release_unaccounted(name, id, &mut stores)?;
+                    }
+                    if freed > 0 {
+                        return Ok(Detached::Done(Outcome::NotRecorded));
+                    }
+                    return Err(Failure::refuse(
+                        Step::ReadRecords,
+                        format!("nothing is attached as {id:?} (see nsbypass list)"),
+                    ));
+                }
+            }
+        }
+        self.leave(id, Leaving::Detached).map(Detached::Done)
+    }
+
+    /// Tears `container` down. A namespace still dying (its links not
+    /// yet gone) is waited for with the state lock released, so that
+    /// every other hook on the host goes on meanwhile.
+    fn leave(&self, container: &str, leaving: Leaving) -> Result<Outcome, Failure> {
         let deadline = Instant::now() + kernel::DYING_WAIT;
         let mut if_dying = IfDying::Report;
         loop {
-            let (outcome, macs) = self.teardown_locked(container, if_dying)?;
+            let (outcome, macs) = self.leave_locked(container, if_dying, leaving)?;
             if outcome != Outcome::Dying {
                 return Ok(outcome);
             }
@@ -221,31 +279,59 @@ impl Node {
 
     /// One teardown under the lock; with [`Outcome::Dying`], the links to
     /// wait for, as (parent, MAC).
-    fn teardown_locked(
+    fn leave_locked(
         &self,
         container: &str,
         if_dying: IfDying,
+        leaving: Leaving,
     ) -> Result<(Outcome, Vec<(String, String)>), Failure> {
         let state = self.lock()?;
         let mut leases = state.leases();
         let mut reach = RealReach::default();
         let mut stores = self.stores(&state, &mut leases, &mut reach);
-        let outcome = teardown::teardown(container, &mut stores, if_dying)?;
+        let outcome = teardown::leave(container, &mut stores, if_dying, leaving)?;
         match outcome {
             Outcome::Dying => Ok((Outcome::Dying, dying_macs(&state, container)?)),
             Outcome::NotRecorded => {
                 // A setup killed before its first record write leaves only
                 // leases; this is the one poststop that can know them.
-                for (name, network) in &self.config.networks {
-                    if network.ipv4.is_some() {
-                        reconcile::release_unaccounted(name, container, &mut stores)?;
-                    }
+                for name in self.pooled_networks() {
+                    reconcile::release_unaccounted(name, container, &mut stores)?;
                 }
                 Ok((outcome, Vec::new()))
             }
-            other => Ok((other, Vec::new())),
+            other => {
+                if leaving == Leaving::Detached {
+                    let marker = ContainerRecord {
+                        detached: Some(records::now()),
+                        ..ContainerRecord::default()
+                    };
+                    state
+                        .put_container(container, &marker)
+                        .step(Step::WriteRecord)?;
+                }
+                Ok((other, Vec::new()))
+            }
         }
     }
+
+    /// The networks with an address pool, whose leases a killed run may
+    /// have left.
+    pub fn pooled_networks(&self) -> impl Iterator<Item = &str> {
+        self.config
+            .networks
+            .iter()
+            .filter(|(_, n)| n.ipv4.is_some())
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// What `detach` did.
+#[derive(Debug)]
+pub enum Detached {
+    Done(Outcome),
+    /// Detached before (and not gc'ed since).
+    Already,
 }
 
 /// The (parent, MAC) of the links recorded for `container`'s namespace.
@@ -303,10 +389,22 @@ struct NetworkTarget {
 
 impl NetworkTarget {
     fn open(target: &Target) -> Result<NetworkTarget, Failure> {
-        let process = ns::pid_path(target.pid);
-        // Read before the namespace is opened: a pid that is reused in
-        // between then fails the identity checks later, not silently.
-        let start = kernel::start_time(target.pid);
+        let (process, start, pinned_path) = match (target.pid, target.netns_path) {
+            (Some(pid), path) => {
+                // Read before the namespace is opened: a pid that is reused
+                // in between then fails the identity checks later, not
+                // silently.
+                (ns::pid_path(pid), kernel::start_time(pid), path)
+            }
+            // A bare namespace: its path is its member's only way in.
+            (None, Some(path)) => (path.to_owned(), None, None),
+            (None, None) => {
+                return Err(Failure::refuse(
+                    Step::OpenNamespace,
+                    "neither a process nor a namespace path to wire",
+                ))
+            }
+        };
         let netns = Netns::open(&process).step(Step::OpenNamespace)?;
         let home = Netns::current().step(Step::OpenNamespace)?;
         if netns.id() == home.id() {
@@ -318,8 +416,7 @@ impl NetworkTarget {
         // The spec's path is recorded as a second way back in only if it
         // leads to this very namespace.
         let id = netns.id();
-        let pinned = target
-            .netns_path
+        let pinned = pinned_path
             .filter(|p| ns::id_of(p).is_ok_and(|found| found == id))
             .map(Path::to_owned);
         let kernel = RealKernel::new(netns).step(Step::OpenNamespace)?;
@@ -344,11 +441,12 @@ impl NetworkTarget {
             host_id: &node.host_id,
             netns: self.netns,
             process: self.process.clone(),
-            pid: Some(target.pid),
+            pid: target.pid,
             start: self.start,
             pinned: self.pinned.clone(),
             request,
             config: &node.config,
+            source: target.source,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! all (setup records intent before it makes anything, so an address no
 //! record names was never configured).
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use crate::failure::{Failure, Step, StepExt};
@@ -234,4 +235,140 @@ pub fn in_use(
             .holder(network, address)
             .step_on(Step::LeaseAddress, network)?
             .is_some())
+}
+
+/// How many nsbypass links the records hold on `parent`, in every
+/// namespace, pending ones included. With `prune`, every record with a
+/// link there is first brought up to date (see [`reconcile`]), so links of
+/// namespaces that are gone do not count.
+pub fn links_on(parent: &str, stores: &mut Stores, prune: bool) -> Result<usize, Failure> {
+    let mut count = 0;
+    for key in stores.state.netns_keys().step(Step::ReadRecords)? {
+        let Some(mut record) = stores.state.netns(&key).step(Step::ReadRecords)? else {
+            continue;
+        };
+        let on_parent = |r: &NetnsRecord| r.links.iter().filter(|l| l.parent == parent).count();
+        if prune && on_parent(&record) > 0 {
+            record = reconcile(record, stores)?.0;
+        }
+        count += on_parent(&record);
+    }
+    Ok(count)
+}
+
+/// What [`collect`] freed, and what it could not.
+#[derive(Debug, Default)]
+pub struct Collected {
+    /// Leases freed, as (network, address, container that held it).
+    pub leases: Vec<(String, IpAddr, String)>,
+    /// Namespace records removed: their namespaces are gone.
+    pub namespaces: Vec<String>,
+    /// Container records removed: their namespace record is gone, or they
+    /// mark an id `detach` finished with.
+    pub containers: Vec<String>,
+    /// Links left in place: their namespaces live on.
+    pub live_links: usize,
+    pub failures: Vec<Failure>,
+}
+
+/// Frees everything of this host that no live namespace accounts for:
+/// records of namespaces that are gone (and their leases), what killed
+/// setups left pending, container records that lead nowhere, and leases no
+/// record names, on `networks` and on every network the store has leases
+/// for. A namespace that lives keeps its links and their leases, whether
+/// or not anything runs in it; only `detach` or poststop removes those.
+/// Keeps going past failures and returns them.
+pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Failure> {
+    let mut collected = Collected::default();
+    let mut pooled: BTreeSet<String> = networks.iter().map(|n| (*n).to_owned()).collect();
+    pooled.extend(
+        stores
+            .leases
+            .networks()
+            .step(Step::LeaseAddress)?
+            .into_iter(),
+    );
+    let leases_before = all_leases(stores, &pooled)?;
+
+    for key in stores.state.netns_keys().step(Step::ReadRecords)? {
+        let record = match stores.state.netns(&key).step(Step::ReadRecords) {
+            Ok(Some(record)) => record,
+            Ok(None) => continue,
+            Err(failure) => {
+                collected.failures.push(failure);
+                continue;
+            }
+        };
+        match reconcile(record, stores) {
+            Ok((record, _)) if record.is_empty() => collected.namespaces.push(key),
+            Ok((record, _)) => collected.live_links += record.links.len(),
+            Err(failure) => collected.failures.push(failure),
+        }
+    }
+
+    for id in stores.state.container_ids().step(Step::ReadRecords)? {
+        match stale_pointer(stores.state, &id) {
+            Ok(false) => {}
+            Ok(true) => match stores.state.remove_container(&id).step(Step::WriteRecord) {
+                Ok(()) => collected.containers.push(id),
+                Err(failure) => collected.failures.push(failure),
+            },
+            Err(failure) => collected.failures.push(failure),
+        }
+    }
+
+    for network in &pooled {
+        if let Err(failure) = reclaim(network, stores) {
+            collected.failures.push(failure);
+        }
+    }
+    let leases_after = all_leases(stores, &pooled)?;
+    collected.leases = leases_before
+        .into_iter()
+        .filter(|(network, address, _)| {
+            !leases_after
+                .iter()
+                .any(|(n, a, _)| n == network && a == address)
+        })
+        .collect();
+    Ok(collected)
+}
+
+/// Whether container record `id` leads nowhere: a `detach` marker, a
+/// pointer to a namespace record that is gone, or profiles whose
+/// container instance no longer runs.
+fn stale_pointer(state: &StateDir, id: &str) -> Result<bool, Failure> {
+    let Some(record) = state.container(id).step(Step::ReadRecords)? else {
+        return Ok(false);
+    };
+    if record.detached.is_some() {
+        return Ok(true);
+    }
+    if let Some(key) = &record.netns {
+        return Ok(state.netns(key).step(Step::ReadRecords)?.is_none());
+    }
+    Ok(match &record.profiles {
+        Some(profiles) => !kernel::same_mount_namespace(profiles.pid, profiles.mntns),
+        None => true,
+    })
+}
+
+/// This host's leases on `networks`, as (network, address, container).
+fn all_leases(
+    stores: &Stores,
+    networks: &BTreeSet<String>,
+) -> Result<Vec<(String, IpAddr, String)>, Failure> {
+    let mut all = Vec::new();
+    for network in networks {
+        for (address, holder) in stores
+            .leases
+            .list(network)
+            .step_on(Step::LeaseAddress, network)?
+        {
+            if holder.host.is_empty() || holder.host == stores.host {
+                all.push((network.clone(), address, holder.container));
+            }
+        }
+    }
+    Ok(all)
 }

@@ -73,6 +73,40 @@ pub struct ContainerRecord {
     pub netns: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub profiles: Option<ProfilesRecord>,
+    /// When `nsbypass detach` removed this id (seconds since the epoch):
+    /// a second detach then succeeds while an id never seen is an error.
+    /// `gc` removes these markers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detached: Option<u64>,
+}
+
+/// How an attachment was made: by the OCI hook, or by `nsbypass attach`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    #[default]
+    Hook,
+    Attach,
+}
+
+impl Source {
+    pub fn name(self) -> &'static str {
+        match self {
+            Source::Hook => "hook",
+            Source::Attach => "attach",
+        }
+    }
+
+    fn is_hook(&self) -> bool {
+        *self == Source::Hook
+    }
+}
+
+/// Seconds since the epoch, for `since` fields.
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Profiles applied to one container instance. Nothing needs undoing at
@@ -127,6 +161,10 @@ pub struct Member {
     /// Written before setup touched anything; cleared by its last write.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// Hook or `attach`. A member made by `attach --netns` has no process:
+    /// it is there while its path leads to the namespace, until `detach`.
+    #[serde(default, skip_serializing_if = "Source::is_hook")]
+    pub source: Source,
 }
 
 /// A recorded namespace's identity: (dev, ino) while it lives, and its
@@ -166,6 +204,12 @@ pub struct LinkRecord {
     /// Written before the link was made; cleared once it is configured.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub pending: bool,
+    /// How the link was made, and when (seconds since the epoch; unknown
+    /// in records older than the field).
+    #[serde(default, skip_serializing_if = "Source::is_hook")]
+    pub source: Source,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
 }
 
 impl LinkRecord {
@@ -333,6 +377,16 @@ impl StateDir {
         read_json(&self.netns, &format!("{key}.json"))
     }
 
+    /// The keys of every namespace record.
+    pub fn netns_keys(&self) -> Result<Vec<String>, RecordError> {
+        json_names(&self.netns)
+    }
+
+    /// The ids of every container record.
+    pub fn container_ids(&self) -> Result<Vec<String>, RecordError> {
+        json_names(&self.containers)
+    }
+
     /// Writes `record`, or removes it once nothing is left in it.
     pub fn put_netns(&self, record: &NetnsRecord) -> Result<(), RecordError> {
         let name = format!("{}.json", record.key());
@@ -342,6 +396,17 @@ impl StateDir {
             write_json(&self.netns, &name, record, &self.tmp)
         }
     }
+}
+
+/// The `<name>` of every `<name>.json` in `dir`; anything else is not a record.
+fn json_names(dir: &Dir) -> Result<Vec<String>, RecordError> {
+    let mut names: Vec<String> = dir
+        .names()?
+        .into_iter()
+        .filter_map(|n| n.to_str()?.strip_suffix(".json").map(str::to_owned))
+        .collect();
+    names.sort();
+    Ok(names)
 }
 
 fn read_json<T: DeserializeOwned>(dir: &Dir, name: &str) -> Result<Option<T>, RecordError> {
@@ -395,6 +460,7 @@ mod tests {
                 start: Some(42),
                 pinned: None,
                 pending: false,
+                source: Source::Hook,
             },
         );
         state.put_netns(&ns).unwrap();
@@ -403,7 +469,7 @@ mod tests {
                 "c1",
                 &ContainerRecord {
                     netns: Some(ns.key()),
-                    profiles: None,
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -469,6 +535,8 @@ mod tests {
             temporary_name: Some("nsb0000abcd".into()),
             passthru: false,
             pending: true,
+            source: Source::Hook,
+            since: None,
         };
         assert!(r.is(&link(5, "other", [2, 0, 0, 0, 0, 1])));
         assert!(!r.is(&link(5, "nsb0000abcd", [2, 9, 9, 9, 9, 9])));

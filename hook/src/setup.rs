@@ -18,7 +18,9 @@ use crate::failure::{no_such, Failure, Refusal, Step, StepExt};
 use crate::kernel::{self, Kernel, MacvlanSpec, Presence};
 use crate::lease::{check_assignable, LeaseError};
 use crate::reconcile::{self, Stores};
-use crate::records::{ContainerRecord, LinkRecord, Member, NetnsRecord, ProfilesRecord};
+use crate::records::{
+    self, ContainerRecord, LinkRecord, Member, NetnsRecord, ProfilesRecord, Source,
+};
 use crate::teardown;
 
 /// Who is being set up, and where.
@@ -37,6 +39,8 @@ pub struct Context<'a> {
     pub pinned: Option<PathBuf>,
     pub request: &'a Request,
     pub config: &'a Config,
+    /// The hook, or `nsbypass attach`.
+    pub source: Source,
 }
 
 /// What a container has on one network once setup is done.
@@ -159,6 +163,7 @@ pub fn prepare<'a>(
             None => plans.push(plan(want, &record, kernel, stores, &key)?),
         }
     }
+    check_link_budget(&plans, ctx.config, stores)?;
     Ok(Prepared {
         key,
         record,
@@ -252,6 +257,8 @@ impl Prepared<'_> {
                 temporary_name: Some(derive::temporary_ifname(&key, ctx.container, name)),
                 passthru: plan.network.mode == MacvlanMode::Passthru,
                 pending: true,
+                source: ctx.source,
+                since: Some(records::now()),
             });
         }
         add_member(&mut record, ctx, &wanted);
@@ -262,6 +269,7 @@ impl Prepared<'_> {
         let new_pointer = ContainerRecord {
             netns: Some(key.clone()),
             profiles: profiles.or_else(|| pointer.as_ref().and_then(|p| p.profiles.clone())),
+            detached: None,
         };
         undo.push(Undo::RestoreContainer(pointer));
         failpoint::hit("write-pointer").step(Step::WriteRecord)?;
@@ -457,6 +465,39 @@ fn plan<'a>(
     })
 }
 
+/// Refuses links that would take a parent past its `max_links`. The
+/// count comes from the records; only when it is at the limit are they
+/// brought up to date first, so the common case reads and changes nothing.
+fn check_link_budget(plans: &[Plan], config: &Config, stores: &mut Stores) -> Result<(), Failure> {
+    let mut checked: Vec<&str> = Vec::new();
+    for plan in plans {
+        let parent = plan.network.parent.as_str();
+        if checked.contains(&parent) {
+            continue;
+        }
+        checked.push(parent);
+        let Some(max) = config.parents.get(parent).and_then(|p| p.max_links) else {
+            continue;
+        };
+        let adding = plans.iter().filter(|p| p.network.parent == parent).count();
+        let mut held = reconcile::links_on(parent, stores, false)?;
+        if held + adding > max as usize {
+            held = reconcile::links_on(parent, stores, true)?;
+        }
+        if held + adding > max as usize {
+            return Err(Failure::on(
+                Step::Validate,
+                &plan.network.name,
+                Refusal(format!(
+                    "parent {parent} holds {held} nsbypass links and its max_links is {max} ([parents.{parent}] in {}): detach one or raise the limit",
+                    config.path.display()
+                )),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Creates and configures one recorded link, logging an undo for what is
 /// made, and fills in what the kernel made of it.
 fn wire(
@@ -585,6 +626,7 @@ fn add_member(record: &mut NetnsRecord, ctx: &Context, wanted: &[Wanted]) {
             start: ctx.start,
             pinned: None,
             pending: true,
+            source: ctx.source,
         });
     member.process = ctx.process.clone();
     member.pid = ctx.pid;

@@ -55,12 +55,33 @@ pub enum IfDying {
     Keep,
 }
 
+/// Why a container leaves its namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Leaving {
+    /// Its runtime says it stopped (poststop): if it still runs, this
+    /// teardown is for another container with its id, and does nothing.
+    Stopped,
+    /// The operator says so (`nsbypass detach`): whether it runs does not
+    /// matter.
+    Detached,
+}
+
 /// Removes `container` from its namespace record and undoes what only it
 /// needed.
 pub fn teardown(
     container: &str,
     stores: &mut Stores,
     if_dying: IfDying,
+) -> Result<Outcome, Failure> {
+    leave(container, stores, if_dying, Leaving::Stopped)
+}
+
+/// Like [`teardown`], for `leaving`.
+pub fn leave(
+    container: &str,
+    stores: &mut Stores,
+    if_dying: IfDying,
+    leaving: Leaving,
 ) -> Result<Outcome, Failure> {
     let Some(pointer) = stores.state.container(container).step(Step::ReadRecords)? else {
         return Ok(Outcome::NotRecorded);
@@ -85,7 +106,7 @@ pub fn teardown(
         return Ok(left());
     };
     if let Some(member) = record.members.get(container) {
-        if kernel::alive(stores.reach, member, record.id()) {
+        if leaving == Leaving::Stopped && kernel::alive(stores.reach, member, record.id()) {
             tracing::warn!(
                 container,
                 netns = %record.id(),

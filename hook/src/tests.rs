@@ -23,7 +23,7 @@ use crate::failure::{Failure, Step};
 use crate::kernel::{Kernel, MacvlanSpec, Reach};
 use crate::lease::Holder;
 use crate::reconcile::{self, Stores};
-use crate::records::{Identity, StateDir, LOCK_TIMEOUT};
+use crate::records::{Identity, Source, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Context, Wired};
 use crate::teardown::{self, Outcome};
 
@@ -344,9 +344,18 @@ fn ebusy() -> i32 {
 
 impl Bed {
     fn new() -> Bed {
+        Bed::with_config("")
+    }
+
+    /// A bed whose config is [`CONFIG`] plus `extra`.
+    fn with_config(extra: &str) -> Bed {
         let dir = tempfile::TempDir::new().unwrap();
         let root = dir.path().join("state");
-        let config = Config::parse(CONFIG, Path::new("/etc/nsbypass/config.toml")).unwrap();
+        let config = Config::parse(
+            &format!("{CONFIG}\n{extra}"),
+            Path::new("/etc/nsbypass/config.toml"),
+        )
+        .unwrap();
         let mut world = World {
             next_index: 10,
             ..World::default()
@@ -432,6 +441,7 @@ impl Bed {
             pinned: Some(pin_path(ino)),
             request: &request,
             config: &self.config,
+            source: Source::Hook,
         };
         let mut kernel = self.kernel(ino);
         self.with_stores(HOST, |stores| setup::setup(&ctx, &mut kernel, stores))
@@ -1146,6 +1156,7 @@ fn the_same_id_live_in_another_namespace_is_refused_and_its_poststop_changes_not
             pinned: None,
             request: &request,
             config: &bed.config,
+            source: Source::Hook,
         };
         let mut kernel = bed.kernel(2000);
         bed.with_stores(HOST, |s| setup::setup(&ctx, &mut kernel, s).unwrap_err())
@@ -1382,4 +1393,74 @@ fn a_setup_into_a_namespace_with_a_dead_ones_number_starts_afresh() {
     let leases = bed.leases();
     assert_eq!(leases.len(), 1, "{leases:?}");
     assert_eq!(leases[0].1.container, "b");
+}
+
+#[test]
+fn max_links_refuses_the_next_link_and_creates_nothing() {
+    let bed = Bed::with_config("[parents.nic0]\nmax_links = 2\n");
+    bed.setup_in("c1", 2001, "fast", "").unwrap();
+    bed.setup_in("c2", 2002, "l2", "").unwrap();
+    let e = bed.setup_in("c3", 2003, "slow", "").unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "network slow: validate: parent nic0 holds 2 nsbypass links and its max_links is 2 ([parents.nic0] in /etc/nsbypass/config.toml): detach one or raise the limit"
+    );
+    assert!(bed.link_names(2003).is_empty());
+    assert_eq!(bed.leases().len(), 1, "only c1's lease: {:?}", bed.leases());
+    // Two links in one request count as two.
+    bed.destroy(2002);
+    let e = bed.setup_in("c4", 2004, "slow,l2", "").unwrap_err();
+    assert!(e.to_string().contains("holds 1 nsbypass links"), "{e}");
+    // A namespace that is gone no longer counts: its record is pruned.
+    bed.setup_in("c3", 2003, "slow", "").unwrap();
+    bed.check_no_address_live_twice_or_unleased();
+}
+
+#[test]
+fn gc_frees_what_killed_setups_and_gone_namespaces_left_and_nothing_live() {
+    for point in NETWORK_POINTS {
+        let bed = Bed::new();
+        bed.setup_in("live", 2001, "fast", "").unwrap();
+        assert!(killed_setup(&bed, "victim", 2002, "fast", point), "{point}");
+        bed.setup_in("gone", 2003, "fast", "").unwrap();
+        bed.destroy(2003);
+        bed.destroy(2002);
+        let collected = bed
+            .with_stores(HOST, |s| reconcile::collect(s, &["fast"]))
+            .unwrap();
+        assert!(collected.failures.is_empty(), "{point}");
+        assert_eq!(collected.live_links, 1, "{point}");
+        let leases = bed.leases();
+        assert_eq!(leases.len(), 1, "{point}: {leases:?}");
+        assert_eq!(leases[0].1.container, "live", "{point}");
+        assert_eq!(bed.link_names(2001), ["net1"], "{point}");
+        let files = bed.state_files();
+        assert!(
+            !files.iter().any(|f| f.contains("victim") || f.contains("gone")),
+            "{point}: {files:?}"
+        );
+        bed.check_no_address_live_twice_or_unleased();
+    }
+}
+
+#[test]
+fn detach_removes_a_member_that_still_runs() {
+    let bed = Bed::new();
+    bed.setup_in("c1", 2001, "fast", "").unwrap();
+    let outcome = bed
+        .with_stores(HOST, |s| {
+            teardown::leave(
+                "c1",
+                s,
+                teardown::IfDying::Keep,
+                teardown::Leaving::Detached,
+            )
+        })
+        .unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Left { released, .. } if released.len() == 1),
+        "{outcome:?}"
+    );
+    assert!(bed.link_names(2001).is_empty());
+    assert!(bed.leases().is_empty());
 }

@@ -57,6 +57,18 @@ pub struct Config {
     pub log: LogConfig,
     pub networks: BTreeMap<String, Network>,
     pub profiles: BTreeMap<String, Profile>,
+    /// Limits per parent NIC, by its name (`[parents.NAME]`).
+    pub parents: BTreeMap<String, Parent>,
+}
+
+/// What the admin allows on one parent NIC.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Parent {
+    /// The most nsbypass links (across all networks) the parent may carry
+    /// at once: every child's MAC takes a slot in the NIC's unicast filter,
+    /// and a NIC whose filter overflows turns promiscuous.
+    pub max_links: Option<u32>,
 }
 
 /// Where and how the hook logs; runtimes swallow hook output, so a file is the
@@ -172,6 +184,8 @@ struct RawConfig {
     networks: BTreeMap<String, RawNetwork>,
     #[serde(default)]
     profiles: BTreeMap<String, RawProfile>,
+    #[serde(default)]
+    parents: BTreeMap<String, Parent>,
 }
 
 #[derive(Deserialize)]
@@ -237,6 +251,21 @@ impl Config {
                 })?;
             profiles.insert(name, profile);
         }
+        for (name, parent) in &raw.parents {
+            let invalid = |key, message| ConfigError::Invalid {
+                path: path.to_owned(),
+                section: format!("parent {name}"),
+                key,
+                message,
+            };
+            check_ifname(name).map_err(|m| invalid("name", m))?;
+            if parent.max_links == Some(0) {
+                return Err(invalid(
+                    "max_links",
+                    "0 allows no link at all; leave the parent out of every network instead".into(),
+                ));
+            }
+        }
         let state_dir = raw
             .state_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
@@ -254,6 +283,7 @@ impl Config {
             log: raw.log,
             networks,
             profiles,
+            parents: raw.parents,
         })
     }
 }
@@ -628,6 +658,18 @@ parent = "ens1f1"
             "config /etc/nsbypass/config.toml: network b: range: 10.0.0.20-10.0.0.30 overlaps network a's 10.0.0.10-10.0.0.20 on the same parent p0"
         );
         assert!(parse(&two("p1")).is_ok(), "another parent is another wire");
+    }
+
+    #[test]
+    fn parents_take_a_link_budget() {
+        let c = parse("[parents.ens1f0]\nmax_links = 200\n").unwrap();
+        assert_eq!(c.parents["ens1f0"].max_links, Some(200));
+        assert_eq!(
+            err("[parents.ens1f0]\nmax_links = 0\n"),
+            "config /etc/nsbypass/config.toml: parent ens1f0: max_links: 0 allows no link at all; leave the parent out of every network instead"
+        );
+        assert!(err("[parents.ens1f0]\nmaxlinks = 3\n").contains("maxlinks"));
+        assert!(err("[parents.\"a/b\"]\nmax_links = 3\n").contains("parent a/b: name:"));
     }
 
     #[test]

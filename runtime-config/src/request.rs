@@ -74,23 +74,33 @@ impl Request {
             }
         };
 
+        Request::from_values(
+            pick(NETWORK_ANNOTATION, NETWORK_ENV),
+            pick(IP_ANNOTATION, IP_ENV),
+            pick(PROFILE_ANNOTATION, PROFILE_ENV),
+        )
+    }
+
+    /// Reads a request from its three values, each with where it came from
+    /// (for errors): `nsbypass attach`'s flags use this as the hook's
+    /// annotations do, so both accept exactly the same forms.
+    pub fn from_values(
+        networks: Option<(String, String)>,
+        addresses: Option<(String, String)>,
+        profiles: Option<(String, String)>,
+    ) -> Result<Request, RequestError> {
         let mut request = Request::default();
-        if let Some((source, value)) = pick(NETWORK_ANNOTATION, NETWORK_ENV) {
-            request.networks = parse_names(&value, "network").map_err(|message| RequestError {
-                origin: source.clone(),
-                message,
-            })?;
+        if let Some((origin, value)) = networks {
+            request.networks = parse_names(&value, "network")
+                .map_err(|message| RequestError { origin, message })?;
         }
-        if let Some((origin, value)) = pick(PROFILE_ANNOTATION, PROFILE_ENV) {
+        if let Some((origin, value)) = profiles {
             request.profiles = parse_names(&value, "profile")
                 .map_err(|message| RequestError { origin, message })?;
         }
-        if let Some((source, value)) = pick(IP_ANNOTATION, IP_ENV) {
-            request.addresses =
-                parse_addresses(&value, &request.networks).map_err(|message| RequestError {
-                    origin: source,
-                    message,
-                })?;
+        if let Some((origin, value)) = addresses {
+            request.addresses = parse_addresses(&value, &request.networks)
+                .map_err(|message| RequestError { origin, message })?;
         }
         Ok(request)
     }
