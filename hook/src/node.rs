@@ -146,9 +146,7 @@ impl Node {
                 .step(Step::ReadRecords)?
                 .and_then(|r| r.profiles);
             let already = previous.as_ref().is_some_and(|p| {
-                p.pid == pid
-                    && p.mntns == mntns
-                    && plan.names.iter().all(|n| p.names.contains(n))
+                p.pid == pid && p.mntns == mntns && plan.names.iter().all(|n| p.names.contains(n))
             });
             if !already {
                 applied = Some(profile::apply(

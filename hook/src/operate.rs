@@ -36,7 +36,8 @@ pub struct Attach {
 /// exactly as the hook would wire a container with that id, and prints
 /// one line per network.
 pub fn attach(config: &Path, attach: &Attach) -> anyhow::Result<()> {
-    check_container_id(&attach.id).map_err(|m| Failure::refuse(Step::Validate, format!("--id: {m}")))?;
+    check_container_id(&attach.id)
+        .map_err(|m| Failure::refuse(Step::Validate, format!("--id: {m}")))?;
     let request = Request::from_values(
         Some(("--network".to_owned(), attach.networks.clone())),
         attach.ip.clone().map(|v| ("--ip".to_owned(), v)),
@@ -44,7 +45,11 @@ pub fn attach(config: &Path, attach: &Attach) -> anyhow::Result<()> {
     )
     .step(Step::ReadRequest)?;
     let (pid, netns_path, root) = match &attach.place {
-        Place::Pid(pid) => (Some(*pid), None, Some(PathBuf::from(format!("/proc/{pid}/root")))),
+        Place::Pid(pid) => (
+            Some(*pid),
+            None,
+            Some(PathBuf::from(format!("/proc/{pid}/root"))),
+        ),
         Place::Netns(path) => {
             if !request.profiles.is_empty() {
                 return Err(Failure::refuse(
@@ -227,7 +232,11 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             r.source,
             r.since,
             r.netns,
-            if r.state == "reachable" { "" } else { " (out of reach)" }
+            if r.state == "reachable" {
+                ""
+            } else {
+                " (out of reach)"
+            }
         );
     }
     Ok(())

@@ -1400,7 +1400,10 @@ fn max_links_refuses_the_next_link_and_creates_nothing() {
     let bed = Bed::with_config("[parents.nic0]\nmax_links = 2\n");
     bed.setup_in("c1", 2001, "fast", "").unwrap();
     bed.setup_in("c2", 2002, "l2", "").unwrap();
-    let e = bed.setup_in("c3", 2003, "slow", "").unwrap_err().to_string();
+    let e = bed
+        .setup_in("c3", 2003, "slow", "")
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         e,
         "network slow: validate: parent nic0 holds 2 nsbypass links and its max_links is 2 ([parents.nic0] in /etc/nsbypass/config.toml): detach one or raise the limit"
@@ -1436,7 +1439,9 @@ fn gc_frees_what_killed_setups_and_gone_namespaces_left_and_nothing_live() {
         assert_eq!(bed.link_names(2001), ["net1"], "{point}");
         let files = bed.state_files();
         assert!(
-            !files.iter().any(|f| f.contains("victim") || f.contains("gone")),
+            !files
+                .iter()
+                .any(|f| f.contains("victim") || f.contains("gone")),
             "{point}: {files:?}"
         );
         bed.check_no_address_live_twice_or_unleased();
