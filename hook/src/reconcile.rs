@@ -281,13 +281,7 @@ pub struct Collected {
 pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Failure> {
     let mut collected = Collected::default();
     let mut pooled: BTreeSet<String> = networks.iter().map(|n| (*n).to_owned()).collect();
-    pooled.extend(
-        stores
-            .leases
-            .networks()
-            .step(Step::LeaseAddress)?
-            .into_iter(),
-    );
+    pooled.extend(stores.leases.networks().step(Step::LeaseAddress)?);
     let leases_before = all_leases(stores, &pooled)?;
 
     for key in stores.state.netns_keys().step(Step::ReadRecords)? {
