@@ -45,11 +45,9 @@ pub fn attach(config: &Path, attach: &Attach) -> anyhow::Result<()> {
     )
     .step(Step::ReadRequest)?;
     let (pid, netns_path, root) = match &attach.place {
-        Place::Pid(pid) => (
-            Some(*pid),
-            None,
-            Some(PathBuf::from(format!("/proc/{pid}/root"))),
-        ),
+        // A running process's root, as it sees it: `/` (the carrier
+        // reaches it through /proc/PID/root, inside its mount namespace).
+        Place::Pid(pid) => (Some(*pid), None, Some(PathBuf::from("/"))),
         Place::Netns(path) => {
             if !request.profiles.is_empty() {
                 return Err(Failure::refuse(
@@ -66,12 +64,21 @@ pub fn attach(config: &Path, attach: &Attach) -> anyhow::Result<()> {
         if kernel::start_time(pid).is_none() {
             return Err(Failure::refuse(Step::OpenNamespace, format!("no process {pid}")).into());
         }
-        if !request.profiles.is_empty() && shares_my_mount_namespace(pid)? {
-            return Err(Failure::refuse(
-                Step::Validate,
-                format!("--profile: process {pid} shares nsbypass's mount namespace; its mounts would reach the host (start it with unshare -m, or in a container)"),
-            )
-            .into());
+        if !request.profiles.is_empty() {
+            if same_inode(pid, "ns/mnt")? {
+                return Err(Failure::refuse(
+                    Step::Validate,
+                    format!("--profile: process {pid} shares nsbypass's mount namespace; its mounts would reach the host (attach a container's process)"),
+                )
+                .into());
+            }
+            if same_inode(pid, "root")? {
+                return Err(Failure::refuse(
+                    Step::Validate,
+                    format!("--profile: process {pid} has the host's root directory; a profile goes into a container's root (attach a container's process)"),
+                )
+                .into());
+            }
         }
     }
     let node = Node::open(config)?;
@@ -84,7 +91,7 @@ pub fn attach(config: &Path, attach: &Attach) -> anyhow::Result<()> {
         pid,
         netns_path: netns_path.as_deref(),
         rootfs: root.as_deref(),
-        readonly: root.as_deref().is_some_and(read_only),
+        readonly: pid.is_some_and(|pid| read_only(Path::new(&format!("/proc/{pid}/root")))),
         source: Source::Attach,
     };
     let done = node.setup(&target, &request, plan)?;
@@ -270,11 +277,12 @@ pub fn gc(config: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Whether process `pid` is in nsbypass's own mount namespace.
-fn shares_my_mount_namespace(pid: i32) -> Result<bool, Failure> {
+/// Whether `/proc/PID/<what>` is the same inode as nsbypass's own
+/// (`ns/mnt`: its mount namespace; `root`: its root directory).
+fn same_inode(pid: i32, what: &str) -> Result<bool, Failure> {
     use std::os::unix::fs::MetadataExt;
-    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/mnt")).step(Step::OpenRootfs)?;
-    let mine = std::fs::metadata("/proc/self/ns/mnt").step(Step::OpenRootfs)?;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/{what}")).step(Step::OpenRootfs)?;
+    let mine = std::fs::metadata(format!("/proc/self/{what}")).step(Step::OpenRootfs)?;
     Ok(theirs.ino() == mine.ino() && theirs.dev() == mine.dev())
 }
 

@@ -12,6 +12,7 @@ pub mod mount;
 pub mod mountinfo;
 pub mod netlink;
 pub mod ns;
+pub mod procfs;
 pub mod rootfs;
 pub mod sysctl;
 

@@ -219,15 +219,8 @@ impl DetachedMount {
 
     /// Unmounts an attached mount again (lazily), from inside its namespace.
     pub fn detach(&self) -> Result<()> {
-        // The fd names the mount's root, so its /proc/self/fd link is a
-        // path to exactly this mount.
-        let path = CString::new(format!("/proc/self/fd/{}", self.fd.as_raw_fd())).expect("no NUL");
-        // SAFETY: umount2 takes a NUL-terminated path and flags.
-        let rc = unsafe { libc::umount2(path.as_ptr(), libc::MNT_DETACH) };
-        if rc < 0 {
-            return Err(Error::new("umount", std::io::Error::last_os_error()));
-        }
-        Ok(())
+        // The fd names the mount's root.
+        crate::procfs::detach_mount(self.fd.as_fd())
     }
 }
 

@@ -31,6 +31,11 @@ pub struct MountEntry {
 
 /// The mount table of `pid`'s mount namespace (`"self"` for the caller's).
 pub fn read(pid: &str) -> Result<Vec<MountEntry>> {
+    if pid == "self" {
+        // The calling thread's, also from inside a container's mount
+        // namespace (see procfs).
+        return Ok(parse(&crate::procfs::own_mountinfo()?));
+    }
     let path = format!("/proc/{pid}/mountinfo");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::new(format!("read {path}"), e))?;
     Ok(parse(&text))

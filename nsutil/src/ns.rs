@@ -108,6 +108,10 @@ impl Ns {
         if home.id == self.id {
             return Ok(f());
         }
+        if self.kind == Kind::Mnt {
+            // Inside, /proc may be the container's (see procfs).
+            crate::procfs::pin()?;
+        }
         setns(self.fd.as_fd(), self.kind.flag()).map_err(|e| {
             Error::new(
                 format!("enter {} namespace {}", self.kind.name(), self.id),

@@ -10,7 +10,7 @@
 
 use std::ffi::OsString;
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
@@ -203,10 +203,10 @@ impl Rootfs {
         if stat.st_size as u64 > max {
             return Err(refuse(&format!("larger than {max} bytes")));
         }
-        let reopened = PathBuf::from(format!("/proc/self/fd/{}", located.as_raw_fd()));
         let mut bytes = Vec::new();
-        std::fs::File::open(reopened)
-            .and_then(|f| f.take(max).read_to_end(&mut bytes))
+        crate::procfs::reopen(located.as_fd())?
+            .take(max)
+            .read_to_end(&mut bytes)
             .map_err(|e| Error::new(op(), e))?;
         Ok(Some(bytes))
     }

@@ -237,6 +237,42 @@ fn attach_list_detach_round_trip_on_ip_netns_and_an_unshare_process() {
         line.starts_with("nsbypass: attach w: validate: --profile needs --pid"),
         "{line}"
     );
+    // Nor may a profile reach the host through a process that shares its
+    // mounts or its root.
+    let line = fails(
+        &tb,
+        &config,
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--id",
+            "w",
+            "--network",
+            "fast",
+            "--profile",
+            "onload",
+        ],
+    );
+    assert!(line.contains("shares nsbypass's mount namespace"), "{line}");
+    let private_mounts = Sleeper::new(&tb, &["--net", "--mount"]);
+    let line = fails(
+        &tb,
+        &config,
+        &[
+            "attach",
+            "--pid",
+            &private_mounts.pid.to_string(),
+            "--id",
+            "w",
+            "--network",
+            "fast",
+            "--profile",
+            "onload",
+        ],
+    );
+    assert!(line.contains("has the host's root directory"), "{line}");
+    assert!(private_mounts.links().is_empty());
     // A bad request names the flag.
     let line = fails(
         &tb,
@@ -667,4 +703,51 @@ fn max_links_refuses_the_next_attach_and_makes_nothing() {
     }
     ok(&tb, &config, &["detach", "--id", "m1"]);
     ok(&tb, &config, &["detach", "--id", "m2"]);
+}
+
+#[test]
+fn attach_by_pid_carries_a_profile_into_a_container() {
+    let Some(tb) = testbed() else { return };
+    let library = tb.dir.join("libstack.so.1");
+    std::fs::write(&library, "the host's stack\n").unwrap();
+    let config = common::config(
+        &tb,
+        &format!(
+            "[profiles.stack]\nmounts = [{{ source = \"{}\", target = \"/usr/lib/libstack.so.1\" }}]\n",
+            library.display()
+        ),
+    );
+    // A container no runtime hook knows of: its own namespaces and root.
+    let c = tb.container("plain").create().unwrap();
+    c.start().unwrap();
+    let pid = c.pid.to_string();
+    let out = ok(
+        &tb,
+        &config,
+        &[
+            "attach",
+            "--pid",
+            &pid,
+            "--id",
+            "plain",
+            "--network",
+            "fast",
+            "--profile",
+            "stack",
+        ],
+    );
+    assert!(out.ends_with("attached plain to profile stack\n"), "{out}");
+    assert_eq!(
+        c.exec_ok(&["cat", "/usr/lib/libstack.so.1"]).unwrap(),
+        "the host's stack\n"
+    );
+    let rows = list_json(&tb, &config);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["source"], "attach");
+    // Nothing of it on the host or in the image.
+    assert!(!Path::new("/usr/lib/libstack.so.1").exists());
+    assert!(!tb.rootfs().join("usr/lib/libstack.so.1").exists());
+    ok(&tb, &config, &["detach", "--id", "plain"]);
+    assert!(list_json(&tb, &config).is_empty());
+    assert!(leases_on(&tb).is_empty());
 }

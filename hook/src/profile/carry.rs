@@ -7,7 +7,7 @@
 //! does them with the new mount API inside the container's mount namespace
 //! (and the device cgroup from outside it).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -387,8 +387,7 @@ impl Carrier for RealCarrier {
 /// only the directory's own files; `/etc/hosts` bound by the runtime must
 /// stay visible). All of it, or nothing.
 fn overlay_room(anchor: OwnedFd, room: &Room, readonly: bool) -> nsutil::Result<Undo> {
-    let here = std::fs::read_link(format!("/proc/self/fd/{}", anchor.as_raw_fd()))
-        .map_err(|e| nsutil::Error::new("find the directory to overlay", e))?;
+    let here = nsutil::procfs::fd_path(anchor.as_fd())?;
     let id = mountinfo::mount_id(anchor.as_fd())?;
     let table = mountinfo::read("self")?;
     let mut below = Vec::new();
