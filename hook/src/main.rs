@@ -3,6 +3,7 @@
 //! ARCHITECTURE.md for the path from stdin to netlink.
 
 mod derive;
+mod doctor;
 mod failpoint;
 mod failure;
 mod hook;
@@ -55,6 +56,9 @@ enum Command {
         #[arg(value_enum)]
         stage: hook::Stage,
     },
+    /// Check this host against the config: one line per check, `ok` or
+    /// `FAIL ...; fix: ...`. Exits 1 if any check fails.
+    Doctor,
     /// Register nsbypass with a runtime.
     Install {
         #[arg(value_enum)]
@@ -205,6 +209,12 @@ fn main() -> ExitCode {
                     say(&format!("hook {}: {e}", stage.name()));
                     ExitCode::FAILURE
                 }
+            };
+        }
+        Command::Doctor => {
+            return match doctor::run(&config) {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::FAILURE,
             };
         }
         Command::Install {

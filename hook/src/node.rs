@@ -478,26 +478,34 @@ fn machine_id(path: &Path) -> Result<String, Failure> {
 /// Network setup needs CAP_NET_ADMIN; entering another namespace needs
 /// CAP_SYS_ADMIN. Say so up front instead of failing halfway with EPERM.
 fn check_capabilities() -> Result<(), Failure> {
-    use caps::{CapSet, Capability};
-    let effective = caps::read(None, CapSet::Effective).step(Step::CheckCapabilities)?;
-    let missing: Vec<&str> = [
-        (Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN"),
-        (Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN"),
-    ]
-    .into_iter()
-    .filter(|(cap, _)| !effective.contains(cap))
-    .map(|(_, name)| name)
-    .collect();
+    let missing = missing_capabilities().step(Step::CheckCapabilities)?;
     if missing.is_empty() {
         return Ok(());
     }
     Err(Failure::refuse(
         Step::CheckCapabilities,
         format!(
-            "nsbypass needs CAP_NET_ADMIN and CAP_SYS_ADMIN but lacks {}; run it as root from the runtime's hooks",
+            "nsbypass needs {} but lacks {}; run it as root from the runtime's hooks",
+            NEEDED_CAPABILITIES.join(" and "),
             missing.join(" and ")
         ),
     ))
+}
+
+/// The capabilities every hook run needs, by name.
+pub const NEEDED_CAPABILITIES: [&str; 2] = ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"];
+
+/// Which of [`NEEDED_CAPABILITIES`] this process lacks in its effective
+/// set: shared by the hook's check and `nsbypass doctor`.
+pub fn missing_capabilities() -> Result<Vec<&'static str>, caps::errors::CapsError> {
+    use caps::{CapSet, Capability};
+    let effective = caps::read(None, CapSet::Effective)?;
+    Ok([Capability::CAP_NET_ADMIN, Capability::CAP_SYS_ADMIN]
+        .into_iter()
+        .zip(NEEDED_CAPABILITIES)
+        .filter(|(cap, _)| !effective.contains(cap))
+        .map(|(_, name)| name)
+        .collect())
 }
 
 #[cfg(test)]

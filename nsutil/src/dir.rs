@@ -96,6 +96,71 @@ impl AsFd for Dir {
     }
 }
 
+/// Why a directory on the way to a state root, or the root itself, is
+/// unsafe, and what the admin can do about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsafe {
+    pub what: String,
+    pub fix: String,
+}
+
+impl std::fmt::Display for Unsafe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}; {}", self.what, self.fix)
+    }
+}
+
+/// What is wrong with `at` as an ancestor of a state root, given its
+/// owner and mode (`st_mode`), for a process of euid `euid`; `None` if
+/// nothing. An ancestor must be owned by root (or `euid`) and writable by
+/// nobody else, unless it is sticky (like `/tmp`), where others cannot
+/// replace entries they do not own: whoever could write it could swap the
+/// state directory for one they control. [`Dir::open_root`] enforces this;
+/// it is public so that a diagnosis applies the very same rule.
+pub fn ancestor_problem(at: &Path, uid: u32, mode: u32, euid: u32) -> Option<Unsafe> {
+    let fix = "use a directory only root can write".to_owned();
+    if uid != 0 && uid != euid {
+        return Some(Unsafe {
+            what: format!("parent {} is owned by uid {uid}, not by root", at.display()),
+            fix,
+        });
+    }
+    let sticky = mode & libc::S_ISVTX != 0;
+    for (bit, who) in [(0o002, "others"), (0o020, "group")] {
+        if mode & bit != 0 && !sticky {
+            return Some(Unsafe {
+                what: format!(
+                    "parent {} is writable by {who} (mode {:04o})",
+                    at.display(),
+                    mode & 0o7777
+                ),
+                fix,
+            });
+        }
+    }
+    None
+}
+
+/// What is wrong with an existing state root (a real directory) of owner
+/// `uid` and mode `mode`, for a process of euid `euid`; `None` if nothing.
+/// The rule [`Dir::open_root`] enforces, public for a diagnosis.
+pub fn root_problem(uid: u32, mode: u32, euid: u32) -> Option<Unsafe> {
+    if uid != euid {
+        return Some(Unsafe {
+            what: format!("it is owned by uid {uid}, not by uid {euid} that nsbypass runs as"),
+            fix: "remove it (nsbypass recreates it) or chown it".to_owned(),
+        });
+    }
+    if mode & 0o022 != 0 {
+        let who = if mode & 0o002 != 0 { "others" } else { "group" };
+        return Some(Unsafe {
+            what: format!("it is writable by {who} (mode {:04o})", mode & 0o7777),
+            fix: "chmod 0700 it".to_owned(),
+        });
+    }
+    None
+}
+
 impl Dir {
     /// Opens the state root `path`, creating it (exactly 0700) if missing.
     ///
@@ -135,30 +200,10 @@ impl Dir {
         let euid = geteuid().as_raw();
 
         let check_ancestor = |at: &Path, st: &FileStat| -> Result<()> {
-            if st.st_uid != 0 && st.st_uid != euid {
-                return Err(refuse(
-                    &op,
-                    format!(
-                        "parent {} is owned by uid {}, not by root; use a directory only root can write",
-                        at.display(),
-                        st.st_uid
-                    ),
-                ));
+            match ancestor_problem(at, st.st_uid, st.st_mode, euid) {
+                Some(problem) => Err(refuse(&op, problem.to_string())),
+                None => Ok(()),
             }
-            let sticky = st.st_mode & libc::S_ISVTX != 0;
-            for (bit, who) in [(0o002, "others"), (0o020, "group")] {
-                if st.st_mode & bit != 0 && !sticky {
-                    return Err(refuse(
-                        &op,
-                        format!(
-                            "parent {} is writable by {who} (mode {:04o}); use a directory only root can write",
-                            at.display(),
-                            perm(st)
-                        ),
-                    ));
-                }
-            }
-            Ok(())
         };
 
         let walk = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
@@ -231,28 +276,8 @@ impl Dir {
                 .map_err(|e| os(format!("{op}: chmod 0700"), e))?;
         }
         let st = fstat(&root).map_err(|e| os(format!("{op}: stat"), e))?;
-        if st.st_uid != euid {
-            return Err(refuse(
-                op,
-                format!(
-                    "it is owned by uid {}, not by uid {euid} that nsbypass runs as; remove it (nsbypass recreates it) or chown it",
-                    st.st_uid
-                ),
-            ));
-        }
-        if st.st_mode & 0o022 != 0 {
-            let who = if st.st_mode & 0o002 != 0 {
-                "others"
-            } else {
-                "group"
-            };
-            return Err(refuse(
-                op,
-                format!(
-                    "it is writable by {who} (mode {:04o}); chmod 0700 it",
-                    perm(&st)
-                ),
-            ));
+        if let Some(problem) = root_problem(st.st_uid, st.st_mode, euid) {
+            return Err(refuse(op, problem.to_string()));
         }
         Ok(Dir {
             fd: root,

@@ -26,6 +26,9 @@ use tokio::runtime::Runtime;
 
 use crate::{Error, Result};
 
+mod status;
+pub use status::LinkStatus;
+
 /// A link as nsbypass cares about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Link {

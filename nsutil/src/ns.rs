@@ -152,6 +152,21 @@ impl Netns {
         Netns::open(Kind::Net.current())
     }
 
+    /// A new, empty network namespace (only `lo`, down) that nothing but
+    /// the returned handle keeps alive: a short-lived thread unshares into
+    /// it and exits, so the caller never leaves its own namespace. Dropping
+    /// the handle destroys the namespace and whatever links are left in it.
+    /// It has no name: nothing appears under `/run/netns`.
+    pub fn unshared() -> Result<Netns> {
+        std::thread::spawn(|| {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNET)
+                .map_err(|e| Error::new("create a network namespace", std::io::Error::from(e)))?;
+            Netns::current()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
     pub fn id(&self) -> NetnsId {
         self.0.id
     }
@@ -293,6 +308,20 @@ impl Netns {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unshared_namespace_is_new_and_leaves_the_caller_home() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: needs root to create a network namespace");
+            return;
+        }
+        let home = Netns::current().unwrap().id();
+        let scratch = Netns::unshared().unwrap();
+        assert_ne!(scratch.id(), home);
+        assert_eq!(Netns::current().unwrap().id(), home, "the caller stays");
+        let inside = scratch.run(|| Netns::current().unwrap().id()).unwrap();
+        assert_eq!(inside, scratch.id());
+    }
 
     #[test]
     fn own_namespace_has_a_stable_identity() {
