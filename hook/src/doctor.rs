@@ -627,7 +627,7 @@ fn promiscuity_verdict(subject: String, promiscuity: u32, user: bool, addresses:
         format!(
             "the kernel made it promiscuous (promiscuity {promiscuity}, not shown by ip link) with {addresses} unicast address(es) of MACVLAN children in its filter: the filter overflowed, or the device has none (a veth has none), so it takes in every frame on the wire (unless a packet capture is what made it so)"
         ),
-        "use a NIC with a larger unicast filter, put fewer MACVLAN children on this parent, or use mode passthru (one child that owns the NIC)",
+        "use a NIC with a larger unicast filter, cap the children on this parent ([parents.NAME] max_links), or use mode passthru (one child that owns the NIC)",
     )
 }
 
