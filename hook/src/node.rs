@@ -237,7 +237,7 @@ impl Node {
                 // A setup killed before its first record write leaves only
                 // leases; this is the one poststop that can know them.
                 for (name, network) in &self.config.networks {
-                    if network.ipv4.is_some() {
+                    if network.has_pool() {
                         reconcile::release_unaccounted(name, container, &mut stores)?;
                     }
                 }
