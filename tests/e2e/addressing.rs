@@ -223,6 +223,69 @@ fn a_dual_stack_container_reaches_the_peer_over_ipv6_at_once() {
 }
 
 #[test]
+fn the_ipv6_address_is_announced_when_the_link_comes_up() {
+    let Some(tb) = testbed() else { return };
+    give_the_peer_ipv6(&tb);
+    // The peer, a router (it is gateway6), takes an unsolicited neighbour
+    // advertisement from its subnet as a new (stale) neighbour entry
+    // (RFC 9131): how the test sees one was sent.
+    let peer_link = tb.peer_link.as_str();
+    for key in [
+        "net.ipv6.conf.all.forwarding=1".to_owned(),
+        "net.ipv6.conf.all.accept_untracked_na=2".to_owned(),
+        format!("net.ipv6.conf.{peer_link}.accept_untracked_na=2"),
+    ] {
+        tb.in_peer_ok(&["sysctl", "-qw", &key])
+            .expect("a peer sysctl");
+    }
+    let config = dual_config(&tb);
+    let pod = PinnedNetns::new(&tb, "na");
+    let init = Sleeper::in_netns(&pod.path);
+    let b = bundle_with(
+        &tb,
+        "na",
+        Some(&pod.path),
+        &[("nsbypass.io/ip", "fast=fd00:77::160")],
+    );
+    HookRun::prestart(&tb, &config, "na", init.pid, &b)
+        .run()
+        .assert_ok();
+    let returned = Instant::now();
+    let mac = common::ifaces_in(&pod.path)
+        .into_iter()
+        .find(|i| i.name == "net1")
+        .expect("net1")
+        .mac;
+    // Nothing is sent from the container: only the announcement can teach
+    // the peer where fd00:77::160 is.
+    let neighbour = || {
+        let out = tb
+            .in_peer_ok(&[
+                "ip",
+                "-6",
+                "neigh",
+                "show",
+                "fd00:77::160",
+                "dev",
+                &tb.peer_link,
+            ])
+            .unwrap();
+        out.contains(&format!("lladdr {mac}"))
+    };
+    while !neighbour() {
+        assert!(
+            returned.elapsed() < Duration::from_secs(1),
+            "the peer never learnt fd00:77::160 is at {mac}: no unsolicited NA"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    println!(
+        "the peer had the container's neighbour entry {:.1} ms after the hook returned",
+        returned.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+#[test]
 fn a_pinned_ipv6_address_is_honoured_and_a_namespace_without_ipv6_gets_it_on() {
     let Some(tb) = testbed() else { return };
     let config = dual_config(&tb);
