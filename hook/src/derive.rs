@@ -39,6 +39,14 @@ pub fn address_seed(container: &str, network: &str) -> u64 {
     u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
 }
 
+/// [`address_seed`] for an IPv6 pool: 128 bits, since a /64 range has 2^64
+/// slots, and its own purpose string, so that a container's IPv6 slot is
+/// not its IPv4 one shifted.
+pub fn address_seed6(container: &str, network: &str) -> u128 {
+    let d = digest("nsbypass-ip6", "", container, network);
+    u128::from_be_bytes(d[..16].try_into().expect("16 of 32 bytes"))
+}
+
 /// The interface name for the create-then-rename fallback. Derived, not
 /// random, and recorded before the link is made, so that the link of a
 /// setup killed before the rename can be found again.

@@ -24,6 +24,7 @@ pub const ALL: &[&str] = &[
     "create-link",
     "rename-link",
     "arp-notify",
+    "ndisc-notify",
     "add-address",
     "link-up",
     "add-route",

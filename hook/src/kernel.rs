@@ -6,11 +6,11 @@
 //! finds recorded namespaces again when there is no pid to go by, and
 //! tells a namespace that is gone from one that lives on out of reach.
 
-use std::net::Ipv4Addr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::IpNet;
 use nsutil::netlink::{Link, Netlink, NewMacvlan};
 use nsutil::ns::{self, Netns, NetnsId};
 use nsutil::sysctl;
@@ -58,9 +58,20 @@ pub trait Kernel {
     fn delete(&mut self, index: u32) -> Result<()>;
     /// Turns on `arp_notify`, so the switch learns the MAC when the link comes up.
     fn arp_notify(&mut self, ifname: &str) -> Result<()>;
+    /// Makes sure IPv6 is on for the link (`disable_ipv6` may be the
+    /// namespace's default: docker sets it in containers it gives no IPv6)
+    /// and turns on `ndisc_notify`, so the link's addresses are announced
+    /// with unsolicited neighbour advertisements when it comes up and the
+    /// switch learns the MAC, as `arp_notify` does for IPv4.
+    fn ndisc_notify(&mut self, ifname: &str) -> Result<()>;
+    /// Adds an address; an IPv6 one without duplicate address detection
+    /// (`IFA_F_NODAD`): the pool already guarantees it is unique, and a
+    /// tentative address could not be used for a second or more after the
+    /// hook returns (what CNI and netavark learned to avoid).
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()>;
     fn set_up(&mut self, index: u32) -> Result<()>;
-    fn add_route(&mut self, index: u32, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<()>;
+    /// Adds `destination via gateway`; both of one family.
+    fn add_route(&mut self, index: u32, destination: IpNet, gateway: IpAddr) -> Result<()>;
 }
 
 /// Finds recorded namespaces again, when there is no pid to go by.
@@ -268,8 +279,20 @@ impl Kernel for RealKernel {
             .run(|| sysctl::set_ipv4_interface(ifname, "arp_notify", "1"))?
     }
 
+    fn ndisc_notify(&mut self, ifname: &str) -> Result<()> {
+        self.netns.run(|| {
+            if sysctl::ipv6_interface(ifname, "disable_ipv6")? != "0" {
+                sysctl::set_ipv6_interface(ifname, "disable_ipv6", "0")?;
+            }
+            sysctl::set_ipv6_interface(ifname, "ndisc_notify", "1")
+        })?
+    }
+
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
-        self.inner.add_address(index, address)
+        match address {
+            IpNet::V4(_) => self.inner.add_address(index, address),
+            IpNet::V6(v6) => self.inner.add_address_nodad(index, v6),
+        }
     }
 
     fn set_up(&mut self, index: u32) -> Result<()> {
@@ -289,8 +312,8 @@ impl Kernel for RealKernel {
         }
     }
 
-    fn add_route(&mut self, index: u32, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
-        self.inner.add_route_v4(index, destination, gateway)
+    fn add_route(&mut self, index: u32, destination: IpNet, gateway: IpAddr) -> Result<()> {
+        self.inner.add_route(index, destination, gateway)
     }
 }
 

@@ -9,11 +9,11 @@
 //! half-written lease or a temporary name, and two hooks can never both win
 //! one address.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::path::PathBuf;
 
 use nsutil::dir::Dir;
-use runtime_config::Ipv4Pool;
+use runtime_config::Pool;
 use serde::{Deserialize, Serialize};
 
 use crate::derive;
@@ -57,6 +57,14 @@ pub enum LeaseError {
     Taken { address: IpAddr, container: String },
     #[error("no free address left in {range}")]
     Exhausted { range: String },
+    /// A range too large to walk (an IPv6 /64) had no free address among
+    /// the [`MAX_PROBES`] after the container's slot.
+    #[error("no free address among the {tried} tried from {from} in {range}")]
+    NoneFree {
+        tried: u128,
+        from: IpAddr,
+        range: String,
+    },
     #[error(transparent)]
     Dir(#[from] nsutil::Error),
     #[error("parse lease {}: {source}", path.display())]
@@ -78,7 +86,7 @@ pub trait LeaseStore {
     fn acquire(
         &mut self,
         network: &str,
-        pool: &Ipv4Pool,
+        pool: Pool<'_>,
         holder: &Holder,
         want: Option<IpAddr>,
     ) -> Result<IpAddr, LeaseError>;
@@ -100,16 +108,29 @@ pub trait LeaseStore {
     fn networks(&self) -> Result<Vec<String>, LeaseError>;
 }
 
+/// How many addresses the search for a free one tries, from the
+/// container's slot on. Every IPv4 pool up to a /16 is walked in full, as
+/// is any IPv6 range of that size; a larger range (a /64 is 2^64
+/// addresses) is never walked: with leases spread from derived slots, this
+/// many taken in a row means the pool is, for all purposes, full.
+pub const MAX_PROBES: u128 = 65536;
+
 /// Leases as files under `<state_dir>/leases`.
 pub struct FileLeases<'a> {
     dir: &'a Dir,
     tmp: &'a Dir,
+    /// [`MAX_PROBES`], lowered by tests.
+    probes: u128,
 }
 
 impl<'a> FileLeases<'a> {
     /// Leases under `dir`; `tmp` is the state directory's scratch directory.
     pub fn new(dir: &'a Dir, tmp: &'a Dir) -> FileLeases<'a> {
-        FileLeases { dir, tmp }
+        FileLeases {
+            dir,
+            tmp,
+            probes: MAX_PROBES,
+        }
     }
 
     fn network(&self, network: &str) -> Result<Dir, LeaseError> {
@@ -150,7 +171,7 @@ impl LeaseStore for FileLeases<'_> {
     fn acquire(
         &mut self,
         network: &str,
-        pool: &Ipv4Pool,
+        pool: Pool<'_>,
         holder: &Holder,
         want: Option<IpAddr>,
     ) -> Result<IpAddr, LeaseError> {
@@ -175,15 +196,29 @@ impl LeaseStore for FileLeases<'_> {
             };
         }
         let len = pool.size();
-        let start = (derive::address_seed(&holder.container, network) % u64::from(len)) as u32;
-        for step in 0..len {
-            let address = pool.nth((start + step) % len);
-            if Some(address) == pool.gateway {
+        let start = start_slot(pool, &holder.container, network);
+        let tried = len.min(self.probes);
+        for step in 0..tried {
+            // (start + step) % len, without overflowing a huge range.
+            let slot = if step < len - start {
+                start + step
+            } else {
+                step - (len - start)
+            };
+            let address = pool.nth(slot);
+            if Some(address) == pool.gateway() {
                 continue;
             }
-            if self.try_create(&dir, IpAddr::V4(address), holder)? {
-                return Ok(IpAddr::V4(address));
+            if self.try_create(&dir, address, holder)? {
+                return Ok(address);
             }
+        }
+        if tried < len {
+            return Err(LeaseError::NoneFree {
+                tried,
+                from: pool.nth(start),
+                range: pool.range_text(),
+            });
         }
         Err(LeaseError::Exhausted {
             range: pool.range_text(),
@@ -235,27 +270,35 @@ impl LeaseStore for FileLeases<'_> {
     }
 }
 
+/// Where in `pool` the search for `container`'s address starts: derived,
+/// so a restarted container tends to get its address back; per family, so
+/// its IPv6 slot is not its IPv4 one.
+pub fn start_slot(pool: Pool<'_>, container: &str, network: &str) -> u128 {
+    let seed = match pool {
+        Pool::V4(_) => u128::from(derive::address_seed(container, network)),
+        Pool::V6(_) => derive::address_seed6(container, network),
+    };
+    seed % pool.size()
+}
+
 /// Whether `address` may be requested from `pool`, with the reason if not.
-pub fn check_assignable(pool: &Ipv4Pool, address: IpAddr) -> Result<Ipv4Addr, LeaseError> {
-    let out_of_range = || LeaseError::OutOfRange {
-        address,
-        range: pool.range_text(),
-    };
-    let IpAddr::V4(v4) = address else {
-        return Err(out_of_range());
-    };
-    if Some(v4) == pool.gateway {
+pub fn check_assignable(pool: Pool<'_>, address: IpAddr) -> Result<IpAddr, LeaseError> {
+    if Some(address) == pool.gateway() {
         return Err(LeaseError::Gateway { address });
     }
-    if !pool.assignable(v4) {
-        return Err(out_of_range());
+    if !pool.assignable(address) {
+        return Err(LeaseError::OutOfRange {
+            address,
+            range: pool.range_text(),
+        });
     }
-    Ok(v4)
+    Ok(address)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime_config::{Ipv4Pool, Ipv6Pool};
 
     fn pool(range: &str, gateway: Option<&str>) -> Ipv4Pool {
         let (a, b) = range.split_once('-').unwrap();
@@ -263,6 +306,16 @@ mod tests {
             subnet: "10.9.0.0/24".parse().unwrap(),
             first: a.parse().unwrap(),
             last: b.parse().unwrap(),
+            gateway: gateway.map(|g| g.parse().unwrap()),
+            routes: vec![],
+        }
+    }
+
+    fn pool6(first: &str, last: &str, gateway: Option<&str>) -> Ipv6Pool {
+        Ipv6Pool {
+            subnet: "fd00:77::/64".parse().unwrap(),
+            first: first.parse().unwrap(),
+            last: last.parse().unwrap(),
             gateway: gateway.map(|g| g.parse().unwrap()),
             routes: vec![],
         }
@@ -311,7 +364,7 @@ mod tests {
         let mut got = Vec::new();
         for i in 0..4 {
             let h = holder(&format!("ns{i}"), &format!("c{i}"));
-            got.push(leases.acquire("fast", &pool, &h, None).unwrap());
+            got.push(leases.acquire("fast", Pool::V4(&pool), &h, None).unwrap());
         }
         got.sort();
         assert_eq!(
@@ -319,9 +372,125 @@ mod tests {
             ["10.9.0.1", "10.9.0.2", "10.9.0.4", "10.9.0.5"].map(ip)
         );
         let e = leases
-            .acquire("fast", &pool, &holder("ns9", "c9"), None)
+            .acquire("fast", Pool::V4(&pool), &holder("ns9", "c9"), None)
             .unwrap_err();
         assert_eq!(e.to_string(), "no free address left in 10.9.0.1-10.9.0.5");
+    }
+
+    #[test]
+    fn an_ipv6_range_is_handed_out_like_an_ipv4_one() {
+        let store = store();
+        let mut leases = store.leases();
+        let pool = pool6("fd00:77::1", "fd00:77::4", Some("fd00:77::2"));
+        let mut got: Vec<IpAddr> = (0..3)
+            .map(|i| {
+                let h = holder(&format!("ns{i}"), &format!("c{i}"));
+                leases.acquire("fast", Pool::V6(&pool), &h, None).unwrap()
+            })
+            .collect();
+        got.sort();
+        assert_eq!(got, ["fd00:77::1", "fd00:77::3", "fd00:77::4"].map(ip));
+        let e = leases
+            .acquire("fast", Pool::V6(&pool), &holder("ns9", "c9"), None)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "no free address left in fd00:77::1-fd00:77::4"
+        );
+        // Lease files are named by the canonical text, release finds them.
+        let names: Vec<_> = std::fs::read_dir(store.dir.path().join("state/leases/fast"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(names.contains(&"fd00:77::3".to_owned()), "{names:?}");
+        leases
+            .release("fast", ip("fd00:77::3"), &holder("ns1", "c1"))
+            .unwrap();
+        leases
+            .release("fast", ip("fd00:77::3"), &holder("ns0", "c0"))
+            .unwrap();
+        leases
+            .release("fast", ip("fd00:77::3"), &holder("ns2", "c2"))
+            .unwrap();
+        assert_eq!(leases.list("fast").unwrap().len(), 2);
+        // Pins: of the range, not the gateway, not the other family.
+        let a = holder("nsA", "a");
+        assert_eq!(
+            leases
+                .acquire("fast", Pool::V6(&pool), &a, Some(ip("fd00:77::3")))
+                .unwrap(),
+            ip("fd00:77::3")
+        );
+        for (want, error) in [
+            ("fd00:77::2", "fd00:77::2 is the network's gateway"),
+            (
+                "fd00:77::5",
+                "fd00:77::5 is outside the range fd00:77::1-fd00:77::4",
+            ),
+            (
+                "10.9.0.1",
+                "10.9.0.1 is outside the range fd00:77::1-fd00:77::4",
+            ),
+        ] {
+            let e = leases
+                .acquire("fast", Pool::V6(&pool), &a, Some(ip(want)))
+                .unwrap_err();
+            assert_eq!(e.to_string(), error);
+        }
+    }
+
+    #[test]
+    fn a_slash_64_is_searched_from_the_derived_slot_never_walked() {
+        let store = store();
+        let mut leases = store.leases();
+        // The default range6 of a /64: 2^64 - 1 addresses.
+        let pool = pool6("fd00:77::1", "fd00:77::ffff:ffff:ffff:ffff", None);
+        let range = Pool::V6(&pool);
+        let start = start_slot(range, "web", "fast");
+        assert_ne!(
+            u128::from(derive::address_seed("web", "fast")) % range.size(),
+            start,
+            "IPv6 has a slot of its own"
+        );
+        let first = leases
+            .acquire("fast", range, &holder("ns1", "web"), None)
+            .unwrap();
+        assert_eq!(first, range.nth(start));
+        // Taken: the next slot, then the same again after a restart.
+        let other = leases
+            .acquire("fast", range, &holder("ns2", "web"), None)
+            .unwrap();
+        assert_eq!(other, range.nth(start + 1));
+        leases
+            .release("fast", first, &holder("ns1", "web"))
+            .unwrap();
+        let again = leases
+            .acquire("fast", range, &holder("ns3", "web"), None)
+            .unwrap();
+        assert_eq!(again, first, "a restarted container gets its address back");
+
+        // With every tried address taken, the search gives up, saying so,
+        // rather than walk the rest of 2^64. (The limit lowered to 3 here;
+        // the real one is MAX_PROBES.)
+        let mut few = store.leases();
+        few.probes = 3;
+        let start = start_slot(range, "late", "fast");
+        for i in 0..3 {
+            let h = holder(&format!("x{i}"), "x");
+            few.acquire("fast", range, &h, Some(range.nth(start + i)))
+                .unwrap();
+        }
+        let e = few
+            .acquire("fast", range, &holder("ns9", "late"), None)
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "no free address among the 3 tried from {} in fd00:77::1-fd00:77::ffff:ffff:ffff:ffff",
+                range.nth(start)
+            )
+        );
+        assert_eq!(MAX_PROBES, 65536);
     }
 
     #[test]
@@ -330,13 +499,13 @@ mod tests {
         let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.250", None);
         let first = leases
-            .acquire("fast", &pool, &holder("ns1", "web"), None)
+            .acquire("fast", Pool::V4(&pool), &holder("ns1", "web"), None)
             .unwrap();
         leases
             .release("fast", first, &holder("ns1", "web"))
             .unwrap();
         let again = leases
-            .acquire("fast", &pool, &holder("ns2", "web"), None)
+            .acquire("fast", Pool::V4(&pool), &holder("ns2", "web"), None)
             .unwrap();
         assert_eq!(first, again);
     }
@@ -349,34 +518,39 @@ mod tests {
         let a = holder("nsA", "a");
         assert_eq!(
             leases
-                .acquire("fast", &pool, &a, Some(ip("10.9.0.12")))
+                .acquire("fast", Pool::V4(&pool), &a, Some(ip("10.9.0.12")))
                 .unwrap(),
             ip("10.9.0.12")
         );
         // Asking again from the same namespace is a no-op, from another is refused.
         assert_eq!(
             leases
-                .acquire("fast", &pool, &a, Some(ip("10.9.0.12")))
+                .acquire("fast", Pool::V4(&pool), &a, Some(ip("10.9.0.12")))
                 .unwrap(),
             ip("10.9.0.12")
         );
         let e = leases
-            .acquire("fast", &pool, &holder("nsB", "b"), Some(ip("10.9.0.12")))
+            .acquire(
+                "fast",
+                Pool::V4(&pool),
+                &holder("nsB", "b"),
+                Some(ip("10.9.0.12")),
+            )
             .unwrap_err();
         assert_eq!(e.to_string(), "10.9.0.12 is taken by container a");
         let e = leases
-            .acquire("fast", &pool, &a, Some(ip("10.9.0.21")))
+            .acquire("fast", Pool::V4(&pool), &a, Some(ip("10.9.0.21")))
             .unwrap_err();
         assert_eq!(
             e.to_string(),
             "10.9.0.21 is outside the range 10.9.0.10-10.9.0.20"
         );
         let e = leases
-            .acquire("fast", &pool, &a, Some(ip("10.9.0.15")))
+            .acquire("fast", Pool::V4(&pool), &a, Some(ip("10.9.0.15")))
             .unwrap_err();
         assert_eq!(e.to_string(), "10.9.0.15 is the network's gateway");
         let e = leases
-            .acquire("fast", &pool, &a, Some(ip("fd00::1")))
+            .acquire("fast", Pool::V4(&pool), &a, Some(ip("fd00::1")))
             .unwrap_err();
         assert!(matches!(e, LeaseError::OutOfRange { .. }));
         assert_eq!(leases.holder("fast", ip("10.9.0.12")).unwrap(), Some(a));
@@ -388,7 +562,7 @@ mod tests {
         let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.20", None);
         let got = leases
-            .acquire("fast", &pool, &holder("nsA", "a"), None)
+            .acquire("fast", Pool::V4(&pool), &holder("nsA", "a"), None)
             .unwrap();
         leases.release("fast", got, &holder("nsB", "a")).unwrap();
         assert!(
@@ -413,10 +587,10 @@ mod tests {
         let mut leases = store.leases();
         let pool = pool("10.9.0.10-10.9.0.10", None);
         leases
-            .acquire("a", &pool, &holder("n1", "c"), None)
+            .acquire("a", Pool::V4(&pool), &holder("n1", "c"), None)
             .unwrap();
         leases
-            .acquire("b", &pool, &holder("n2", "c"), None)
+            .acquire("b", Pool::V4(&pool), &holder("n2", "c"), None)
             .unwrap();
         for net in ["a", "b"] {
             let names: Vec<_> = std::fs::read_dir(store.dir.path().join("state/leases").join(net))
@@ -447,7 +621,7 @@ mod tests {
                     (0..5)
                         .map(|i| {
                             let h = holder(&format!("ns{t}-{i}"), "same-container");
-                            leases.acquire("fast", &pool, &h, None).unwrap()
+                            leases.acquire("fast", Pool::V4(&pool), &h, None).unwrap()
                         })
                         .collect::<Vec<_>>()
                 })

@@ -319,7 +319,7 @@ impl Node {
         self.config
             .networks
             .iter()
-            .filter(|(_, n)| n.ipv4.is_some())
+            .filter(|(_, n)| n.has_pool())
             .map(|(name, _)| name.as_str())
     }
 }

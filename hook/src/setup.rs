@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use ipnet::IpNet;
 use nsutil::netlink::format_mac;
 use nsutil::ns::NetnsId;
-use runtime_config::{Config, Ipv4Pool, MacvlanMode, Network, Request};
+use runtime_config::{Config, MacvlanMode, Network, Pool, Request};
 
 use crate::derive;
 use crate::failpoint;
@@ -70,7 +70,8 @@ impl Wired {
 struct Wanted<'a> {
     network: &'a Network,
     ifname: String,
-    address: Option<IpAddr>,
+    /// Pinned addresses, at most one per family.
+    addresses: Vec<IpAddr>,
 }
 
 /// A link to create, decided in full before anything is touched.
@@ -78,7 +79,8 @@ struct Plan<'a> {
     network: &'a Network,
     ifname: String,
     parent_index: u32,
-    address: Option<IpAddr>,
+    /// Pinned addresses, at most one per family.
+    addresses: Vec<IpAddr>,
 }
 
 /// What to undo if a later step fails, newest last.
@@ -232,18 +234,23 @@ impl Prepared<'_> {
         }
         for plan in &plans {
             let name = plan.network.name.as_str();
+            // One address per family the network has a pool for, IPv4 first.
             let mut addresses = Vec::new();
-            if let Some(pool) = &plan.network.ipv4 {
+            for pool in plan.network.pools() {
+                let want = plan
+                    .addresses
+                    .iter()
+                    .copied()
+                    .find(|a| a.is_ipv6() == pool.is_ipv6());
                 failpoint::hit("lease").step_on(Step::LeaseAddress, name)?;
-                let address = lease(ctx, name, pool, plan.address, &key, stores)?;
+                let address = lease(ctx, name, pool, want, &key, stores)?;
                 undo.push(Undo::Release {
                     network: name.to_owned(),
                     address,
                 });
                 tracing::debug!(network = name, %address, "address leased");
                 addresses.push(
-                    IpNet::new(address, pool.subnet.prefix_len())
-                        .expect("prefix from a valid subnet"),
+                    IpNet::new(address, pool.prefix_len()).expect("prefix from a valid subnet"),
                 );
             }
             record.links.push(LinkRecord {
@@ -326,13 +333,18 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
                 )),
             ));
         }
-        let address = request.addresses.get(name).copied();
-        if let Some(address) = address {
-            let pool = network.ipv4.as_ref().ok_or_else(|| {
+        let addresses = request.addresses.get(name).cloned().unwrap_or_default();
+        for &address in &addresses {
+            let pool = network.pool_for(address).ok_or_else(|| {
+                let key = if address.is_ipv6() {
+                    "subnet6"
+                } else {
+                    "subnet"
+                };
                 Failure::on(
                     Step::Validate,
                     name,
-                    Refusal(format!("cannot take {address}: the network has no subnet")),
+                    Refusal(format!("cannot take {address}: the network has no {key}")),
                 )
             })?;
             check_assignable(pool, address).step_on(Step::Validate, name)?;
@@ -340,7 +352,7 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
         wanted.push(Wanted {
             network,
             ifname,
-            address,
+            addresses,
         });
     }
     Ok(wanted)
@@ -390,8 +402,12 @@ fn clear_stale_container(
 }
 
 fn check_shared_address(link: &LinkRecord, want: &Wanted) -> Result<(), Failure> {
-    match want.address {
-        Some(address) if !link.addresses.iter().any(|a| a.addr() == address) => Err(Failure::on(
+    let missing = want
+        .addresses
+        .iter()
+        .find(|&&w| !link.addresses.iter().any(|a| a.addr() == w));
+    match missing {
+        Some(address) => Err(Failure::on(
             Step::Validate,
             &link.network,
             Refusal(format!(
@@ -442,7 +458,7 @@ fn plan<'a>(
             )));
         }
     }
-    if let Some(address) = want.address {
+    for &address in &want.addresses {
         if let Some(holder) = stores
             .leases
             .holder(name, address)
@@ -461,7 +477,7 @@ fn plan<'a>(
         network,
         ifname: want.ifname.clone(),
         parent_index: parent.index,
-        address: want.address,
+        addresses: want.addresses.clone(),
     })
 }
 
@@ -553,6 +569,12 @@ fn wire(
     kernel
         .arp_notify(&plan.ifname)
         .step_on(Step::ArpNotify, name)?;
+    if network.ipv6.is_some() {
+        failpoint::hit("ndisc-notify").step_on(Step::NdiscNotify, name)?;
+        kernel
+            .ndisc_notify(&plan.ifname)
+            .step_on(Step::NdiscNotify, name)?;
+    }
     for address in &link.addresses {
         failpoint::hit("add-address").step_on(Step::AddAddress, name)?;
         kernel
@@ -561,12 +583,12 @@ fn wire(
     }
     failpoint::hit("link-up").step_on(Step::LinkUp, name)?;
     kernel.set_up(made.index).step_on(Step::LinkUp, name)?;
-    if let Some(pool) = &network.ipv4 {
-        if let Some(gateway) = pool.gateway {
-            for route in &pool.routes {
+    for pool in network.pools() {
+        if let Some(gateway) = pool.gateway() {
+            for route in pool.routes() {
                 failpoint::hit("add-route").step_on(Step::AddRoute, name)?;
                 kernel
-                    .add_route(made.index, *route, gateway)
+                    .add_route(made.index, route, gateway)
                     .step_on(Step::AddRoute, name)?;
             }
         }
@@ -595,14 +617,18 @@ fn parse_mac(text: &str) -> [u8; 6] {
 fn lease(
     ctx: &Context,
     network: &str,
-    pool: &Ipv4Pool,
+    pool: Pool<'_>,
     want: Option<IpAddr>,
     key: &str,
     stores: &mut Stores,
 ) -> Result<IpAddr, Failure> {
     let holder = stores.holder(key, ctx.container);
     match stores.leases.acquire(network, pool, &holder, want) {
-        Err(e @ (LeaseError::Exhausted { .. } | LeaseError::Taken { .. })) => {
+        Err(
+            e @ (LeaseError::Exhausted { .. }
+            | LeaseError::NoneFree { .. }
+            | LeaseError::Taken { .. }),
+        ) => {
             if reconcile::reclaim(network, stores)? == 0 {
                 return Err(Failure::on(Step::LeaseAddress, network, e));
             }

@@ -16,7 +16,7 @@ use std::rc::Rc;
 
 use nsutil::netlink::{format_mac, Link};
 use nsutil::ns::NetnsId;
-use runtime_config::{Config, Request};
+use runtime_config::{Config, Pool, Request};
 
 use crate::failpoint;
 use crate::failure::{Failure, Step};
@@ -178,6 +178,10 @@ impl Kernel for FakeKernel {
         self.call(format!("arp_notify {ifname}"))
     }
 
+    fn ndisc_notify(&mut self, ifname: &str) -> nsutil::Result<()> {
+        self.call(format!("ndisc_notify {ifname}"))
+    }
+
     fn add_address(&mut self, _: u32, address: ipnet::IpNet) -> nsutil::Result<()> {
         self.call(format!("address {address}"))
     }
@@ -195,8 +199,8 @@ impl Kernel for FakeKernel {
     fn add_route(
         &mut self,
         _: u32,
-        destination: ipnet::Ipv4Net,
-        gateway: std::net::Ipv4Addr,
+        destination: ipnet::IpNet,
+        gateway: std::net::IpAddr,
     ) -> nsutil::Result<()> {
         self.call(format!("route {destination} via {gateway}"))
     }
@@ -312,6 +316,20 @@ parent = "down0"
 [networks.jumbo]
 parent = "nic0"
 mtu = 9000
+
+[networks.dual]
+parent = "nic0"
+subnet = "10.7.0.0/24"
+range = "10.7.0.10-10.7.0.12"
+gateway = "10.7.0.1"
+subnet6 = "fd00:7::/64"
+range6 = "fd00:7::10-fd00:7::11"
+gateway6 = "fd00:7::1"
+routes = ["fd00:20::/48", "default"]
+
+[networks.six]
+parent = "nic0"
+subnet6 = "fd00:6::/64"
 "#;
 
 const HOST: &str = "test-host";
@@ -428,7 +446,8 @@ impl Bed {
         };
         for pair in ip.split(',').filter(|s| !s.is_empty()) {
             let (n, a) = pair.split_once('=').unwrap();
-            request.addresses.insert(n.into(), a.parse().unwrap());
+            let pinned = request.addresses.entry(n.into()).or_default();
+            pinned.push(a.parse().unwrap());
         }
         self.enter(container, ino);
         let ctx = Context {
@@ -563,8 +582,10 @@ impl Bed {
         };
         let w = self.world.borrow();
         let leases = self.with_stores(HOST, |s| {
-            let mut all = s.leases.list("fast").unwrap();
-            all.extend(s.leases.list("slow").unwrap());
+            let mut all = Vec::new();
+            for network in ["fast", "slow", "dual", "six"] {
+                all.extend(s.leases.list(network).unwrap());
+            }
             all
         });
         let mut live = Vec::new();
@@ -573,19 +594,24 @@ impl Bed {
                 let mac = link.mac.map(|m| format_mac(&m)).unwrap();
                 // A link in a namespace whose record does not name it would
                 // be an orphan holding an address nobody leases.
-                let Some((_, _, address)) =
-                    recorded.iter().find(|(i, m, _)| *i == id.ino && *m == mac)
-                else {
+                let addresses: Vec<_> = recorded
+                    .iter()
+                    .filter(|(i, m, _)| *i == id.ino && *m == mac)
+                    .map(|(_, _, a)| *a)
+                    .collect();
+                if addresses.is_empty() {
                     panic!("an unrecorded link {} in namespace {}", link.name, id.ino);
-                };
-                assert!(
-                    leases
-                        .iter()
-                        .any(|(a, h)| a == address && h.netns == id.key()),
-                    "{address} is live in namespace {} without its lease: {leases:?}",
-                    id.ino
-                );
-                live.push(*address);
+                }
+                for address in addresses {
+                    assert!(
+                        leases
+                            .iter()
+                            .any(|(a, h)| *a == address && h.netns == id.key()),
+                        "{address} is live in namespace {} without its lease: {leases:?}",
+                        id.ino
+                    );
+                    live.push(address);
+                }
             }
         }
         let before = live.len();
@@ -643,6 +669,107 @@ fn setup_wires_one_link_with_address_routes_and_records() {
     assert_eq!(record.nsid, Some(0));
     assert!(!record.links[0].pending && !record.members["c1"].pending);
     assert_eq!(record.links[0].index, Some(11));
+}
+
+#[test]
+fn dual_stack_leases_records_and_configures_both_families() {
+    let bed = Bed::new();
+    let wired = bed.setup("c1", "dual").unwrap();
+    let addresses = wired[0].addresses.clone();
+    let text: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+    assert_eq!(addresses.len(), 2, "{text:?}");
+    assert!(addresses[0].addr().is_ipv4() && addresses[1].addr().is_ipv6());
+    assert_eq!(
+        (addresses[0].prefix_len(), addresses[1].prefix_len()),
+        (24, 64)
+    );
+    assert_eq!(
+        bed.calls(),
+        [
+            "nsid".to_owned(),
+            "create net1".into(),
+            "arp_notify net1".into(),
+            "ndisc_notify net1".into(),
+            format!("address {}", text[0]),
+            format!("address {}", text[1]),
+            "up 11".into(),
+            "route 0.0.0.0/0 via 10.7.0.1".into(),
+            "route fd00:20::/48 via fd00:7::1".into(),
+            "route ::/0 via fd00:7::1".into(),
+        ]
+    );
+    let record = bed.with_stores(HOST, |s| s.state.netns("4-1000").unwrap().unwrap());
+    assert_eq!(record.links[0].addresses, addresses);
+    let mut files = bed.state_files();
+    files.retain(|f| f.starts_with("leases/"));
+    assert_eq!(
+        files,
+        [
+            format!("leases/dual/{}", addresses[0].addr()),
+            format!("leases/dual/{}", addresses[1].addr()),
+        ]
+    );
+    bed.check_no_address_live_twice_or_unleased();
+    // The same container again, elsewhere: the same two addresses.
+    let Outcome::Left { released, .. } = bed.teardown("c1", false).unwrap() else {
+        panic!()
+    };
+    assert_eq!(released[0].addresses, addresses);
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+    let again = bed.setup_in("c1", 2000, "dual", "").unwrap();
+    assert_eq!(again[0].addresses, addresses);
+}
+
+#[test]
+fn pins_of_both_families_and_an_ipv6_only_network() {
+    let bed = Bed::new();
+    let wired = bed
+        .setup_in(
+            "c1",
+            1000,
+            "dual,six",
+            "dual=fd00:7::11,dual=10.7.0.11,six=fd00:6::abc",
+        )
+        .unwrap();
+    let text = |w: &Wired| -> Vec<String> { w.addresses.iter().map(ToString::to_string).collect() };
+    assert_eq!(text(&wired[0]), ["10.7.0.11/24", "fd00:7::11/64"]);
+    assert_eq!(text(&wired[1]), ["fd00:6::abc/64"]);
+    // Only the IPv6 pin: the IPv4 address comes from the pool.
+    let other = bed.setup_in("c2", 2000, "dual", "dual=fd00:7::10").unwrap();
+    assert_eq!(other[0].addresses[1].to_string(), "fd00:7::10/64");
+    assert_ne!(other[0].addresses[0], wired[0].addresses[0]);
+    // A pod member naming an address the shared link lacks is refused.
+    let e = bed
+        .setup_in("c3", 1000, "dual", "dual=fd00:7::10")
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("it cannot also take fd00:7::10"),
+        "{e}"
+    );
+    // An IPv6-only network has no IPv4 route or address to make.
+    assert!(!bed
+        .calls()
+        .iter()
+        .any(|c| c.contains("fd00:6") && c.starts_with("route")));
+    bed.teardown("c1", false).unwrap();
+    bed.teardown("c2", false).unwrap();
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+}
+
+#[test]
+fn an_exhausted_ipv6_pool_gives_the_ipv4_lease_back() {
+    let bed = Bed::new();
+    // Three IPv4 addresses, two IPv6 ones: the third container finds an
+    // IPv4 address but no IPv6 one.
+    bed.setup_in("a", 100, "dual", "").unwrap();
+    bed.setup_in("c", 300, "dual", "").unwrap();
+    let before = bed.state_files();
+    let e = bed.setup_in("b", 200, "dual", "").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "network dual: lease address: no free address left in fd00:7::10-fd00:7::11"
+    );
+    assert_eq!(bed.state_files(), before, "10.7.0.11 was given back");
 }
 
 #[test]
@@ -784,6 +911,21 @@ fn every_setup_step_rolls_back_itself_and_everything_before_it() {
     ] {
         assert_rolls_back("slow,fast", Some(call), None, step);
     }
+    // Dual stack: the IPv6 steps, and the IPv6 address and routes after
+    // the IPv4 ones succeeded.
+    for (call, step) in [
+        ("ndisc_notify", Step::NdiscNotify),
+        ("address 10.7", Step::AddAddress),
+        ("address fd00:7", Step::AddAddress),
+        ("route 0.0.0.0", Step::AddRoute),
+        ("route fd00:20", Step::AddRoute),
+        ("route ::/0", Step::AddRoute),
+    ] {
+        assert_rolls_back("dual", Some(call), None, step);
+        assert_rolls_back("fast,dual", Some(call), None, step);
+    }
+    assert_rolls_back("six", Some("ndisc_notify"), None, Step::NdiscNotify);
+    assert_rolls_back("six", Some("address fd00:6"), None, Step::AddAddress);
     // Every failpoint of network setup, the record writes included.
     for (point, step) in [
         ("assign-nsid", Step::AssignNsid),
@@ -798,7 +940,9 @@ fn every_setup_step_rolls_back_itself_and_everything_before_it() {
         ("write-final", Step::WriteRecord),
     ] {
         assert_rolls_back("slow,fast", None, Some(point), step);
+        assert_rolls_back("slow,dual", None, Some(point), step);
     }
+    assert_rolls_back("slow,dual", None, Some("ndisc-notify"), Step::NdiscNotify);
 }
 
 #[test]
@@ -832,13 +976,17 @@ fn name_clash_falls_back_to_the_recorded_temporary_name_and_rename() {
 #[test]
 fn validation_failures_touch_nothing() {
     let cases: &[(&str, &str, &str)] = &[
-        ("nope", "", "network nope: validate: no such network in /etc/nsbypass/config.toml (configured: down, fast, jumbo, l2, nowhere, slow)"),
+        ("nope", "", "network nope: validate: no such network in /etc/nsbypass/config.toml (configured: down, dual, fast, jumbo, l2, nowhere, six, slow)"),
         ("nowhere", "", "network nowhere: validate: parent missing0 does not exist"),
         ("down", "", "network down: validate: parent down0 is down"),
         ("jumbo", "", "network jumbo: validate: mtu 9000 is above parent nic0's 1500"),
         ("fast", "fast=10.9.0.13", "network fast: validate: 10.9.0.13 is outside the range 10.9.0.10-10.9.0.12"),
         ("fast", "fast=10.9.0.1", "network fast: validate: 10.9.0.1 is the network's gateway"),
         ("l2", "l2=10.0.0.1", "network l2: validate: cannot take 10.0.0.1: the network has no subnet"),
+        ("fast", "fast=fd00:7::10", "network fast: validate: cannot take fd00:7::10: the network has no subnet6"),
+        ("six", "six=10.7.0.10", "network six: validate: cannot take 10.7.0.10: the network has no subnet"),
+        ("dual", "dual=fd00:7::12", "network dual: validate: fd00:7::12 is outside the range fd00:7::10-fd00:7::11"),
+        ("dual", "dual=fd00:7::1", "network dual: validate: fd00:7::1 is the network's gateway"),
     ];
     for (networks, ip, want) in cases {
         let bed = Bed::new();
@@ -986,7 +1134,9 @@ fn leases_nothing_accounts_for_are_reclaimed_when_the_pool_runs_dry() {
     bed.with_stores(HOST, |s| {
         for i in 0..3 {
             let orphan = s.holder(&format!("4-{}", 900 + i), &format!("killed{i}"));
-            s.leases.acquire("fast", &pool, &orphan, None).unwrap();
+            s.leases
+                .acquire("fast", Pool::V4(&pool), &orphan, None)
+                .unwrap();
         }
     });
     let wired = bed.setup("c1", "fast").unwrap();
@@ -1185,7 +1335,9 @@ fn leases_of_another_host_are_never_released_or_reclaimed() {
     let pool = bed.config.networks["fast"].ipv4.clone().unwrap();
     let theirs = bed.with_stores("other-host", |s| {
         let holder = s.holder("4-1000", "c1");
-        s.leases.acquire("fast", &pool, &holder, None).unwrap()
+        s.leases
+            .acquire("fast", Pool::V4(&pool), &holder, None)
+            .unwrap()
     });
     // The same key on this host: our teardown and reclaim leave it be.
     bed.setup_in("c1", 1000, "fast", "").unwrap();
@@ -1241,6 +1393,24 @@ fn a_setup_killed_at_any_step_is_repaired_by_its_poststop() {
         // The pod's next member joins the network.
         bed.setup_in("sidecar", 1000, "fast", "")
             .unwrap_or_else(|e| panic!("{point}: the pod's next member: {e}"));
+        bed.check_no_address_live_twice_or_unleased();
+    }
+}
+
+#[test]
+fn a_dual_stack_setup_killed_at_any_step_is_repaired_by_its_poststop() {
+    for point in NETWORK_POINTS.iter().chain(&["ndisc-notify"]) {
+        let bed = Bed::new();
+        assert!(killed_setup(&bed, "victim", 1000, "dual", point), "{point}");
+        bed.stop("victim");
+        bed.poststop("victim")
+            .unwrap_or_else(|e| panic!("{point}: poststop: {e}"));
+        assert!(bed.link_names(1000).is_empty(), "{point}");
+        bed.check_no_address_live_twice_or_unleased();
+        let wired = bed
+            .setup_in("sidecar", 1000, "dual", "")
+            .unwrap_or_else(|e| panic!("{point}: the pod's next member: {e}"));
+        assert_eq!(wired[0].addresses.len(), 2, "{point}");
         bed.check_no_address_live_twice_or_unleased();
     }
 }

@@ -7,15 +7,16 @@
 //! opened: open one inside `Netns::run` to work in a container's namespace.
 
 use std::io;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::rc::Rc;
 
 use futures_util::{StreamExt, TryStreamExt};
-use ipnet::{IpNet, Ipv4Net};
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use rtnetlink::packet_core::{
     NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_DUMP, NLM_F_ECHO, NLM_F_REQUEST,
 };
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
@@ -372,6 +373,55 @@ impl Netlink {
         self.rt
             .block_on(request)
             .map_err(|e| netlink_error(format!("add address {address}"), e))
+    }
+
+    /// Adds an IPv6 address without duplicate address detection
+    /// (`IFA_F_NODAD`): usable at once, never tentative. Only for an
+    /// address whose uniqueness on the link is known otherwise.
+    pub fn add_address_nodad(&self, index: u32, address: Ipv6Net) -> Result<()> {
+        let mut request =
+            self.handle
+                .address()
+                .add(index, IpAddr::V6(address.addr()), address.prefix_len());
+        let message = request.message_mut();
+        // The header's 8-bit field and IFA_FLAGS, as iproute2 sends them.
+        message.header.flags |= AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        self.rt
+            .block_on(request.execute())
+            .map_err(|e| netlink_error(format!("add address {address} nodad"), e))
+    }
+
+    /// Adds `destination via gateway dev index`, of either family.
+    pub fn add_route(&self, index: u32, destination: IpNet, gateway: IpAddr) -> Result<()> {
+        match (destination, gateway) {
+            (IpNet::V4(d), IpAddr::V4(g)) => self.add_route_v4(index, d, g),
+            (IpNet::V6(d), IpAddr::V6(g)) => self.add_route_v6(index, d, g),
+            _ => Err(Error::new(
+                format!("add route {destination} via {gateway}"),
+                io::Error::new(io::ErrorKind::InvalidInput, "families differ"),
+            )),
+        }
+    }
+
+    /// Adds `destination via gateway dev index` (IPv6).
+    pub fn add_route_v6(&self, index: u32, destination: Ipv6Net, gateway: Ipv6Addr) -> Result<()> {
+        let message = RouteMessageBuilder::<Ipv6Addr>::new()
+            .destination_prefix(destination.addr(), destination.prefix_len())
+            .gateway(gateway)
+            .output_interface(index)
+            .build();
+        let request = self.handle.route().add(message).execute();
+        self.rt.block_on(request).map_err(|e| {
+            let what = if destination.prefix_len() == 0 {
+                "default".to_owned()
+            } else {
+                destination.to_string()
+            };
+            netlink_error(format!("add route {what} via {gateway}"), e)
+        })
     }
 
     /// Adds `destination via gateway dev index`.

@@ -7,13 +7,34 @@ use crate::{Error, Result};
 
 /// Sets `net.ipv4.conf.<ifname>.<key>` in the current namespace.
 pub fn set_ipv4_interface(ifname: &str, key: &str, value: &str) -> Result<()> {
-    let op = || format!("sysctl net.ipv4.conf.{ifname}.{key}={value}");
-    if ifname.contains('/') || key.contains('/') {
-        return Err(Error::new(
-            op(),
-            std::io::Error::from(std::io::ErrorKind::InvalidInput),
-        ));
-    }
-    let path: PathBuf = ["/proc/sys/net/ipv4/conf", ifname, key].iter().collect();
+    set_interface("ipv4", ifname, key, value)
+}
+
+/// Sets `net.ipv6.conf.<ifname>.<key>` in the current namespace.
+pub fn set_ipv6_interface(ifname: &str, key: &str, value: &str) -> Result<()> {
+    set_interface("ipv6", ifname, key, value)
+}
+
+/// Reads `net.ipv6.conf.<ifname>.<key>` in the current namespace, trimmed.
+pub fn ipv6_interface(ifname: &str, key: &str) -> Result<String> {
+    let op = || format!("read sysctl net.ipv6.conf.{ifname}.{key}");
+    let path = interface_path("ipv6", ifname, key).map_err(|e| Error::new(op(), e))?;
+    std::fs::read_to_string(&path)
+        .map(|v| v.trim().to_owned())
+        .map_err(|e| Error::new(op(), e))
+}
+
+fn set_interface(family: &str, ifname: &str, key: &str, value: &str) -> Result<()> {
+    let op = || format!("sysctl net.{family}.conf.{ifname}.{key}={value}");
+    let path = interface_path(family, ifname, key).map_err(|e| Error::new(op(), e))?;
     std::fs::write(&path, value).map_err(|e| Error::new(op(), e))
+}
+
+fn interface_path(family: &str, ifname: &str, key: &str) -> std::io::Result<PathBuf> {
+    if ifname.contains('/') || key.contains('/') {
+        return Err(std::io::Error::from(std::io::ErrorKind::InvalidInput));
+    }
+    Ok(["/proc/sys/net", family, "conf", ifname, key]
+        .iter()
+        .collect())
 }

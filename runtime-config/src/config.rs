@@ -6,10 +6,10 @@
 //! and the key, before any container is touched.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
 use crate::names::{check_ifname, check_network_name};
@@ -125,7 +125,8 @@ impl MacvlanMode {
     }
 }
 
-/// One admin-defined network: a parent NIC and, optionally, an IPv4 pool on it.
+/// One admin-defined network: a parent NIC and, optionally, an IPv4 pool,
+/// an IPv6 pool or both on it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Network {
     pub name: String,
@@ -136,8 +137,29 @@ pub struct Network {
     pub ifname: Option<String>,
     /// MTU of the child; `None` inherits the parent's.
     pub mtu: Option<u32>,
-    /// `None`: the link is layer 2 only (no address, no route).
+    /// `None` for both: the link is layer 2 only (no address, no route).
     pub ipv4: Option<Ipv4Pool>,
+    pub ipv6: Option<Ipv6Pool>,
+}
+
+impl Network {
+    /// The network's pools, IPv4 first: the order addresses are leased,
+    /// recorded and configured in.
+    pub fn pools(&self) -> impl Iterator<Item = Pool<'_>> {
+        let v4 = self.ipv4.as_ref().map(Pool::V4);
+        let v6 = self.ipv6.as_ref().map(Pool::V6);
+        v4.into_iter().chain(v6)
+    }
+
+    /// Whether the network hands out addresses of any family.
+    pub fn has_pool(&self) -> bool {
+        self.ipv4.is_some() || self.ipv6.is_some()
+    }
+
+    /// The pool of `address`'s family, if the network has one.
+    pub fn pool_for(&self, address: IpAddr) -> Option<Pool<'_>> {
+        self.pools().find(|p| p.is_ipv6() == address.is_ipv6())
+    }
 }
 
 /// The addresses a network hands out, and what every holder is told about the subnet.
@@ -174,6 +196,127 @@ impl Ipv4Pool {
     }
 }
 
+/// The IPv6 twin of [`Ipv4Pool`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ipv6Pool {
+    pub subnet: Ipv6Net,
+    /// First and last address of the range, inclusive.
+    pub first: Ipv6Addr,
+    pub last: Ipv6Addr,
+    /// Inside the subnet, or link-local (`fe80::1`, as routers often are).
+    pub gateway: Option<Ipv6Addr>,
+    /// Destinations routed via `gateway`.
+    pub routes: Vec<Ipv6Net>,
+}
+
+impl Ipv6Pool {
+    /// Number of addresses in the range, saturating: a range can span a
+    /// whole /64 (2^64 addresses), which is why nobody walks it.
+    pub fn size(&self) -> u128 {
+        (u128::from(self.last) - u128::from(self.first)).saturating_add(1)
+    }
+
+    /// The `i`-th address of the range, `i < size()`.
+    pub fn nth(&self, i: u128) -> Ipv6Addr {
+        Ipv6Addr::from(u128::from(self.first) + i)
+    }
+
+    /// Whether `addr` may be handed to a container: inside the range and not the gateway.
+    pub fn assignable(&self, addr: Ipv6Addr) -> bool {
+        addr >= self.first && addr <= self.last && Some(addr) != self.gateway
+    }
+
+    /// The range as the admin wrote it, for messages.
+    pub fn range_text(&self) -> String {
+        format!("{}-{}", self.first, self.last)
+    }
+}
+
+/// Either family's pool, for code (leasing) that treats both alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pool<'a> {
+    V4(&'a Ipv4Pool),
+    V6(&'a Ipv6Pool),
+}
+
+impl Pool<'_> {
+    pub fn is_ipv6(&self) -> bool {
+        matches!(self, Pool::V6(_))
+    }
+
+    /// Number of addresses in the range (the gateway included, if it falls inside).
+    pub fn size(&self) -> u128 {
+        match self {
+            Pool::V4(p) => u128::from(p.size()),
+            Pool::V6(p) => p.size(),
+        }
+    }
+
+    /// The `i`-th address of the range, `i < size()`.
+    pub fn nth(&self, i: u128) -> IpAddr {
+        match self {
+            Pool::V4(p) => IpAddr::V4(p.nth(i as u32)),
+            Pool::V6(p) => IpAddr::V6(p.nth(i)),
+        }
+    }
+
+    /// Whether `addr` may be handed to a container; never one of the other family.
+    pub fn assignable(&self, addr: IpAddr) -> bool {
+        match (self, addr) {
+            (Pool::V4(p), IpAddr::V4(a)) => p.assignable(a),
+            (Pool::V6(p), IpAddr::V6(a)) => p.assignable(a),
+            _ => false,
+        }
+    }
+
+    pub fn gateway(&self) -> Option<IpAddr> {
+        match self {
+            Pool::V4(p) => p.gateway.map(IpAddr::V4),
+            Pool::V6(p) => p.gateway.map(IpAddr::V6),
+        }
+    }
+
+    /// The subnet's prefix length, which every address is configured with.
+    pub fn prefix_len(&self) -> u8 {
+        match self {
+            Pool::V4(p) => p.subnet.prefix_len(),
+            Pool::V6(p) => p.subnet.prefix_len(),
+        }
+    }
+
+    /// Destinations routed via the gateway.
+    pub fn routes(&self) -> Vec<IpNet> {
+        match self {
+            Pool::V4(p) => p.routes.iter().copied().map(IpNet::V4).collect(),
+            Pool::V6(p) => p.routes.iter().copied().map(IpNet::V6).collect(),
+        }
+    }
+
+    /// First address of the range.
+    pub fn first(&self) -> IpAddr {
+        match self {
+            Pool::V4(p) => IpAddr::V4(p.first),
+            Pool::V6(p) => IpAddr::V6(p.first),
+        }
+    }
+
+    /// Last address of the range.
+    pub fn last(&self) -> IpAddr {
+        match self {
+            Pool::V4(p) => IpAddr::V4(p.last),
+            Pool::V6(p) => IpAddr::V6(p.last),
+        }
+    }
+
+    /// The range as the admin wrote it, for messages.
+    pub fn range_text(&self) -> String {
+        match self {
+            Pool::V4(p) => p.range_text(),
+            Pool::V6(p) => p.range_text(),
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -199,6 +342,9 @@ struct RawNetwork {
     subnet: Option<String>,
     range: Option<String>,
     gateway: Option<String>,
+    subnet6: Option<String>,
+    range6: Option<String>,
+    gateway6: Option<String>,
     routes: Option<Vec<String>>,
 }
 
@@ -234,10 +380,10 @@ impl Config {
                 })?;
             networks.insert(name, network);
         }
-        check_overlaps(&networks).map_err(|(network, message)| ConfigError::Invalid {
+        check_overlaps(&networks).map_err(|(network, key, message)| ConfigError::Invalid {
             path: path.to_owned(),
             section: format!("network {network}"),
-            key: "range",
+            key,
             message,
         })?;
         let mut profiles = BTreeMap::new();
@@ -301,20 +447,37 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
             return Err(("mtu", format!("{mtu} is not between 68 and 65535")));
         }
     }
-    let ipv4 = match raw.subnet {
-        Some(subnet) => Some(validate_pool(&subnet, raw.range, raw.gateway, raw.routes)?),
+    let stray = |keys: [(&'static str, bool); 2], needs: &str| -> Result<(), KeyError> {
+        match keys.into_iter().find(|(_, set)| *set) {
+            Some((key, _)) => Err((key, format!("needs {needs}"))),
+            None => Ok(()),
+        }
+    };
+    let mut ipv4 = match raw.subnet {
+        Some(subnet) => Some(validate_pool(&subnet, raw.range, raw.gateway)?),
         None => {
-            let stray = [
+            let keys = [
                 ("range", raw.range.is_some()),
                 ("gateway", raw.gateway.is_some()),
-                ("routes", raw.routes.is_some()),
             ];
-            if let Some((key, _)) = stray.into_iter().find(|(_, set)| *set) {
-                return Err((key, "needs a subnet".into()));
-            }
+            stray(keys, "a subnet")?;
             None
         }
     };
+    let mut ipv6 = match raw.subnet6 {
+        Some(subnet) => Some(validate_pool6(&subnet, raw.range6, raw.gateway6)?),
+        None => {
+            let keys = [
+                ("range6", raw.range6.is_some()),
+                ("gateway6", raw.gateway6.is_some()),
+            ];
+            stray(keys, "subnet6")?;
+            None
+        }
+    };
+    if let Some(routes) = raw.routes {
+        assign_routes(&routes, &mut ipv4, &mut ipv6).map_err(|m| ("routes", m))?;
+    }
     Ok(Network {
         name: name.to_owned(),
         parent: raw.parent,
@@ -322,6 +485,7 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
         ifname: raw.ifname,
         mtu: raw.mtu,
         ipv4,
+        ipv6,
     })
 }
 
@@ -329,7 +493,6 @@ fn validate_pool(
     subnet: &str,
     range: Option<String>,
     gateway: Option<String>,
-    routes: Option<Vec<String>>,
 ) -> Result<Ipv4Pool, KeyError> {
     let subnet = parse_net(subnet).map_err(|m| ("subnet", m))?;
     // Network and broadcast addresses are only hosts in /31 and /32 subnets.
@@ -378,43 +541,158 @@ fn validate_pool(
             "holds only the gateway: no address to hand out".into(),
         ));
     }
-
-    let routes = routes
-        .unwrap_or_default()
-        .iter()
-        .map(|r| {
-            if r == "default" {
-                Ok(Ipv4Net::default())
-            } else {
-                parse_net(r)
-            }
-        })
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|m| ("routes", m))?;
-    if !routes.is_empty() && gateway.is_none() {
-        return Err(("routes", "routes go via the gateway: set gateway".into()));
-    }
     Ok(Ipv4Pool {
         subnet,
         first,
         last,
         gateway,
-        routes,
+        routes: Vec::new(),
     })
 }
 
+/// `subnet6`, `range6` and `gateway6`. The default range is the whole
+/// subnet but its first address, the subnet-router anycast address
+/// (RFC 4291 2.6.1); a /64 is 2^64 addresses, which the lease search never
+/// walks (it starts at a slot derived from the container and tries a
+/// bounded number).
+fn validate_pool6(
+    subnet: &str,
+    range: Option<String>,
+    gateway: Option<String>,
+) -> Result<Ipv6Pool, KeyError> {
+    let subnet = parse_net6(subnet).map_err(|m| ("subnet6", m))?;
+    // /127 (RFC 6164) and /128 have no anycast address to spare.
+    let lowest = if subnet.prefix_len() >= 127 {
+        subnet.network()
+    } else {
+        Ipv6Addr::from(u128::from(subnet.network()) + 1)
+    };
+    let highest = subnet.broadcast();
+    let host = |key: &'static str, addr: Ipv6Addr| -> Result<Ipv6Addr, KeyError> {
+        if addr < lowest || addr > highest {
+            return Err((
+                key,
+                format!("{addr} is not a host address of subnet6 {subnet}"),
+            ));
+        }
+        Ok(addr)
+    };
+    let gateway = match gateway {
+        Some(g) => {
+            let addr = parse_addr6(&g).map_err(|m| ("gateway6", m))?;
+            // Routers are often known by their link-local address only.
+            let link_local = addr.segments()[0] & 0xffc0 == 0xfe80;
+            Some(if link_local {
+                addr
+            } else {
+                host("gateway6", addr)?
+            })
+        }
+        None => None,
+    };
+    let (first, last) = match range {
+        Some(r) => {
+            let (a, b) = r
+                .split_once('-')
+                .ok_or(("range6", format!("{r:?} is not of the form FIRST-LAST")))?;
+            let first = host("range6", parse_addr6(a).map_err(|m| ("range6", m))?)?;
+            let last = host("range6", parse_addr6(b).map_err(|m| ("range6", m))?)?;
+            if first > last {
+                return Err(("range6", format!("{first} comes after {last}")));
+            }
+            (first, last)
+        }
+        None => (lowest, highest),
+    };
+    if first == last && Some(first) == gateway {
+        return Err((
+            "range6",
+            "holds only gateway6: no address to hand out".into(),
+        ));
+    }
+    Ok(Ipv6Pool {
+        subnet,
+        first,
+        last,
+        gateway,
+        routes: Vec::new(),
+    })
+}
+
+/// Sorts `routes` into the pools: an IPv4 prefix goes via `gateway`, an
+/// IPv6 one via `gateway6`, and "default" is the default route of each
+/// family that has a gateway.
+fn assign_routes(
+    routes: &[String],
+    ipv4: &mut Option<Ipv4Pool>,
+    ipv6: &mut Option<Ipv6Pool>,
+) -> Result<(), String> {
+    if ipv4.is_none() && ipv6.is_none() {
+        return Err("needs a subnet or subnet6".into());
+    }
+    const VIA_GATEWAY: &str = "routes go via the gateway: set gateway";
+    const VIA_GATEWAY6: &str = "IPv6 routes go via gateway6: set gateway6";
+    for route in routes {
+        if route.trim() == "default" {
+            let v4 = ipv4.as_mut().filter(|p| p.gateway.is_some());
+            let v6 = ipv6.as_mut().filter(|p| p.gateway.is_some());
+            if v4.is_none() && v6.is_none() {
+                return Err(if ipv4.is_some() {
+                    VIA_GATEWAY.into()
+                } else {
+                    VIA_GATEWAY6.into()
+                });
+            }
+            if let Some(pool) = v4 {
+                pool.routes.push(Ipv4Net::default());
+            }
+            if let Some(pool) = v6 {
+                pool.routes.push(Ipv6Net::default());
+            }
+            continue;
+        }
+        match parse_prefix(route)? {
+            IpNet::V4(net) => {
+                let pool = ipv4
+                    .as_mut()
+                    .ok_or_else(|| format!("{net} is IPv4, but the network has no subnet"))?;
+                if pool.gateway.is_none() {
+                    return Err(VIA_GATEWAY.into());
+                }
+                pool.routes.push(net);
+            }
+            IpNet::V6(net) => {
+                let pool = ipv6
+                    .as_mut()
+                    .ok_or_else(|| format!("{net} is IPv6, but the network has no subnet6"))?;
+                if pool.gateway.is_none() {
+                    return Err(VIA_GATEWAY6.into());
+                }
+                pool.routes.push(net);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Two pools on one parent share an L2 but not a lease directory: ranges
-/// that overlap there would hand out one address twice.
-fn check_overlaps(networks: &BTreeMap<String, Network>) -> Result<(), (String, String)> {
-    let pools: Vec<(&Network, &Ipv4Pool)> = networks
+/// of one family that overlap there would hand out one address twice.
+/// The error names the later network and its range key.
+fn check_overlaps(
+    networks: &BTreeMap<String, Network>,
+) -> Result<(), (String, &'static str, String)> {
+    let pools: Vec<(&Network, Pool)> = networks
         .values()
-        .filter_map(|n| n.ipv4.as_ref().map(|p| (n, p)))
+        .flat_map(|n| n.pools().map(move |p| (n, p)))
         .collect();
     for (i, (a, pa)) in pools.iter().enumerate() {
         for (b, pb) in &pools[i + 1..] {
-            if a.parent == b.parent && pa.first <= pb.last && pb.first <= pa.last {
+            let same_family = pa.is_ipv6() == pb.is_ipv6();
+            let overlap = pa.first() <= pb.last() && pb.first() <= pa.last();
+            if a.parent == b.parent && same_family && overlap {
                 return Err((
                     b.name.clone(),
+                    if pb.is_ipv6() { "range6" } else { "range" },
                     format!(
                         "{} overlaps network {}'s {} on the same parent {}",
                         pb.range_text(),
@@ -435,11 +713,49 @@ fn parse_addr(s: &str) -> Result<Ipv4Addr, String> {
         .map_err(|_| format!("{:?} is not an IPv4 address", s.trim()))
 }
 
+fn parse_addr6(s: &str) -> Result<Ipv6Addr, String> {
+    s.trim()
+        .parse()
+        .map_err(|_| format!("{:?} is not an IPv6 address", s.trim()))
+}
+
 fn parse_net(s: &str) -> Result<Ipv4Net, String> {
-    let net: Ipv4Net = s
+    let net: Ipv4Net = s.trim().parse().map_err(|_| {
+        let hint = if s.parse::<Ipv6Net>().is_ok() {
+            " (an IPv6 prefix goes in subnet6)"
+        } else {
+            ""
+        };
+        format!("{s:?} is not an IPv4 prefix like 10.10.0.0/24{hint}")
+    })?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+fn parse_net6(s: &str) -> Result<Ipv6Net, String> {
+    let net: Ipv6Net = s
         .trim()
         .parse()
-        .map_err(|_| format!("{s:?} is not an IPv4 prefix like 10.10.0.0/24"))?;
+        .map_err(|_| format!("{s:?} is not an IPv6 prefix like fd00:77::/64"))?;
+    if net.addr() != net.network() {
+        return Err(format!(
+            "{net} has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// A route's destination, of either family.
+fn parse_prefix(s: &str) -> Result<IpNet, String> {
+    let net: IpNet = s.trim().parse().map_err(|_| {
+        format!("{s:?} is not a prefix like 10.20.0.0/16 or fd00:20::/48, nor \"default\"")
+    })?;
     if net.addr() != net.network() {
         return Err(format!(
             "{net} has host bits set; did you mean {}?",
@@ -543,6 +859,72 @@ parent = "ens1f1"
     }
 
     #[test]
+    fn dual_stack_routes_go_to_their_family_and_default_to_both() {
+        let c = parse(
+            "[networks.a]\nparent = \"p\"\nsubnet = \"10.1.0.0/24\"\ngateway = \"10.1.0.1\"\n\
+             subnet6 = \"fd00:77::/64\"\nrange6 = \"fd00:77::100-fd00:77::1ff\"\ngateway6 = \"fd00:77::1\"\n\
+             routes = [\"10.20.0.0/16\", \"fd00:20::/48\", \"default\"]",
+        )
+        .unwrap();
+        let a = &c.networks["a"];
+        let (v4, v6) = (a.ipv4.as_ref().unwrap(), a.ipv6.as_ref().unwrap());
+        assert_eq!(
+            v4.routes,
+            ["10.20.0.0/16", "0.0.0.0/0"].map(|r| r.parse().unwrap())
+        );
+        assert_eq!(
+            v6.routes,
+            ["fd00:20::/48", "::/0"].map(|r| r.parse().unwrap())
+        );
+        assert_eq!(v6.size(), 256);
+        assert_eq!(v6.gateway, Some("fd00:77::1".parse().unwrap()));
+        let pools: Vec<bool> = a.pools().map(|p| p.is_ipv6()).collect();
+        assert_eq!(pools, [false, true], "IPv4 first");
+        assert!(a
+            .pool_for("fd00:77::150".parse().unwrap())
+            .unwrap()
+            .is_ipv6());
+
+        // "default" is the default route of each family with a gateway.
+        let c = parse(
+            "[networks.a]\nparent = \"p\"\nsubnet = \"10.1.0.0/24\"\n\
+             subnet6 = \"fd00:77::/64\"\ngateway6 = \"fe80::1\"\nroutes = [\"default\"]",
+        )
+        .unwrap();
+        let a = &c.networks["a"];
+        assert!(a.ipv4.as_ref().unwrap().routes.is_empty());
+        assert_eq!(a.ipv6.as_ref().unwrap().routes, ["::/0".parse().unwrap()]);
+        assert_eq!(
+            a.ipv6.as_ref().unwrap().gateway,
+            Some("fe80::1".parse().unwrap()),
+            "a link-local gateway is fine"
+        );
+    }
+
+    #[test]
+    fn ipv6_only_network_with_the_default_range() {
+        let c = parse("[networks.a]\nparent = \"p\"\nsubnet6 = \"fd00:77::/64\"").unwrap();
+        let a = &c.networks["a"];
+        assert!(a.ipv4.is_none() && a.has_pool());
+        let v6 = a.ipv6.as_ref().unwrap();
+        // Everything but the subnet-router anycast address ::0.
+        assert_eq!(
+            (v6.first, v6.last),
+            (
+                "fd00:77::1".parse().unwrap(),
+                "fd00:77::ffff:ffff:ffff:ffff".parse().unwrap()
+            )
+        );
+        assert_eq!(v6.size(), (1u128 << 64) - 1);
+        let c = parse("[networks.a]\nparent = \"p\"\nsubnet6 = \"fd00::/127\"").unwrap();
+        assert_eq!(c.networks["a"].ipv6.as_ref().unwrap().size(), 2);
+        let c = parse("[networks.a]\nparent = \"p\"\nsubnet6 = \"::/0\"").unwrap();
+        assert_eq!(c.networks["a"].ipv6.as_ref().unwrap().size(), u128::MAX);
+        let c = parse("[networks.a]\nparent = \"p\"").unwrap();
+        assert!(!c.networks["a"].has_pool());
+    }
+
+    #[test]
     fn slash_31_uses_both_addresses() {
         let c = parse("[networks.a]\nparent = \"p\"\nsubnet = \"10.1.0.0/31\"").unwrap();
         assert_eq!(c.networks["a"].ipv4.as_ref().unwrap().size(), 2);
@@ -631,6 +1013,73 @@ parent = "ens1f1"
                 "routes: 10.2.0.1/16 has host bits set",
             ),
             ("mode = \"l3\"", "unknown variant `l3`"),
+            ("range6 = \"fd00::1-fd00::2\"", "range6: needs subnet6"),
+            ("gateway6 = \"fd00::1\"", "gateway6: needs subnet6"),
+            ("subnet = \"fd00::/64\"", "(an IPv6 prefix goes in subnet6)"),
+            (
+                "subnet6 = \"10.0.0.0/24\"",
+                "subnet6: \"10.0.0.0/24\" is not an IPv6 prefix like fd00:77::/64",
+            ),
+            (
+                "subnet6 = \"fd00::1/64\"",
+                "subnet6: fd00::1/64 has host bits set; did you mean fd00::/64?",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nrange6 = \"fd00::9\"",
+                "range6: \"fd00::9\" is not of the form FIRST-LAST",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nrange6 = \"fd00::0-fd00::9\"",
+                "range6: fd00:: is not a host address of subnet6 fd00::/64",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nrange6 = \"fd00::9-fd00:0:0:1::1\"",
+                "range6: fd00:0:0:1::1 is not a host address of subnet6 fd00::/64",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nrange6 = \"fd00::9-fd00::2\"",
+                "range6: fd00::9 comes after fd00::2",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nrange6 = \"fd00::x-fd00::2\"",
+                "range6: \"fd00::x\" is not an IPv6 address",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\ngateway6 = \"fd01::1\"",
+                "gateway6: fd01::1 is not a host address of subnet6 fd00::/64",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\ngateway6 = \"10.0.0.1\"",
+                "gateway6: \"10.0.0.1\" is not an IPv6 address",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\ngateway6 = \"fd00::1\"\nrange6 = \"fd00::1-fd00::1\"",
+                "range6: holds only gateway6",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nroutes = [\"fd00:20::/48\"]",
+                "routes: IPv6 routes go via gateway6: set gateway6",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\nroutes = [\"default\"]",
+                "routes: IPv6 routes go via gateway6: set gateway6",
+            ),
+            (
+                "subnet6 = \"fd00::/64\"\ngateway6 = \"fd00::1\"\nroutes = [\"10.2.0.0/16\"]",
+                "routes: 10.2.0.0/16 is IPv4, but the network has no subnet",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.1\"\nroutes = [\"fd00:20::/48\"]",
+                "routes: fd00:20::/48 is IPv6, but the network has no subnet6",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.1\"\nroutes = [\"fd00:20::1/48\"]",
+                "routes: fd00:20::1/48 has host bits set; did you mean fd00:20::/48?",
+            ),
+            (
+                "subnet = \"10.0.0.0/24\"\ngateway = \"10.0.0.1\"\nroutes = [\"upstream\"]",
+                "routes: \"upstream\" is not a prefix like 10.20.0.0/16 or fd00:20::/48",
+            ),
         ];
         for (body, want) in cases {
             let got = net(body);
@@ -658,6 +1107,24 @@ parent = "ens1f1"
             "config /etc/nsbypass/config.toml: network b: range: 10.0.0.20-10.0.0.30 overlaps network a's 10.0.0.10-10.0.0.20 on the same parent p0"
         );
         assert!(parse(&two("p1")).is_ok(), "another parent is another wire");
+
+        let two6 = |range_b: &str| {
+            format!(
+                "[networks.a]\nparent = \"p0\"\nsubnet = \"10.0.0.0/24\"\nsubnet6 = \"fd00::/64\"\nrange6 = \"fd00::10-fd00::20\"\n\
+                 [networks.b]\nparent = \"p0\"\nsubnet = \"10.1.0.0/24\"\nsubnet6 = \"fd00::/64\"\nrange6 = \"{range_b}\"\n"
+            )
+        };
+        assert_eq!(
+            err(&two6("fd00::20-fd00::30")),
+            "config /etc/nsbypass/config.toml: network b: range6: fd00::20-fd00::30 overlaps network a's fd00::10-fd00::20 on the same parent p0"
+        );
+        assert!(parse(&two6("fd00::21-fd00::30")).is_ok());
+        // The default range6 is the whole subnet: two of them on one wire collide.
+        let e = err("[networks.a]\nparent = \"p0\"\nsubnet6 = \"fd00::/64\"\n[networks.b]\nparent = \"p0\"\nsubnet6 = \"fd00::/64\"\n");
+        assert!(
+            e.contains("network b: range6: fd00::1-fd00::ffff:ffff:ffff:ffff overlaps"),
+            "{e}"
+        );
     }
 
     #[test]

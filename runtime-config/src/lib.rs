@@ -14,7 +14,8 @@ pub mod state;
 
 pub use bundle::Bundle;
 pub use config::{
-    Config, ConfigError, Ipv4Pool, LogConfig, LogFormat, LogLevel, MacvlanMode, Network,
+    Config, ConfigError, Ipv4Pool, Ipv6Pool, LogConfig, LogFormat, LogLevel, MacvlanMode, Network,
+    Pool,
 };
 pub use profile::{DeviceSpec, MountSpec, Profile};
 pub use request::{Request, RequestError};

@@ -10,7 +10,9 @@ use crate::names::check_network_name;
 /// Annotation and environment variable naming the networks to join.
 pub const NETWORK_ANNOTATION: &str = "nsbypass.io/network";
 pub const NETWORK_ENV: &str = "NSBYPASS_NETWORK";
-/// Annotation and environment variable pinning addresses: `NAME=ADDR[,NAME=ADDR]`.
+/// Annotation and environment variable pinning addresses:
+/// `NAME=ADDR[,NAME=ADDR]`, at most one address per family per network
+/// (`fast=10.10.0.150,fast=fd00:77::150`).
 pub const IP_ANNOTATION: &str = "nsbypass.io/ip";
 pub const IP_ENV: &str = "NSBYPASS_IP";
 /// Annotation and environment variable naming bypass-stack profiles.
@@ -35,8 +37,8 @@ pub struct RequestError {
 pub struct Request {
     /// Network names, in request order (which fixes `netN` interface names).
     pub networks: Vec<String>,
-    /// Pinned addresses by network name.
-    pub addresses: BTreeMap<String, IpAddr>,
+    /// Pinned addresses by network name: at most one per family, IPv4 first.
+    pub addresses: BTreeMap<String, Vec<IpAddr>>,
     /// Bypass-stack profile names, in request order. Whether the spec
     /// already carries one is for the hook to verify against the spec
     /// ([`crate::install::check_in_spec`]): the in-spec marker variable is
@@ -120,8 +122,15 @@ fn parse_names(value: &str, what: &str) -> Result<Vec<String>, String> {
     Ok(names)
 }
 
-fn parse_addresses(value: &str, networks: &[String]) -> Result<BTreeMap<String, IpAddr>, String> {
-    let mut addresses = BTreeMap::new();
+/// Parses `NAME=ADDR[,NAME=ADDR]` (the `nsbypass.io/ip` form, also what
+/// a `--ip` flag takes) for a container requesting `networks`: each name
+/// must be requested, and each network gets at most one address per
+/// family, returned IPv4 first.
+pub fn parse_addresses(
+    value: &str,
+    networks: &[String],
+) -> Result<BTreeMap<String, Vec<IpAddr>>, String> {
+    let mut addresses: BTreeMap<String, Vec<IpAddr>> = BTreeMap::new();
     for item in value.split(',').map(str::trim) {
         let (name, addr) = item
             .split_once('=')
@@ -136,9 +145,15 @@ fn parse_addresses(value: &str, networks: &[String]) -> Result<BTreeMap<String, 
             .trim()
             .parse()
             .map_err(|_| format!("{:?} is not an IP address", addr.trim()))?;
-        if addresses.insert(name.to_owned(), addr).is_some() {
-            return Err(format!("network {name} has two addresses in {value:?}"));
+        let pinned = addresses.entry(name.to_owned()).or_default();
+        if pinned.iter().any(|a| a.is_ipv6() == addr.is_ipv6()) {
+            let family = if addr.is_ipv6() { "IPv6" } else { "IPv4" };
+            return Err(format!(
+                "network {name} has two {family} addresses in {value:?}"
+            ));
         }
+        pinned.push(addr);
+        pinned.sort_by_key(IpAddr::is_ipv6);
     }
     Ok(addresses)
 }
@@ -179,7 +194,29 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.networks, ["fast", "slow"]);
-        assert_eq!(r.addresses["slow"], "10.1.0.7".parse::<IpAddr>().unwrap());
+        assert_eq!(r.addresses["slow"], ["10.1.0.7".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn one_address_per_family_per_network_ipv4_first() {
+        let r = req(
+            &[
+                ("nsbypass.io/network", "fast,slow"),
+                (
+                    "nsbypass.io/ip",
+                    "fast=fd00:77::150, fast=10.77.0.150,slow=fd00:1::9",
+                ),
+            ],
+            &[],
+        )
+        .unwrap();
+        let ips =
+            |list: &[&str]| -> Vec<IpAddr> { list.iter().map(|a| a.parse().unwrap()).collect() };
+        assert_eq!(r.addresses["fast"], ips(&["10.77.0.150", "fd00:77::150"]));
+        assert_eq!(r.addresses["slow"], ips(&["fd00:1::9"]));
+        // The CLI's --ip takes the same form.
+        let pinned = parse_addresses("fast=fd00:77::7", &["fast".into()]).unwrap();
+        assert_eq!(pinned["fast"], ips(&["fd00:77::7"]));
     }
 
     #[test]
@@ -226,7 +263,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.networks, ["fast"]);
-        assert_eq!(r.addresses["fast"], "10.0.0.9".parse::<IpAddr>().unwrap());
+        assert_eq!(r.addresses["fast"], ["10.0.0.9".parse::<IpAddr>().unwrap()]);
     }
 
     #[test]
@@ -283,7 +320,23 @@ mod tests {
                     ("nsbypass.io/ip", "fast=10.0.0.1,fast=10.0.0.2"),
                 ],
                 &[],
-                "network fast has two addresses",
+                "network fast has two IPv4 addresses in \"fast=10.0.0.1,fast=10.0.0.2\"",
+            ),
+            (
+                &[
+                    ("nsbypass.io/network", "fast"),
+                    ("nsbypass.io/ip", "fast=fd00::1,fast=fd00::2"),
+                ],
+                &[],
+                "network fast has two IPv6 addresses",
+            ),
+            (
+                &[
+                    ("nsbypass.io/network", "fast"),
+                    ("nsbypass.io/ip", "fast=fd00::1::2"),
+                ],
+                &[],
+                "\"fd00::1::2\" is not an IP address",
             ),
             (
                 &[],

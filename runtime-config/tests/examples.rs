@@ -43,8 +43,8 @@ fn example_config_and_runc_spec_agree() {
     }
     for network in &request.networks {
         let net = &config.networks[network];
-        if let Some(std::net::IpAddr::V4(ip)) = request.addresses.get(network) {
-            assert!(net.ipv4.as_ref().unwrap().assignable(*ip));
+        for ip in request.addresses.get(network).into_iter().flatten() {
+            assert!(net.pool_for(*ip).unwrap().assignable(*ip), "{ip}");
         }
     }
     let hooks: serde_json::Value = serde_json::from_slice(spec).unwrap();

@@ -60,6 +60,9 @@ fn failpoints_match_the_hooks() {
         .skip(1)
         .step_by(2)
         .filter(|n| !n.starts_with("profile-"))
+        // Reached only on a network with subnet6, which these tests'
+        // config lacks: addressing.rs fails and kills the hook there.
+        .filter(|n| *n != "ndisc-notify")
         .collect();
     let here: BTreeSet<&str> = NETWORK_FAILPOINTS.iter().map(|(n, _)| *n).collect();
     assert_eq!(all, here, "the network failpoints these tests cover");
