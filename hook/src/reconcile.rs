@@ -300,6 +300,13 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
         }
     }
 
+    for network in &pooled {
+        if let Err(failure) = reclaim(network, stores) {
+            collected.failures.push(failure);
+        }
+    }
+    // After the leases: freeing one reconciles its record, which may
+    // find the namespace gone only now.
     for id in stores.state.container_ids().step(Step::ReadRecords)? {
         match stale_pointer(stores.state, &id) {
             Ok(false) => {}
@@ -311,11 +318,6 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
         }
     }
 
-    for network in &pooled {
-        if let Err(failure) = reclaim(network, stores) {
-            collected.failures.push(failure);
-        }
-    }
     let leases_after = all_leases(stores, &pooled)?;
     collected.leases = leases_before
         .into_iter()
