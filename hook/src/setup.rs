@@ -473,6 +473,7 @@ fn wire(
         mode: network.mode,
         mac: parse_mac(&link.mac),
         mtu: network.mtu,
+        bc_queue_len: network.bc_queue_len,
     };
     failpoint::hit("create-link").step_on(Step::CreateLink, name)?;
     let made = match kernel.create_macvlan(&spec) {
