@@ -431,10 +431,7 @@ fn converge_to(
     stores: &mut Stores,
 ) -> std::result::Result<(), Failure> {
     let target = network.and_then(|n| wanted(n, stores.host).map(|w| (n, w)));
-    let record = stores
-        .state
-        .shim(name)
-        .step_on(Step::Shim(WriteRecord), name)?;
+    let record = stores.state.shim(name).step_on(Step::ReadRecords, name)?;
     if target.is_none() && record.is_none() {
         return Ok(());
     }
