@@ -55,6 +55,22 @@ pub fn temporary_ifname(netns: &str, container: &str, network: &str) -> String {
     format!("nsb{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
 }
 
+/// The name of `network`'s host shim: `nsbs-` and 8 hex digits (13 bytes,
+/// within IFNAMSIZ whatever the network's name), the same on every run.
+pub fn shim_ifname(network: &str) -> String {
+    let d = digest("nsbypass-shim-ifname", "", "", network);
+    format!("nsbs-{:02x}{:02x}{:02x}{:02x}", d[0], d[1], d[2], d[3])
+}
+
+/// The MAC of `network`'s host shim on host `host`: stable, like a
+/// container's, and never one of theirs (another purpose in the digest).
+pub fn shim_mac(host: &str, network: &str) -> [u8; 6] {
+    let d = digest("nsbypass-shim-mac", host, "", network);
+    let mut mac = [d[0], d[1], d[2], d[3], d[4], d[5]];
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,5 +96,18 @@ mod tests {
         assert!(n.len() <= 15 && n.starts_with("nsb"), "{n}");
         assert_eq!(n, temporary_ifname("4-4026532000", "c1", "fast"));
         assert_ne!(n, temporary_ifname("4-4026532001", "c1", "fast"));
+    }
+
+    #[test]
+    fn shim_names_and_macs_are_stable_short_and_local() {
+        let n = shim_ifname("a-network-name-of-sixty-four-bytes-is-still-fine-here-0123456789");
+        assert!(n.len() <= 15 && n.starts_with("nsbs-"), "{n}");
+        assert_eq!(shim_ifname("fast"), shim_ifname("fast"));
+        assert_ne!(shim_ifname("fast"), shim_ifname("slow"));
+        let m = shim_mac("h1", "fast");
+        assert_eq!(m, shim_mac("h1", "fast"));
+        assert_ne!(m, shim_mac("h2", "fast"));
+        assert_eq!((m[0] & 0x01, m[0] & 0x02), (0, 0x02));
+        assert_ne!(m, mac("h1", "", "fast"));
     }
 }

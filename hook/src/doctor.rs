@@ -514,7 +514,8 @@ fn macvlan_probe(
         mode: network.mode.kernel_value(),
         mac,
         mtu: network.mtu.filter(|_| mtu_fits),
-        netns: scratch.fd(),
+        netns: Some(scratch.fd()),
+        bc_queue_len: network.bc_queue_len,
     });
     if let Err(e) = made {
         let fix = match e.errno() {

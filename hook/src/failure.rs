@@ -44,6 +44,8 @@ pub enum Step {
     GrantDevices,
     DeleteLink,
     ReleaseAddress,
+    /// A step of making or removing a network's host shim.
+    Shim(crate::shim::ShimStep),
 }
 
 impl fmt::Display for Step {
@@ -76,6 +78,7 @@ impl fmt::Display for Step {
             Step::GrantDevices => "grant devices",
             Step::DeleteLink => "delete link",
             Step::ReleaseAddress => "release address",
+            Step::Shim(step) => step.name(),
         })
     }
 }

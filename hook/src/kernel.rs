@@ -34,6 +34,8 @@ pub struct MacvlanSpec {
     pub mode: MacvlanMode,
     pub mac: [u8; 6],
     pub mtu: Option<u32>,
+    /// The network's `bc_queue_len`, if set.
+    pub bc_queue_len: Option<u32>,
 }
 
 pub trait Kernel {
@@ -249,7 +251,8 @@ impl Kernel for RealKernel {
             mode: spec.mode.kernel_value(),
             mac: spec.mac,
             mtu: spec.mtu,
-            netns: self.netns.fd(),
+            netns: Some(self.netns.fd()),
+            bc_queue_len: spec.bc_queue_len,
         })?;
         // The trait promises that a failed create leaves nothing behind.
         let found = self.inner.link_by_name(&spec.name).and_then(|link| {

@@ -18,6 +18,7 @@ mod reconcile;
 mod records;
 mod runtime;
 mod setup;
+mod shim;
 mod teardown;
 
 #[cfg(test)]

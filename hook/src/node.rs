@@ -19,6 +19,7 @@ use crate::profile;
 use crate::reconcile::{self, Stores};
 use crate::records::{self, ContainerRecord, ProfilesRecord, Source, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Wired};
+use crate::shim;
 use crate::teardown::{self, IfDying, Leaving, Outcome};
 
 /// The file naming this host; mixed into MACs and written into every lease.
@@ -174,7 +175,17 @@ impl Node {
         };
         match (prepared, &ctx, &mut network) {
             (Some(prepared), Some(ctx), Some(n)) => {
-                match prepared.apply(ctx, &mut n.kernel, &mut stores, profiles_record) {
+                // Host shims first, so the host reaches the container as
+                // soon as it is wired; a failure converges them back.
+                let kernel = &mut n.kernel;
+                let wired = shim::around_setup(
+                    &self.config,
+                    &request.networks,
+                    &mut shim::RealHost::default(),
+                    &mut stores,
+                    |stores| prepared.apply(ctx, kernel, stores, profiles_record),
+                );
+                match wired {
                     Ok(wired) => done.wired = wired,
                     Err(failure) => return Err(undo_profiles(failure, applied)),
                 }
@@ -287,7 +298,13 @@ impl Node {
         let mut leases = state.leases();
         let mut reach = RealReach::default();
         let mut stores = self.stores(&state, &mut leases, &mut reach);
-        let outcome = teardown::leave(container, &mut stores, if_dying, leaving)?;
+        let outcome = shim::around_teardown(
+            &self.config,
+            container,
+            &mut shim::RealHost::default(),
+            &mut stores,
+            |stores| teardown::leave(container, stores, if_dying, leaving),
+        )?;
         match outcome {
             Outcome::Dying => Ok((Outcome::Dying, dying_macs(&state, container)?)),
             Outcome::NotRecorded => {

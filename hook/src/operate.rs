@@ -253,7 +253,14 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
 pub fn gc(config: &Path) -> anyhow::Result<()> {
     let node = Node::open(config)?;
     let networks: Vec<&str> = node.pooled_networks().collect();
-    let collected = node.with_stores(|stores| crate::reconcile::collect(stores, &networks))?;
+    let collected = node.with_stores(|stores| {
+        let mut collected = crate::reconcile::collect(stores, &networks)?;
+        // Host shims follow what is left: one per network still attached.
+        if let Err(failure) = crate::shim::converge_all(&node.config, stores) {
+            collected.failures.push(failure);
+        }
+        Ok(collected)
+    })?;
     for (network, address, container) in &collected.leases {
         println!("freed lease {network} {address} (taken for {container})");
     }

@@ -218,6 +218,10 @@ pub fn in_use(
     holder: &Holder,
     stores: &mut Stores,
 ) -> Result<bool, Failure> {
+    // The host shim's lease has no namespace record: its shim record says.
+    if holder.netns == crate::shim::HOLDER_NETNS {
+        return crate::shim::holds(network, address, stores);
+    }
     let Some(record) = stores
         .state
         .netns(&holder.netns)
@@ -238,7 +242,7 @@ pub fn in_use(
 }
 
 /// How many nsbypass links the records hold on `parent`, in every
-/// namespace, pending ones included. With `prune`, every record with a
+/// namespace and as host shims, pending ones included. With `prune`, every record with a
 /// link there is first brought up to date (see [`reconcile`]), so links of
 /// namespaces that are gone do not count.
 pub fn links_on(parent: &str, stores: &mut Stores, prune: bool) -> Result<usize, Failure> {
@@ -252,6 +256,11 @@ pub fn links_on(parent: &str, stores: &mut Stores, prune: bool) -> Result<usize,
             record = reconcile(record, stores)?.0;
         }
         count += on_parent(&record);
+    }
+    // The host shims are nsbypass links on their parent too.
+    for network in stores.state.shim_networks().step(Step::ReadRecords)? {
+        let shim = stores.state.shim(&network).step(Step::ReadRecords)?;
+        count += usize::from(shim.is_some_and(|s| s.parent == parent));
     }
     Ok(count)
 }

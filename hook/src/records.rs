@@ -9,6 +9,7 @@
 //! leases/<network>/<addr>  one file per leased address (see lease.rs)
 //! netns/<key>.json         one per wired network namespace: its links and member containers
 //! containers/<id>.json     which namespace a container joined (poststop starts here)
+//! shims/<network>.json     the host's own MACVLAN on a network with host_shim (see shim.rs)
 //! tmp/                     temporaries and scratch files; anything here under the lock is a leftover
 //! ```
 //!
@@ -41,6 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::FileLeases;
+pub use crate::shim::ShimRecord;
 
 /// How long a hook waits for the state lock: well inside the 10 s hook
 /// timeout nsbypass's generated hook definitions set, so that a stuck lock
@@ -317,6 +319,7 @@ pub struct StateDir {
     containers: Dir,
     netns: Dir,
     leases: Dir,
+    shims: Dir,
     _lock: LockGuard,
 }
 
@@ -339,6 +342,7 @@ impl StateDir {
             containers: root.subdir("containers")?,
             netns: root.subdir("netns")?,
             leases: root.subdir("leases")?,
+            shims: root.subdir("shims")?,
             tmp,
             _lock: lock,
         })
@@ -407,6 +411,33 @@ fn json_names(dir: &Dir) -> Result<Vec<String>, RecordError> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+impl StateDir {
+    pub fn shim(&self, network: &str) -> Result<Option<ShimRecord>, RecordError> {
+        read_json(&self.shims, &format!("{network}.json"))
+    }
+
+    pub fn put_shim(&self, record: &ShimRecord) -> Result<(), RecordError> {
+        let name = format!("{}.json", record.network);
+        write_json(&self.shims, &name, record, &self.tmp)
+    }
+
+    pub fn remove_shim(&self, network: &str) -> Result<(), RecordError> {
+        Ok(self.shims.remove(format!("{network}.json"))?)
+    }
+
+    /// The networks that have a shim record, sorted.
+    pub fn shim_networks(&self) -> Result<Vec<String>, RecordError> {
+        let mut networks: Vec<String> = self
+            .shims
+            .names()?
+            .iter()
+            .filter_map(|n| n.to_str()?.strip_suffix(".json").map(str::to_owned))
+            .collect();
+        networks.sort();
+        Ok(networks)
+    }
 }
 
 fn read_json<T: DeserializeOwned>(dir: &Dir, name: &str) -> Result<Option<T>, RecordError> {

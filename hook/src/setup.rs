@@ -495,7 +495,20 @@ fn check_link_budget(plans: &[Plan], config: &Config, stores: &mut Stores) -> Re
         let Some(max) = config.parents.get(parent).and_then(|p| p.max_links) else {
             continue;
         };
-        let adding = plans.iter().filter(|p| p.network.parent == parent).count();
+        let on_parent = || plans.iter().filter(|p| p.network.parent == parent);
+        // A network's first link brings its host shim.
+        let mut adding = on_parent().count();
+        for plan in on_parent().filter(|p| p.network.host_shim) {
+            let name = &plan.network.name;
+            if stores
+                .state
+                .shim(name)
+                .step_on(Step::Validate, name)?
+                .is_none()
+            {
+                adding += 1;
+            }
+        }
         let mut held = reconcile::links_on(parent, stores, false)?;
         if held + adding > max as usize {
             held = reconcile::links_on(parent, stores, true)?;
@@ -530,6 +543,7 @@ fn wire(
         mode: network.mode,
         mac: parse_mac(&link.mac),
         mtu: network.mtu,
+        bc_queue_len: network.bc_queue_len,
     };
     failpoint::hit("create-link").step_on(Step::CreateLink, name)?;
     let made = match kernel.create_macvlan(&spec) {

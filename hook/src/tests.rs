@@ -25,6 +25,7 @@ use crate::lease::Holder;
 use crate::reconcile::{self, Stores};
 use crate::records::{Identity, Source, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Context, Wired};
+use crate::shim::{self, HostNet};
 use crate::teardown::{self, Outcome};
 
 #[derive(Default)]
@@ -206,6 +207,75 @@ impl Kernel for FakeKernel {
     }
 }
 
+/// The host namespace: the parents, and the host shims made beside them.
+struct FakeHost(Shared);
+
+impl FakeHost {
+    fn call(&self, call: String) -> nsutil::Result<()> {
+        FakeKernel {
+            world: self.0.clone(),
+            ns: ns(0),
+        }
+        .call(call)
+    }
+}
+
+impl HostNet for FakeHost {
+    fn link(&mut self, name: &str) -> nsutil::Result<Option<Link>> {
+        Ok(self.0.borrow().parents.get(name).cloned())
+    }
+
+    fn link_by_index(&mut self, index: u32) -> nsutil::Result<Option<Link>> {
+        let w = self.0.borrow();
+        Ok(w.parents.values().find(|l| l.index == index).cloned())
+    }
+
+    fn create_macvlan(&mut self, spec: &MacvlanSpec) -> nsutil::Result<Link> {
+        self.call(format!("host create {}", spec.name))?;
+        let mut w = self.0.borrow_mut();
+        w.next_index += 1;
+        let link = Link {
+            index: w.next_index,
+            name: spec.name.clone(),
+            mtu: spec.mtu.unwrap_or(1500),
+            up: false,
+            mac: Some(spec.mac),
+            kind: Some("macvlan".into()),
+            parent_index: Some(spec.parent_index),
+            parent_netnsid: None,
+        };
+        w.parents.insert(spec.name.clone(), link.clone());
+        Ok(link)
+    }
+
+    fn delete(&mut self, index: u32) -> nsutil::Result<()> {
+        self.call(format!("host delete {index}"))?;
+        self.0.borrow_mut().parents.retain(|_, l| l.index != index);
+        Ok(())
+    }
+
+    fn arp_notify(&mut self, ifname: &str) -> nsutil::Result<()> {
+        self.call(format!("host arp_notify {ifname}"))
+    }
+
+    fn add_address(&mut self, _: u32, address: ipnet::IpNet) -> nsutil::Result<()> {
+        self.call(format!("host address {address}"))
+    }
+
+    fn set_up(&mut self, index: u32) -> nsutil::Result<()> {
+        self.call(format!("host up {index}"))?;
+        let mut w = self.0.borrow_mut();
+        if let Some(l) = w.parents.values_mut().find(|l| l.index == index) {
+            l.up = true;
+        }
+        Ok(())
+    }
+
+    fn add_route(&mut self, _: u32, destination: ipnet::Ipv4Net) -> nsutil::Result<()> {
+        self.call(format!("host route {destination}"))
+    }
+}
+
 /// Teardown's and reclaim's way back in.
 struct FakeReach(Shared);
 
@@ -362,18 +432,14 @@ fn ebusy() -> i32 {
 
 impl Bed {
     fn new() -> Bed {
-        Bed::with_config("")
+        Bed::with(CONFIG)
     }
 
-    /// A bed whose config is [`CONFIG`] plus `extra`.
-    fn with_config(extra: &str) -> Bed {
+    /// A bed whose config is `config`.
+    fn with(config: &str) -> Bed {
         let dir = tempfile::TempDir::new().unwrap();
         let root = dir.path().join("state");
-        let config = Config::parse(
-            &format!("{CONFIG}\n{extra}"),
-            Path::new("/etc/nsbypass/config.toml"),
-        )
-        .unwrap();
+        let config = Config::parse(config, Path::new("/etc/nsbypass/config.toml")).unwrap();
         let mut world = World {
             next_index: 10,
             ..World::default()
@@ -463,7 +529,17 @@ impl Bed {
             source: Source::Hook,
         };
         let mut kernel = self.kernel(ino);
-        self.with_stores(HOST, |stores| setup::setup(&ctx, &mut kernel, stores))
+        // As the node runs it: prepare, then host shims and apply.
+        self.with_stores(HOST, |stores| {
+            let prepared = setup::prepare(&ctx, &mut kernel, stores)?;
+            shim::around_setup(
+                &self.config,
+                &request.networks,
+                &mut FakeHost(self.world.clone()),
+                stores,
+                |stores| prepared.apply(&ctx, &mut kernel, stores, None),
+            )
+        })
     }
 
     fn setup(&self, container: &str, networks: &str) -> Result<Vec<Wired>, Failure> {
@@ -494,7 +570,13 @@ impl Bed {
     /// for a dying namespace (the fake's namespaces die at once).
     fn poststop(&self, container: &str) -> Result<Outcome, Failure> {
         self.with_stores(HOST, |stores| {
-            teardown::teardown(container, stores, teardown::IfDying::Keep)
+            shim::around_teardown(
+                &self.config,
+                container,
+                &mut FakeHost(self.world.clone()),
+                stores,
+                |stores| teardown::teardown(container, stores, teardown::IfDying::Keep),
+            )
         })
     }
 
@@ -1565,9 +1647,352 @@ fn a_setup_into_a_namespace_with_a_dead_ones_number_starts_afresh() {
     assert_eq!(leases[0].1.container, "b");
 }
 
+/// A network with a host shim: four addresses, one of them the shim's.
+const SHIM_CONFIG: &str = r#"
+[networks.reach]
+parent = "nic0"
+subnet = "10.7.0.0/24"
+range = "10.7.0.10-10.7.0.13"
+host_shim = true
+
+[networks.plain]
+parent = "nic0"
+subnet = "10.6.0.0/24"
+"#;
+
+fn shim_bed() -> Bed {
+    Bed::with(SHIM_CONFIG)
+}
+
+impl Bed {
+    /// The host shims: MACVLANs in the host namespace.
+    fn shims(&self) -> Vec<Link> {
+        let w = self.world.borrow();
+        w.parents
+            .values()
+            .filter(|l| l.kind.as_deref() == Some("macvlan"))
+            .cloned()
+            .collect()
+    }
+
+    fn shim_record(&self) -> Option<shim::ShimRecord> {
+        self.with_stores(HOST, |s| s.state.shim("reach").unwrap())
+    }
+
+    fn reach_leases(&self) -> Vec<(std::net::IpAddr, Holder)> {
+        self.with_stores(HOST, |s| s.leases.list("reach").unwrap())
+    }
+
+    /// The shim is there exactly when `there`: one link, up, recorded
+    /// (not pending) by its index, its address leased to the shim.
+    fn assert_shim(&self, there: bool, when: &str) {
+        let shims = self.shims();
+        let record = self.shim_record();
+        let shim_leases: Vec<_> = self
+            .reach_leases()
+            .into_iter()
+            .filter(|(_, h)| h.netns == shim::HOLDER_NETNS)
+            .collect();
+        if !there {
+            assert!(shims.is_empty(), "{when}: shim links left: {shims:?}");
+            assert_eq!(record, None, "{when}: a shim record is left");
+            assert!(shim_leases.is_empty(), "{when}: {shim_leases:?}");
+            return;
+        }
+        assert_eq!(shims.len(), 1, "{when}: {shims:?}");
+        let record = record.unwrap_or_else(|| panic!("{when}: no shim record"));
+        assert!(!record.pending && shims[0].up, "{when}: {record:?}");
+        assert_eq!(record.index, Some(shims[0].index), "{when}");
+        assert_eq!(
+            shim_leases,
+            [(
+                record.address.addr(),
+                Holder {
+                    host: HOST.into(),
+                    netns: shim::HOLDER_NETNS.into(),
+                    container: "shim:reach".into()
+                }
+            )],
+            "{when}"
+        );
+    }
+}
+
+#[test]
+fn a_host_shim_comes_with_the_first_attachment_and_goes_with_the_last() {
+    let bed = shim_bed();
+    bed.assert_shim(false, "before");
+    let c1 = bed.setup_in("c1", 1000, "reach", "").unwrap();
+    bed.assert_shim(true, "c1 attached");
+    let record = bed.shim_record().unwrap();
+    let ifname = crate::derive::shim_ifname("reach");
+    assert_eq!(record.ifname, ifname);
+    assert_eq!(record.address.prefix_len(), 32, "no connected route taken");
+    assert_ne!(record.address.addr(), c1[0].addresses[0].addr());
+    let index = record.index.unwrap();
+    // The shim comes first, so the host reaches the container once wired.
+    assert_eq!(
+        bed.calls()[..6],
+        [
+            format!("host create {ifname}"),
+            format!("host arp_notify {ifname}"),
+            format!("host address {}", record.address),
+            format!("host up {index}"),
+            "host route 10.7.0.10/31".into(),
+            "host route 10.7.0.12/31".into(),
+        ]
+    );
+    assert_eq!(bed.calls()[6], "nsid");
+
+    let calls = bed.calls().len();
+    bed.setup_in("c2", 2000, "reach", "").unwrap();
+    bed.assert_shim(true, "c2 attached");
+    assert!(
+        !bed.calls()[calls..].iter().any(|c| c.starts_with("host ")),
+        "{:?}",
+        &bed.calls()[calls..]
+    );
+    // A network without host_shim makes none, and its teardown keeps it.
+    bed.setup_in("c3", 3000, "plain", "").unwrap();
+    bed.teardown("c3", false).unwrap();
+    bed.assert_shim(true, "a plain container came and went");
+
+    bed.teardown("c1", false).unwrap();
+    bed.assert_shim(true, "c2 still attached");
+    bed.teardown("c2", true).unwrap();
+    bed.assert_shim(false, "after the last detach");
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+}
+
+#[test]
+fn a_pod_keeps_its_shim_until_its_link_goes() {
+    let bed = shim_bed();
+    bed.setup("infra", "reach").unwrap();
+    bed.setup("app", "reach").unwrap();
+    bed.teardown("infra", true).unwrap();
+    bed.assert_shim(true, "app still uses the pod's link");
+    bed.teardown("app", true).unwrap();
+    bed.assert_shim(false, "the pod's link is gone");
+}
+
+/// The shim steps, as failpoints and as host calls, with their step.
+const SHIM_POINTS: [(&str, &str, shim::ShimStep); 8] = [
+    ("shim-lease", "", shim::ShimStep::Lease),
+    ("shim-write-intent", "", shim::ShimStep::WriteRecord),
+    ("shim-create", "host create", shim::ShimStep::CreateLink),
+    (
+        "shim-arp-notify",
+        "host arp_notify",
+        shim::ShimStep::ArpNotify,
+    ),
+    (
+        "shim-add-address",
+        "host address",
+        shim::ShimStep::AddAddress,
+    ),
+    ("shim-link-up", "host up", shim::ShimStep::LinkUp),
+    (
+        "shim-add-route",
+        "host route 10.7.0.12",
+        shim::ShimStep::AddRoute,
+    ),
+    ("shim-write-final", "", shim::ShimStep::WriteRecord),
+];
+
+#[test]
+fn every_shim_step_failure_rolls_back_the_shim_and_the_container() {
+    for (point, call, step) in SHIM_POINTS {
+        let mut ways = vec![(Some(point), None)];
+        if !call.is_empty() {
+            ways.push((None, Some(call)));
+        }
+        for (point, call) in ways {
+            let what = point.or(call).unwrap();
+            let bed = shim_bed();
+            if let Some(point) = point {
+                failpoint::arm(point, "error");
+            }
+            if let Some(call) = call {
+                bed.fail_on(call, ebusy());
+            }
+            let e = bed.setup("c1", "reach").unwrap_err();
+            failpoint::disarm();
+            assert_eq!(e.step, Step::Shim(step), "{what}: {e}");
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("network reach: {}: ", step.name())),
+                "{e}"
+            );
+            assert!(e.rollback.is_empty(), "{what}: {e}");
+            bed.assert_shim(false, what);
+            assert!(bed.link_names(1000).is_empty(), "{what}");
+            assert!(
+                bed.state_files().is_empty(),
+                "{what}: {:?}",
+                bed.state_files()
+            );
+        }
+    }
+    // A container step failing after its shim was made takes the shim too,
+    for (call, step) in [("create net1", Step::CreateLink), ("up", Step::LinkUp)] {
+        let bed = shim_bed();
+        bed.fail_on(call, ebusy());
+        let e = bed.setup("c1", "reach").unwrap_err();
+        assert_eq!(e.step, step, "{e}");
+        assert!(e.rollback.is_empty(), "{e}");
+        bed.assert_shim(false, call);
+        assert!(bed.link_names(1000).is_empty());
+        assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+    }
+    // ... unless another container is attached: then it stays.
+    let bed = shim_bed();
+    bed.setup_in("c1", 1000, "reach", "").unwrap();
+    bed.fail_on("create net1", ebusy());
+    bed.setup_in("c2", 2000, "reach", "").unwrap_err();
+    bed.assert_shim(true, "c1 still attached");
+    assert_eq!(bed.reach_leases().len(), 2, "the shim's and c1's");
+}
+
+#[test]
+fn a_run_killed_at_any_shim_step_is_repaired_by_the_next_converge() {
+    for (point, _, _) in SHIM_POINTS {
+        // Its own poststop (no record of the container: every shim network
+        // is converged) removes what the killed run made.
+        let bed = shim_bed();
+        assert!(
+            killed_setup(&bed, "victim", 1000, "reach", point),
+            "{point}"
+        );
+        bed.teardown("victim", false)
+            .unwrap_or_else(|e| panic!("{point}: {e}"));
+        bed.assert_shim(false, point);
+        assert!(
+            bed.state_files().is_empty(),
+            "{point}: {:?}",
+            bed.state_files()
+        );
+
+        // Or the next setup on the network finds the pending record and
+        // makes the shim again, once, on the same address if it can.
+        let bed = shim_bed();
+        assert!(
+            killed_setup(&bed, "victim", 1000, "reach", point),
+            "{point}"
+        );
+        bed.stop("victim");
+        bed.setup_in("next", 2000, "reach", "")
+            .unwrap_or_else(|e| panic!("{point}: {e}"));
+        bed.assert_shim(true, point);
+        assert_eq!(
+            bed.reach_leases().len(),
+            2,
+            "{point}: {:?}",
+            bed.reach_leases()
+        );
+        bed.poststop("victim").unwrap();
+        bed.assert_shim(true, point);
+        bed.teardown("next", false).unwrap();
+        bed.assert_shim(false, point);
+        assert!(
+            bed.state_files().is_empty(),
+            "{point}: {:?}",
+            bed.state_files()
+        );
+    }
+    // A kill while deleting the shim: the next converge finishes.
+    let bed = shim_bed();
+    bed.setup("c1", "reach").unwrap();
+    failpoint::arm("shim-delete", "panic");
+    let killed = std::panic::catch_unwind(AssertUnwindSafe(|| bed.teardown("c1", false)));
+    failpoint::disarm();
+    assert!(killed.is_err());
+    bed.with_stores(HOST, |s| {
+        shim::converge_all_with(&bed.config, &mut FakeHost(bed.world.clone()), s).unwrap()
+    });
+    bed.assert_shim(false, "converged after a kill at shim-delete");
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+}
+
+#[test]
+fn reclaim_never_frees_the_shims_lease() {
+    let bed = shim_bed();
+    for (c, ino) in [("c1", 1000), ("c2", 2000), ("c3", 3000)] {
+        bed.setup_in(c, ino, "reach", "").unwrap();
+    }
+    bed.assert_shim(true, "three attached");
+    // The pool (four addresses) is dry: the fourth container's setup
+    // reclaims, and must not take the shim's address.
+    let e = bed.setup_in("c4", 4000, "reach", "").unwrap_err();
+    assert_eq!(e.step, Step::LeaseAddress, "{e}");
+    bed.with_stores(HOST, |s| {
+        assert_eq!(reconcile::reclaim("reach", s).unwrap(), 0)
+    });
+    bed.assert_shim(true, "after reclaim");
+    // Nor may a container ask for it.
+    let shim_address = bed.shim_record().unwrap().address.addr();
+    bed.teardown("c3", false).unwrap();
+    let e = bed
+        .setup_in("c4", 4000, "reach", &format!("reach={shim_address}"))
+        .unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("network reach: validate: {shim_address} is taken by container shim:reach")
+    );
+    bed.assert_shim(true, "after a request for its address");
+}
+
+#[test]
+fn a_shim_that_vanished_or_whose_name_is_taken() {
+    // Someone deletes the shim: the next setup makes it again.
+    let bed = shim_bed();
+    bed.setup_in("c1", 1000, "reach", "").unwrap();
+    bed.world
+        .borrow_mut()
+        .parents
+        .retain(|_, l| l.kind.as_deref() != Some("macvlan"));
+    bed.setup_in("c2", 2000, "reach", "").unwrap();
+    bed.assert_shim(true, "remade");
+
+    // A link of someone else's has the shim's name: refused, nothing made.
+    let bed = shim_bed();
+    let ifname = crate::derive::shim_ifname("reach");
+    bed.world
+        .borrow_mut()
+        .parents
+        .insert(ifname.clone(), someone_elses_macvlan(99, &ifname, true));
+    let e = bed.setup("c1", "reach").unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("network reach: host shim: check: interface {ifname} already exists in the host's network namespace and no shim record names it: it is not nsbypass's (remove it, or turn host_shim off)")
+    );
+    assert_eq!(bed.shims().len(), 1, "theirs is left alone");
+    assert!(bed.link_names(1000).is_empty());
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+}
+
+#[test]
+fn a_network_whose_host_shim_is_turned_off_loses_its_shim_at_converge() {
+    let bed = shim_bed();
+    bed.setup("c1", "reach").unwrap();
+    let off = Config::parse(
+        &SHIM_CONFIG.replace("host_shim = true", ""),
+        Path::new("/etc/nsbypass/config.toml"),
+    )
+    .unwrap();
+    bed.with_stores(HOST, |s| {
+        shim::converge_all_with(&off, &mut FakeHost(bed.world.clone()), s).unwrap()
+    });
+    bed.assert_shim(false, "host_shim turned off");
+    assert_eq!(
+        bed.link_names(1000),
+        ["net1"],
+        "the container keeps its link"
+    );
+}
+
 #[test]
 fn max_links_refuses_the_next_link_and_creates_nothing() {
-    let bed = Bed::with_config("[parents.nic0]\nmax_links = 2\n");
+    let bed = Bed::with(&format!("{CONFIG}\n[parents.nic0]\nmax_links = 2\n"));
     bed.setup_in("c1", 2001, "fast", "").unwrap();
     bed.setup_in("c2", 2002, "l2", "").unwrap();
     let e = bed
@@ -1638,4 +2063,21 @@ fn detach_removes_a_member_that_still_runs() {
     );
     assert!(bed.link_names(2001).is_empty());
     assert!(bed.leases().is_empty());
+}
+
+#[test]
+fn a_host_shim_counts_against_max_links() {
+    let bed = Bed::with(&format!("{SHIM_CONFIG}\n[parents.nic0]\nmax_links = 2\n"));
+    bed.setup_in("c1", 2001, "reach", "").unwrap();
+    bed.assert_shim(true, "c1 attached");
+    let e = bed.setup_in("c2", 2002, "plain", "").unwrap_err();
+    assert!(
+        e.to_string().contains("holds 2 nsbypass links"),
+        "the shim and c1's link: {e}"
+    );
+    bed.destroy(2001);
+    // c1's namespace is gone: pruning frees its link, converging its shim.
+    let e = bed.setup_in("c3", 2003, "reach", "").map(|_| ());
+    assert!(e.is_ok(), "{e:?}");
+    bed.assert_shim(true, "c3 attached");
 }

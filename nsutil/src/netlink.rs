@@ -18,7 +18,7 @@ use rtnetlink::packet_core::{
 };
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressHeaderFlags};
 use rtnetlink::packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    InfoKind, InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use rtnetlink::packet_route::nsid::{NsidAttribute, NsidMessage};
 use rtnetlink::packet_route::RouteNetlinkMessage;
@@ -59,7 +59,8 @@ pub const MACVLAN_MODE_PASSTHRU: u32 = 8;
 
 /// A MACVLAN to create on a parent in this socket's namespace, placed
 /// directly into another namespace (`IFLA_NET_NS_FD`), so it never exists
-/// in the host namespace under a name that could clash.
+/// in the host namespace under a name that could clash; or, without
+/// `netns`, left in this one (the host's own shim).
 #[derive(Debug)]
 pub struct NewMacvlan<'a> {
     pub name: &'a str,
@@ -69,7 +70,11 @@ pub struct NewMacvlan<'a> {
     pub mode: u32,
     pub mac: [u8; 6],
     pub mtu: Option<u32>,
-    pub netns: BorrowedFd<'a>,
+    pub netns: Option<BorrowedFd<'a>>,
+    /// `IFLA_MACVLAN_BC_QUEUE_LEN` (Linux 5.11+): the broadcast queue length
+    /// this child asks of its parent; the parent uses the largest any of
+    /// its children asked for.
+    pub bc_queue_len: Option<u32>,
 }
 
 /// A route-netlink socket in one network namespace.
@@ -173,14 +178,20 @@ impl Netlink {
         Ok(messages.iter().map(link_from).collect())
     }
 
-    /// Creates a MACVLAN on a parent of this namespace inside `spec.netns`.
+    /// Creates a MACVLAN on a parent of this namespace inside `spec.netns`
+    /// (or here, without one).
     pub fn add_macvlan(&self, spec: &NewMacvlan) -> Result<()> {
         let mode = MacVlanMode::from(spec.mode);
-        let mut builder = LinkMacVlan::new(spec.name, spec.parent_index, mode)
-            .address(spec.mac.to_vec())
-            .setns_by_fd(spec.netns.as_raw_fd());
+        let mut builder =
+            LinkMacVlan::new(spec.name, spec.parent_index, mode).address(spec.mac.to_vec());
+        if let Some(netns) = spec.netns {
+            builder = builder.setns_by_fd(netns.as_raw_fd());
+        }
         if let Some(mtu) = spec.mtu {
             builder = builder.mtu(mtu);
+        }
+        if let Some(len) = spec.bc_queue_len {
+            builder = builder.append_info_data(InfoMacVlan::BcQueueLen(len));
         }
         let request = self.handle.link().add(builder.build()).execute();
         self.rt
@@ -443,6 +454,23 @@ impl Netlink {
     }
 }
 
+impl Netlink {
+    /// Adds `destination dev index scope link`: reached directly on the
+    /// link, no gateway (the host shim's routes to its network's range).
+    pub fn add_link_route_v4(&self, index: u32, destination: Ipv4Net) -> Result<()> {
+        use rtnetlink::packet_route::route::RouteScope;
+        let message = RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(destination.addr(), destination.prefix_len())
+            .output_interface(index)
+            .scope(RouteScope::Link)
+            .build();
+        let request = self.handle.route().add(message).execute();
+        self.rt
+            .block_on(request)
+            .map_err(|e| netlink_error(format!("add route {destination} dev {index}"), e))
+    }
+}
+
 fn nsid_message(attributes: Vec<NsidAttribute>) -> NsidMessage {
     let mut message = NsidMessage::default();
     message.attributes = attributes;
@@ -615,6 +643,60 @@ mod tests {
     }
 
     #[test]
+    fn a_macvlan_made_here_takes_its_broadcast_queue_and_a_link_route() {
+        if skip_unless_root() {
+            return;
+        }
+        in_throwaway_netns(|| {
+            let nl = Netlink::connect().unwrap();
+            let add_veth = nl
+                .handle
+                .link()
+                .add(LinkVeth::new("nsbq0", "nsbq1").build());
+            nl.rt.block_on(add_veth.execute()).unwrap();
+            let parent = nl.link_by_name("nsbq0").unwrap().unwrap();
+            nl.set_up(parent.index).unwrap();
+            for (name, len) in [("mvq0", 2345), ("mvq1", 77)] {
+                nl.add_macvlan(&NewMacvlan {
+                    name,
+                    parent_index: parent.index,
+                    mode: MACVLAN_MODE_BRIDGE,
+                    mac: [0x02, 0, 0, 0, 0x51, len as u8],
+                    mtu: None,
+                    netns: None,
+                    bc_queue_len: Some(len),
+                })
+                .unwrap();
+            }
+            let shim = nl.link_by_name("mvq1").unwrap().expect("made here");
+            assert_eq!(shim.kind.as_deref(), Some("macvlan"));
+            nl.add_address(shim.index, "10.99.0.5/32".parse().unwrap())
+                .unwrap();
+            nl.set_up(shim.index).unwrap();
+            nl.add_link_route_v4(shim.index, "10.99.0.0/28".parse().unwrap())
+                .unwrap();
+            let shown = |argv: &[&str]| {
+                let out = std::process::Command::new("ip")
+                    .args(argv)
+                    .output()
+                    .unwrap();
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            };
+            // Each child keeps what it asked for; the parent uses the largest.
+            let detail = shown(&["-d", "link", "show", "mvq1"]);
+            assert!(
+                detail.contains("bcqueuelen 77 usedbcqueuelen 2345"),
+                "{detail}"
+            );
+            let routes = shown(&["-4", "route", "show", "dev", "mvq1"]);
+            assert!(
+                routes.starts_with("10.99.0.0/28 ") && routes.contains(" scope link"),
+                "{routes}"
+            );
+        });
+    }
+
+    #[test]
     fn a_macvlan_made_into_a_peer_is_found_by_index() {
         if skip_unless_root() {
             return;
@@ -644,7 +726,8 @@ mod tests {
                 mode: MACVLAN_MODE_PRIVATE,
                 mac,
                 mtu: Some(1400),
-                netns: peer.fd(),
+                netns: Some(peer.fd()),
+                bc_queue_len: None,
             })
             .unwrap();
             assert_eq!(

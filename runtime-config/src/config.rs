@@ -140,6 +140,15 @@ pub struct Network {
     /// `None` for both: the link is layer 2 only (no address, no route).
     pub ipv4: Option<Ipv4Pool>,
     pub ipv6: Option<Ipv6Pool>,
+    /// Give the host one MACVLAN of its own on the parent, with an address
+    /// from the pool, while the network has attachments: a MACVLAN child
+    /// cannot reach its parent's IP stack, so without it the host cannot
+    /// reach its own containers. Needs an IPv4 pool and bridge mode.
+    pub host_shim: bool,
+    /// `IFLA_MACVLAN_BC_QUEUE_LEN` of each child: the parent's broadcast
+    /// queue, which the kernel sizes to the largest value any child asked
+    /// for. `None` leaves the kernel's default (1000).
+    pub bc_queue_len: Option<u32>,
 }
 
 impl Network {
@@ -161,6 +170,11 @@ impl Network {
         self.pools().find(|p| p.is_ipv6() == address.is_ipv6())
     }
 }
+
+/// The largest `bc_queue_len` accepted: 100 times the kernel's default.
+/// Each queued entry is a broadcast frame held for every child; beyond this
+/// the queue costs memory rather than buys scale.
+pub const MAX_BC_QUEUE_LEN: u32 = 100_000;
 
 /// The addresses a network hands out, and what every holder is told about the subnet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -346,6 +360,9 @@ struct RawNetwork {
     range6: Option<String>,
     gateway6: Option<String>,
     routes: Option<Vec<String>>,
+    #[serde(default)]
+    host_shim: bool,
+    bc_queue_len: Option<u32>,
 }
 
 impl Config {
@@ -478,6 +495,21 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
     if let Some(routes) = raw.routes {
         assign_routes(&routes, &mut ipv4, &mut ipv6).map_err(|m| ("routes", m))?;
     }
+    check_host_shim(raw.host_shim, raw.mode, ipv4.is_some())?;
+    if let Some(len) = raw.bc_queue_len {
+        if !(1..=MAX_BC_QUEUE_LEN).contains(&len) {
+            return Err((
+                "bc_queue_len",
+                format!("{len} is not between 1 and {MAX_BC_QUEUE_LEN}"),
+            ));
+        }
+        if raw.mode == MacvlanMode::Passthru {
+            return Err((
+                "bc_queue_len",
+                "passthru has a single child and no broadcast queue to size".into(),
+            ));
+        }
+    }
     Ok(Network {
         name: name.to_owned(),
         parent: raw.parent,
@@ -486,7 +518,33 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
         mtu: raw.mtu,
         ipv4,
         ipv6,
+        host_shim: raw.host_shim,
+        bc_queue_len: raw.bc_queue_len,
     })
+}
+
+/// The host shim is a sibling of the containers' MACVLANs: it needs a mode
+/// in which siblings reach each other, and a pool to take its address from.
+fn check_host_shim(on: bool, mode: MacvlanMode, has_pool: bool) -> Result<(), KeyError> {
+    if !on {
+        return Ok(());
+    }
+    let why = match mode {
+        MacvlanMode::Bridge => None,
+        MacvlanMode::Private => Some("mode private forbids traffic between a parent's MACVLANs, so the shim could not reach the containers; use mode bridge"),
+        MacvlanMode::Vepa => Some("mode vepa sends traffic between a parent's MACVLANs out to the switch, which must hairpin it back (most do not); use mode bridge"),
+        MacvlanMode::Passthru => Some("mode passthru gives the parent to a single MACVLAN, leaving none for the shim; use mode bridge"),
+    };
+    if let Some(why) = why {
+        return Err(("host_shim", why.into()));
+    }
+    if !has_pool {
+        return Err((
+            "host_shim",
+            "needs a subnet: the shim takes its address from the pool".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn validate_pool(
@@ -1151,6 +1209,63 @@ parent = "ens1f1"
             e.to_string()
                 .starts_with("config /nonexistent/nsbypass.toml: No such file"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn host_shim_needs_a_pool_and_bridge_mode() {
+        let net = |extra: &str| format!("[networks.a]\nparent = \"p\"\n{extra}");
+        let on = parse(&net("subnet = \"10.1.0.0/24\"\nhost_shim = true")).unwrap();
+        assert!(on.networks["a"].host_shim);
+        assert!(
+            !parse(&net("")).unwrap().networks["a"].host_shim,
+            "off by default"
+        );
+        assert_eq!(
+            err(&net("host_shim = true")),
+            "config /etc/nsbypass/config.toml: network a: host_shim: needs a subnet: the shim takes its address from the pool"
+        );
+        for (mode, why) in [
+            ("private", "forbids traffic between a parent's MACVLANs"),
+            ("vepa", "which must hairpin it back"),
+            ("passthru", "gives the parent to a single MACVLAN"),
+        ] {
+            let e = err(&net(&format!(
+                "mode = \"{mode}\"\nsubnet = \"10.1.0.0/24\"\nhost_shim = true"
+            )));
+            assert!(
+                e.starts_with(&format!(
+                    "config /etc/nsbypass/config.toml: network a: host_shim: mode {mode} "
+                )) && e.contains(why)
+                    && e.ends_with("use mode bridge"),
+                "{e}"
+            );
+        }
+        let e = err(&net("host_shim = 1"));
+        assert!(e.starts_with("config /etc/nsbypass/config.toml:3:"), "{e}");
+    }
+
+    #[test]
+    fn bc_queue_len_is_bounded_and_needs_siblings() {
+        let net = |extra: &str| format!("[networks.a]\nparent = \"p\"\n{extra}");
+        let c = parse(&net("bc_queue_len = 5000")).unwrap();
+        assert_eq!(c.networks["a"].bc_queue_len, Some(5000));
+        assert_eq!(parse(&net("")).unwrap().networks["a"].bc_queue_len, None);
+        assert_eq!(
+            parse(&net("bc_queue_len = 100000")).unwrap().networks["a"].bc_queue_len,
+            Some(MAX_BC_QUEUE_LEN)
+        );
+        for bad in ["0", "100001"] {
+            assert_eq!(
+                err(&net(&format!("bc_queue_len = {bad}"))),
+                format!("config /etc/nsbypass/config.toml: network a: bc_queue_len: {bad} is not between 1 and 100000")
+            );
+        }
+        let e = err(&net("bc_queue_len = -1"));
+        assert!(e.starts_with("config /etc/nsbypass/config.toml:3:"), "{e}");
+        assert_eq!(
+            err(&net("mode = \"passthru\"\nbc_queue_len = 10")),
+            "config /etc/nsbypass/config.toml: network a: bc_queue_len: passthru has a single child and no broadcast queue to size"
         );
     }
 }
