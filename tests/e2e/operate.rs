@@ -751,3 +751,104 @@ fn attach_by_pid_carries_a_profile_into_a_container() {
     assert!(list_json(&tb, &config).is_empty());
     assert!(leases_on(&tb).is_empty());
 }
+
+/// The host shims in the testbed's host namespace (MACVLANs there).
+fn shims(tb: &Testbed) -> Vec<common::Iface> {
+    ifaces_in(&Path::new("/run/netns").join(&tb.host_ns))
+        .into_iter()
+        .filter(|i| i.kind == "macvlan")
+        .collect()
+}
+
+fn host_pings(tb: &Testbed, address: &str) -> bool {
+    tb.in_host(&["busybox", "ping", "-c", "1", "-W", "2", address])
+        .expect("running ping")
+        .status
+        .success()
+}
+
+#[test]
+fn the_host_reaches_attached_namespaces_through_its_shim_until_the_last_detach_or_gc() {
+    let Some(tb) = testbed() else { return };
+    let config = common::config(&tb, "host_shim = true\n");
+    let x = PinnedNetns::new(&tb, "sx");
+    let attach = |ns: &PinnedNetns, id: &str| {
+        ok(
+            &tb,
+            &config,
+            &[
+                "attach",
+                "--netns",
+                path_str(&ns.path),
+                "--id",
+                id,
+                "--network",
+                "fast",
+            ],
+        )
+    };
+    attach(&x, "sx");
+    let addr = only_addr(&x.path).to_string();
+    assert_eq!(shims(&tb).len(), 1);
+    assert!(
+        host_pings(&tb, &addr),
+        "the host reaches sx through the shim"
+    );
+    // The shim holds a lease of its own, not shown as an attachment.
+    assert_eq!(leases_on(&tb).len(), 2);
+    assert_eq!(list_json(&tb, &config).len(), 1);
+
+    ok(&tb, &config, &["detach", "--id", "sx"]);
+    assert!(shims(&tb).is_empty(), "the last detach takes the shim");
+    assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));
+
+    // A namespace that goes without a detach: gc takes its lease and the
+    // shim it was the last reason for.
+    let y = PinnedNetns::new(&tb, "sy");
+    attach(&y, "sy");
+    assert_eq!(shims(&tb).len(), 1);
+    drop(y);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !shims(&tb).is_empty() {
+        assert!(Instant::now() < deadline, "gc never took the shim");
+        ok(&tb, &config, &["gc"]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));
+    assert_eq!(state_files(&tb, "shims"), Vec::<String>::new());
+}
+
+#[test]
+fn list_shows_both_families_of_a_dual_stack_attachment() {
+    let Some(tb) = testbed() else { return };
+    let config = common::config(
+        &tb,
+        "subnet6 = \"fd00:77::/64\"\nrange6 = \"fd00:77::100-fd00:77::1ff\"\n",
+    );
+    let x = PinnedNetns::new(&tb, "dx");
+    ok(
+        &tb,
+        &config,
+        &[
+            "attach",
+            "--netns",
+            path_str(&x.path),
+            "--id",
+            "dx",
+            "--network",
+            "fast",
+            "--ip",
+            &format!("fast={},fast=fd00:77::150", tb.addr(150)),
+        ],
+    );
+    let rows = list_json(&tb, &config);
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        rows[0]["addresses"],
+        serde_json::json!([format!("{}/24", tb.addr(150)), "fd00:77::150/64"])
+    );
+    let table = ok(&tb, &config, &["list"]);
+    assert!(table.contains("fd00:77::150/64"), "{table}");
+    ok(&tb, &config, &["detach", "--id", "dx"]);
+    assert!(list_json(&tb, &config).is_empty());
+}
