@@ -15,9 +15,10 @@ use runtime_config::{Bundle, Config, Request, State};
 
 use crate::failure::{Failure, Step, StepExt};
 use crate::node::{Done, Node, Target};
+use crate::profile;
 use crate::records::{Source, StateDir};
+use crate::setup::{self, addresses};
 use crate::teardown::{Outcome, Released};
-use crate::{profile, setup};
 
 /// OCI hook stages, named as in the runtime spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -228,14 +229,4 @@ fn links(list: &[Released]) -> String {
         .map(|r| format!("{} {} {}", r.network, r.ifname, addresses(&r.addresses)))
         .collect::<Vec<_>>()
         .join("; ")
-}
-
-fn addresses(list: &[ipnet::IpNet]) -> String {
-    if list.is_empty() {
-        return "l2-only".to_owned();
-    }
-    list.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }

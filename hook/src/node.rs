@@ -178,13 +178,29 @@ impl Node {
                 // Host shims first, so the host reaches the container as
                 // soon as it is wired; a failure converges them back.
                 let kernel = &mut n.kernel;
+                let left = prepared.left.clone();
+                let mut host = shim::RealHost::default();
                 let wired = shim::around_setup(
                     &self.config,
                     &request.networks,
-                    &mut shim::RealHost::default(),
+                    &mut host,
                     &mut stores,
                     |stores| prepared.apply(ctx, kernel, stores, profiles_record),
                 );
+                // A stale record of this id that was cleared left networks
+                // whose shims may be unwanted now.
+                let left = shim::touched(&self.config, &left, &stores)?;
+                // That is not this container's business: a failure there
+                // is logged, and gc or the network's next teardown retries.
+                let converged = shim::converge_each(&left, &self.config, &mut host, &mut stores);
+                let wired = match (wired, converged) {
+                    (wired, Ok(())) => wired,
+                    (Ok(wired), Err(failure)) => {
+                        tracing::warn!(%failure, "a host shim the cleared stale record left");
+                        Ok(wired)
+                    }
+                    (Err(wiring), Err(failure)) => Err(wiring.with_rollback(vec![failure])),
+                };
                 match wired {
                     Ok(wired) => done.wired = wired,
                     Err(failure) => return Err(undo_profiles(failure, applied)),
@@ -228,31 +244,36 @@ impl Node {
     pub fn detach(&self, id: &str) -> Result<Detached, Failure> {
         {
             let state = self.lock()?;
-            let record = state.container(id).step(Step::ReadRecords)?;
-            match record {
+            match state.container(id).step(Step::ReadRecords)? {
                 Some(r) if r.detached.is_some() => return Ok(Detached::Already),
                 Some(_) => {}
+                // A killed attach may have leased before its first record
+                // write: those leases are this id's, and teardown frees them.
+                None if self.holds_leases(&state, id)? => {}
                 None => {
-                    // A killed attach may have leased before its first
-                    // record write; those leases are this id's.
-                    let mut leases = state.leases();
-                    let mut reach = RealReach::default();
-                    let mut stores = self.stores(&state, &mut leases, &mut reach);
-                    let mut freed = 0;
-                    for name in self.pooled_networks() {
-                        freed += reconcile::release_unaccounted(name, id, &mut stores)?;
-                    }
-                    if freed > 0 {
-                        return Ok(Detached::Done(Outcome::NotRecorded));
-                    }
                     return Err(Failure::refuse(
                         Step::ReadRecords,
                         format!("nothing is attached as {id:?} (see nsbypass list)"),
-                    ));
+                    ))
                 }
             }
         }
         self.leave(id, Leaving::Detached).map(Detached::Done)
+    }
+
+    /// Whether this host holds leases taken for `container`.
+    fn holds_leases(&self, state: &StateDir, container: &str) -> Result<bool, Failure> {
+        use crate::lease::LeaseStore;
+        let leases = state.leases();
+        for name in self.pooled_networks() {
+            let held = leases.list(name).step_on(Step::ReadRecords, name)?;
+            if held.iter().any(|(_, h)| {
+                h.container == container && (h.host.is_empty() || h.host == self.host_id)
+            }) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Tears `container` down. A namespace still dying (its links not
@@ -303,30 +324,34 @@ impl Node {
             container,
             &mut shim::RealHost::default(),
             &mut stores,
-            |stores| teardown::leave(container, stores, if_dying, leaving),
-        )?;
-        match outcome {
-            Outcome::Dying => Ok((Outcome::Dying, dying_macs(&state, container)?)),
-            Outcome::NotRecorded => {
-                // A setup killed before its first record write leaves only
-                // leases; this is the one poststop that can know them.
-                for name in self.pooled_networks() {
-                    reconcile::release_unaccounted(name, container, &mut stores)?;
+            |stores| {
+                let outcome = teardown::leave(container, stores, if_dying, leaving)?;
+                if outcome == Outcome::NotRecorded {
+                    // A setup killed before its first record write leaves
+                    // only leases; this is the one teardown that can know
+                    // them.
+                    for name in self.pooled_networks() {
+                        reconcile::release_unaccounted(name, container, stores)?;
+                    }
                 }
-                Ok((outcome, Vec::new()))
-            }
-            other => {
-                if leaving == Leaving::Detached {
+                // Before the shims converge: whatever fails there, the
+                // container is detached.
+                if leaving == Leaving::Detached && outcome != Outcome::Dying {
                     let marker = ContainerRecord {
                         detached: Some(records::now()),
                         ..ContainerRecord::default()
                     };
-                    state
+                    stores
+                        .state
                         .put_container(container, &marker)
                         .step(Step::WriteRecord)?;
                 }
-                Ok((other, Vec::new()))
-            }
+                Ok(outcome)
+            },
+        )?;
+        match outcome {
+            Outcome::Dying => Ok((Outcome::Dying, dying_macs(&state, container)?)),
+            other => Ok((other, Vec::new())),
         }
     }
 

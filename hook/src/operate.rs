@@ -15,6 +15,7 @@ use crate::kernel::{self, Presence};
 use crate::node::{Detached, Node, Target};
 use crate::profile;
 use crate::records::Source;
+use crate::setup::addresses;
 use crate::teardown::{Outcome, Released};
 
 /// Where `attach` wires: a process's namespace, or a namespace by path.
@@ -284,13 +285,18 @@ pub fn gc(config: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Whether `/proc/PID/<what>` is the same inode as nsbypass's own
-/// (`ns/mnt`: its mount namespace; `root`: its root directory).
+/// Whether `/proc/PID/<what>` is the same inode as nsbypass's own or the
+/// host's init's (`ns/mnt`: the mount namespace; `root`: the root
+/// directory): nsbypass may itself run in a debug pod that sees host pids.
 fn same_inode(pid: i32, what: &str) -> Result<bool, Failure> {
     use std::os::unix::fs::MetadataExt;
-    let theirs = std::fs::metadata(format!("/proc/{pid}/{what}")).step(Step::OpenRootfs)?;
-    let mine = std::fs::metadata(format!("/proc/self/{what}")).step(Step::OpenRootfs)?;
-    Ok(theirs.ino() == mine.ino() && theirs.dev() == mine.dev())
+    let id = |who: &str| {
+        std::fs::metadata(format!("/proc/{who}/{what}"))
+            .map(|m| (m.dev(), m.ino()))
+            .step(Step::OpenRootfs)
+    };
+    let theirs = id(&pid.to_string())?;
+    Ok(theirs == id("self")? || id("1").is_ok_and(|init| init == theirs))
 }
 
 /// Whether the filesystem at `root` is mounted read-only.
@@ -301,16 +307,6 @@ fn read_only(root: &Path) -> bool {
 
 fn describe(r: &Released) -> String {
     format!("{} {}", r.ifname, addresses(&r.addresses))
-}
-
-fn addresses(list: &[ipnet::IpNet]) -> String {
-    if list.is_empty() {
-        return "l2-only".to_owned();
-    }
-    list.iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 /// `secs` since the epoch as RFC 3339 UTC (`2026-12-01T11:34:15Z`).

@@ -247,6 +247,7 @@ pub fn in_use(
 /// namespaces that are gone do not count.
 pub fn links_on(parent: &str, stores: &mut Stores, prune: bool) -> Result<usize, Failure> {
     let mut count = 0;
+    let mut attached: BTreeSet<String> = BTreeSet::new();
     for key in stores.state.netns_keys().step(Step::ReadRecords)? {
         let Some(mut record) = stores.state.netns(&key).step(Step::ReadRecords)? else {
             continue;
@@ -256,14 +257,31 @@ pub fn links_on(parent: &str, stores: &mut Stores, prune: bool) -> Result<usize,
             record = reconcile(record, stores)?.0;
         }
         count += on_parent(&record);
+        attached.extend(
+            record
+                .links
+                .iter()
+                .filter(|l| !l.pending)
+                .map(|l| l.network.clone()),
+        );
     }
-    // The host shims are nsbypass links on their parent too.
+    // The host shims are nsbypass links on their parent too. Pruning does
+    // not count one a killed run left pending or one whose network has no
+    // attachment left: the next converge on its network (or gc) removes
+    // those.
     for network in stores.state.shim_networks().step(Step::ReadRecords)? {
-        let shim = stores.state.shim(&network).step(Step::ReadRecords)?;
-        count += usize::from(shim.is_some_and(|s| s.parent == parent));
+        let Some(shim) = stores.state.shim(&network).step(Step::ReadRecords)? else {
+            continue;
+        };
+        let live = !prune || (!shim.pending && attached.contains(&network));
+        count += usize::from(shim.parent == parent && live);
     }
     Ok(count)
 }
+
+/// How long gc keeps a `detach` marker (seconds): a second `detach` of
+/// the id succeeds that long.
+pub const DETACHED_MARKER_AGE: u64 = 24 * 3600;
 
 /// What [`collect`] freed, and what it could not.
 #[derive(Debug, Default)]
@@ -273,7 +291,7 @@ pub struct Collected {
     /// Namespace records removed: their namespaces are gone.
     pub namespaces: Vec<String>,
     /// Container records removed: their namespace record is gone, or they
-    /// mark an id `detach` finished with.
+    /// mark an id `detach` finished with more than a day ago.
     pub containers: Vec<String>,
     /// Links left in place: their namespaces live on.
     pub live_links: usize,
@@ -339,15 +357,15 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
     Ok(collected)
 }
 
-/// Whether container record `id` leads nowhere: a `detach` marker, a
+/// Whether container record `id` leads nowhere: an old `detach` marker, a
 /// pointer to a namespace record that is gone, or profiles whose
 /// container instance no longer runs.
 fn stale_pointer(state: &StateDir, id: &str) -> Result<bool, Failure> {
     let Some(record) = state.container(id).step(Step::ReadRecords)? else {
         return Ok(false);
     };
-    if record.detached.is_some() {
-        return Ok(true);
+    if let Some(at) = record.detached {
+        return Ok(crate::records::now().saturating_sub(at) >= DETACHED_MARKER_AGE);
     }
     if let Some(key) = &record.netns {
         return Ok(state.netns(key).step(Step::ReadRecords)?.is_none());

@@ -66,6 +66,18 @@ impl Wired {
     }
 }
 
+/// A link's addresses for a log or output line: `10.0.0.5/24,fd00::5/64`,
+/// or `l2-only`.
+pub fn addresses(list: &[IpNet]) -> String {
+    if list.is_empty() {
+        return "l2-only".to_owned();
+    }
+    list.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 /// One requested network, checked against the config.
 struct Wanted<'a> {
     network: &'a Network,
@@ -102,6 +114,10 @@ pub struct Prepared<'a> {
     shared: Vec<Wired>,
     /// This container's record as it was, for rollback.
     pointer: Option<ContainerRecord>,
+    /// The networks a stale record of this container id was on: it left
+    /// them (see [`clear_stale_container`]), so their host shims may be
+    /// unwanted now.
+    pub left: Vec<String>,
 }
 
 /// Wires `ctx.container` into the networks it requested: [`prepare`],
@@ -125,7 +141,7 @@ pub fn prepare<'a>(
 ) -> Result<Prepared<'a>, Failure> {
     let key = ctx.netns.key();
     let wanted = resolve(ctx.request, ctx.config)?;
-    let pointer = clear_stale_container(ctx, stores)?;
+    let (pointer, left) = clear_stale_container(ctx, stores)?;
     let cookie = kernel.cookie().step(Step::OpenNamespace)?;
     let record = match stores.state.netns(&key).step(Step::ReadRecords)? {
         // The record of a namespace that died without a poststop, whose
@@ -173,6 +189,7 @@ pub fn prepare<'a>(
         plans,
         shared,
         pointer,
+        left,
     })
 }
 
@@ -223,6 +240,7 @@ impl Prepared<'_> {
             plans,
             mut shared,
             pointer,
+            left: _,
         } = self;
         let before = record.clone();
 
@@ -361,22 +379,25 @@ fn resolve<'a>(request: &Request, config: &'a Config) -> Result<Vec<Wanted<'a>>,
 /// A record of this container id in another namespace means its poststop
 /// never ran; finish that teardown first. Unless that namespace is still in
 /// use by it: then two runtimes use one id, and wiring the second would
-/// tear the first down. Returns the pointer as it was, for rollback.
+/// tear the first down. Returns the pointer as it was, for rollback, and
+/// the networks the stale record was on.
 fn clear_stale_container(
     ctx: &Context,
     stores: &mut Stores,
-) -> Result<Option<ContainerRecord>, Failure> {
+) -> Result<(Option<ContainerRecord>, Vec<String>), Failure> {
     let Some(old) = stores
         .state
         .container(ctx.container)
         .step(Step::ReadRecords)?
     else {
-        return Ok(None);
+        return Ok((None, Vec::new()));
     };
     let Some(old_netns) = old.netns.clone().filter(|k| *k != ctx.netns.key()) else {
-        return Ok(Some(old));
+        return Ok((Some(old), Vec::new()));
     };
+    let mut left = Vec::new();
     if let Some(record) = stores.state.netns(&old_netns).step(Step::ReadRecords)? {
+        left = record.links.iter().map(|l| l.network.clone()).collect();
         if let Some(member) = record.members.get(ctx.container) {
             if kernel::alive(stores.reach, member, record.id()) {
                 return Err(Failure::refuse(
@@ -398,7 +419,7 @@ fn clear_stale_container(
             )),
         )
     })?;
-    Ok(None)
+    Ok((None, left))
 }
 
 fn check_shared_address(link: &LinkRecord, want: &Wanted) -> Result<(), Failure> {

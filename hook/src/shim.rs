@@ -22,6 +22,7 @@
 //! holds the lock next and finds it pending deletes that link (found by its
 //! derived name and MAC), frees the lease and starts again.
 
+use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use ipnet::{IpNet, Ipv4Net, Ipv4Subnets};
@@ -385,17 +386,41 @@ pub fn around_teardown(
     Ok(outcome)
 }
 
+/// The shim networks (see [`touched_by`]) among `networks`.
+pub fn touched(
+    config: &Config,
+    networks: &[String],
+    stores: &Stores,
+) -> std::result::Result<Vec<String>, Failure> {
+    if networks.is_empty() {
+        return Ok(Vec::new());
+    }
+    let records = stores.state.shim_networks().step(Step::ReadRecords)?;
+    Ok(shim_networks(config)
+        .chain(records)
+        .filter(|n| networks.contains(n))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect())
+}
+
 /// The networks whose shim leaving `container` may make unwanted, read
 /// before teardown: those of its namespace record, or every shim network
 /// when it has none (a setup killed before its first record write may
-/// have made a shim). Empty, at the cost of no read, when no network has
-/// `host_shim`.
+/// have made a shim). Shim networks are those with `host_shim` and those
+/// with a shim record (a network whose `host_shim` was turned off, or that
+/// left the config, keeps its shim only until its next teardown). Empty,
+/// at the cost of one directory read, when there are none.
 fn touched_by(
     config: &Config,
     container: &str,
     stores: &Stores,
 ) -> std::result::Result<Vec<String>, Failure> {
-    let all: Vec<String> = shim_networks(config).collect();
+    let mut all: Vec<String> = shim_networks(config)
+        .chain(stores.state.shim_networks().step(Step::ReadRecords)?)
+        .collect();
+    all.sort();
+    all.dedup();
     if all.is_empty() {
         return Ok(all);
     }

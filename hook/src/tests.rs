@@ -2081,3 +2081,26 @@ fn a_host_shim_counts_against_max_links() {
     assert!(e.is_ok(), "{e:?}");
     bed.assert_shim(true, "c3 attached");
 }
+
+#[test]
+fn a_shim_whose_host_shim_was_turned_off_goes_at_the_last_poststop() {
+    let mut bed = shim_bed();
+    bed.setup("c1", "reach").unwrap();
+    bed.config = Config::parse(
+        &SHIM_CONFIG.replace("host_shim = true", ""),
+        Path::new("/etc/nsbypass/config.toml"),
+    )
+    .unwrap();
+    bed.teardown("c1", false).unwrap();
+    bed.assert_shim(false, "host_shim turned off, last poststop");
+}
+
+#[test]
+fn pruning_for_max_links_does_not_count_a_killed_runs_shim() {
+    let bed = Bed::with(&format!("{SHIM_CONFIG}\n[parents.nic0]\nmax_links = 2\n"));
+    assert!(killed_setup(&bed, "victim", 2001, "reach", "shim-create"));
+    bed.destroy(2001);
+    bed.setup_in("c2", 2002, "plain", "").unwrap();
+    // The killed run's pending shim record is not a live link.
+    bed.setup_in("c3", 2003, "plain", "").unwrap();
+}

@@ -407,41 +407,24 @@ impl Netlink {
 
     /// Adds `destination via gateway dev index`, of either family.
     pub fn add_route(&self, index: u32, destination: IpNet, gateway: IpAddr) -> Result<()> {
-        match (destination, gateway) {
-            (IpNet::V4(d), IpAddr::V4(g)) => self.add_route_v4(index, d, g),
-            (IpNet::V6(d), IpAddr::V6(g)) => self.add_route_v6(index, d, g),
-            _ => Err(Error::new(
-                format!("add route {destination} via {gateway}"),
-                io::Error::new(io::ErrorKind::InvalidInput, "families differ"),
-            )),
-        }
-    }
-
-    /// Adds `destination via gateway dev index` (IPv6).
-    pub fn add_route_v6(&self, index: u32, destination: Ipv6Net, gateway: Ipv6Addr) -> Result<()> {
-        let message = RouteMessageBuilder::<Ipv6Addr>::new()
-            .destination_prefix(destination.addr(), destination.prefix_len())
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
-        let request = self.handle.route().add(message).execute();
-        self.rt.block_on(request).map_err(|e| {
-            let what = if destination.prefix_len() == 0 {
-                "default".to_owned()
-            } else {
-                destination.to_string()
-            };
-            netlink_error(format!("add route {what} via {gateway}"), e)
-        })
-    }
-
-    /// Adds `destination via gateway dev index`.
-    pub fn add_route_v4(&self, index: u32, destination: Ipv4Net, gateway: Ipv4Addr) -> Result<()> {
-        let message = RouteMessageBuilder::<Ipv4Addr>::new()
-            .destination_prefix(destination.addr(), destination.prefix_len())
-            .gateway(gateway)
-            .output_interface(index)
-            .build();
+        let message = match (destination, gateway) {
+            (IpNet::V4(d), IpAddr::V4(g)) => RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(d.addr(), d.prefix_len())
+                .gateway(g)
+                .output_interface(index)
+                .build(),
+            (IpNet::V6(d), IpAddr::V6(g)) => RouteMessageBuilder::<Ipv6Addr>::new()
+                .destination_prefix(d.addr(), d.prefix_len())
+                .gateway(g)
+                .output_interface(index)
+                .build(),
+            _ => {
+                return Err(Error::new(
+                    format!("add route {destination} via {gateway}"),
+                    io::Error::new(io::ErrorKind::InvalidInput, "families differ"),
+                ))
+            }
+        };
         let request = self.handle.route().add(message).execute();
         self.rt.block_on(request).map_err(|e| {
             let what = if destination.prefix_len() == 0 {

@@ -580,17 +580,7 @@ fn validate_pool(
         None => None,
     };
     let (first, last) = match range {
-        Some(r) => {
-            let (a, b) = r
-                .split_once('-')
-                .ok_or(("range", format!("{r:?} is not of the form FIRST-LAST")))?;
-            let first = host("range", parse_addr(a).map_err(|m| ("range", m))?)?;
-            let last = host("range", parse_addr(b).map_err(|m| ("range", m))?)?;
-            if first > last {
-                return Err(("range", format!("{first} comes after {last}")));
-            }
-            (first, last)
-        }
+        Some(r) => parse_range(&r, "range", parse_addr, host)?,
         None => (lowest, highest),
     };
     if first == last && Some(first) == gateway {
@@ -649,17 +639,7 @@ fn validate_pool6(
         None => None,
     };
     let (first, last) = match range {
-        Some(r) => {
-            let (a, b) = r
-                .split_once('-')
-                .ok_or(("range6", format!("{r:?} is not of the form FIRST-LAST")))?;
-            let first = host("range6", parse_addr6(a).map_err(|m| ("range6", m))?)?;
-            let last = host("range6", parse_addr6(b).map_err(|m| ("range6", m))?)?;
-            if first > last {
-                return Err(("range6", format!("{first} comes after {last}")));
-            }
-            (first, last)
-        }
+        Some(r) => parse_range(&r, "range6", parse_addr6, host)?,
         None => (lowest, highest),
     };
     if first == last && Some(first) == gateway {
@@ -731,6 +711,25 @@ fn assign_routes(
         }
     }
     Ok(())
+}
+
+/// `FIRST-LAST` of either family, each end a host address of the subnet
+/// (`host` checks), in order.
+fn parse_range<A: Copy + PartialOrd + std::fmt::Display>(
+    range: &str,
+    key: &'static str,
+    parse: impl Fn(&str) -> Result<A, String>,
+    host: impl Fn(&'static str, A) -> Result<A, KeyError>,
+) -> Result<(A, A), KeyError> {
+    let (a, b) = range
+        .split_once('-')
+        .ok_or((key, format!("{range:?} is not of the form FIRST-LAST")))?;
+    let first = host(key, parse(a).map_err(|m| (key, m))?)?;
+    let last = host(key, parse(b).map_err(|m| (key, m))?)?;
+    if first > last {
+        return Err((key, format!("{first} comes after {last}")));
+    }
+    Ok((first, last))
 }
 
 /// Two pools on one parent share an L2 but not a lease directory: ranges

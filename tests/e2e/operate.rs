@@ -319,14 +319,29 @@ fn attach_list_detach_round_trip_on_ip_netns_and_an_unshare_process() {
 
     assert!(list_json(&tb, &config).is_empty());
     assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));
-    // Only the detach markers remain, and gc takes them.
+    // Only the detach markers remain; gc keeps them a day, so that a
+    // second detach still succeeds.
     assert_eq!(state_files(&tb, "containers"), ["x.json", "y.json"]);
     let out = ok(&tb, &config, &["gc"]);
     assert!(
-        out.ends_with("gc: freed 0 leases, 0 namespace records, 2 container records; 0 live links untouched\n"),
+        out.ends_with("gc: freed 0 leases, 0 namespace records, 0 container records; 0 live links untouched\n"),
         "{out}"
     );
-    assert_state_empty(&tb, "after detach and gc");
+    assert_eq!(
+        ok(&tb, &config, &["detach", "--id", "y"]),
+        "y is detached already\n"
+    );
+    // A marker a day old goes.
+    let marker = tb.state_dir().join("containers/x.json");
+    let aged = r#"{"detached": 1}"#;
+    std::fs::write(&marker, aged).unwrap();
+    let out = ok(&tb, &config, &["gc"]);
+    assert!(out.contains("removed the record of container x\n"), "{out}");
+    assert_eq!(state_files(&tb, "containers"), ["y.json"]);
+    for sub in ["netns", "tmp"] {
+        assert!(state_files(&tb, sub).is_empty(), "{sub}");
+    }
+    assert!(leases_on(&tb).is_empty());
 }
 
 /// Sends `payload` to `to` from inside the namespace at `netns`, on a
@@ -621,7 +636,15 @@ fn gc_after_killed_attaches_and_hooks_and_deleted_namespaces_makes_the_pool_whol
         .run()
         .assert_ok();
     ok(&tb, &config, &["gc"]);
-    assert_state_empty(&tb, "after everything left");
+    assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));
+    for sub in ["netns", "tmp"] {
+        assert!(state_files(&tb, sub).is_empty(), "{sub}");
+    }
+    assert_eq!(
+        state_files(&tb, "containers"),
+        ["live.json"],
+        "the detach marker"
+    );
 }
 
 fn running_key(s: &Sleeper) -> String {
