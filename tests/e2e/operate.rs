@@ -83,6 +83,48 @@ fn path_str(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// `attach --netns PATH --id ID --network fast`.
+fn attach_netns(path: &Path, id: &str) -> Vec<String> {
+    [
+        "attach",
+        "--netns",
+        path_str(path),
+        "--id",
+        id,
+        "--network",
+        "fast",
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// Runs every command line of `all` at once and panics unless each exits 0.
+fn run_concurrently(tb: &Testbed, config: &Path, all: &[Vec<String>]) {
+    let children: Vec<_> = all
+        .iter()
+        .map(|args| {
+            command(tb, config, &strs(args), None)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("starting nsbypass")
+        })
+        .collect();
+    for (args, child) in all.iter().zip(children) {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "nsbypass {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 /// The MACVLAN `net1` in `netns`: (MAC, addresses as `A.B.C.D/N`).
 fn net1(netns: &Path) -> (String, Vec<String>) {
     let all = ifaces_in(netns);
@@ -132,19 +174,7 @@ fn attach_list_detach_round_trip_on_ip_netns_and_an_unshare_process() {
     let config = pool_config(&tb, 100, 199);
     let pinned = PinnedNetns::new(&tb, "x");
 
-    let out = ok(
-        &tb,
-        &config,
-        &[
-            "attach",
-            "--netns",
-            path_str(&pinned.path),
-            "--id",
-            "x",
-            "--network",
-            "fast",
-        ],
-    );
+    let out = ok(&tb, &config, &strs(&attach_netns(&pinned.path, "x")));
     let (mac_x, addr_x) = net1(&pinned.path);
     assert_eq!(
         out,
@@ -152,19 +182,7 @@ fn attach_list_detach_round_trip_on_ip_netns_and_an_unshare_process() {
         "one line per network"
     );
     // Attaching again changes nothing.
-    ok(
-        &tb,
-        &config,
-        &[
-            "attach",
-            "--netns",
-            path_str(&pinned.path),
-            "--id",
-            "x",
-            "--network",
-            "fast",
-        ],
-    );
+    ok(&tb, &config, &strs(&attach_netns(&pinned.path, "x")));
     assert_eq!(net1(&pinned.path), (mac_x.clone(), addr_x.clone()));
 
     // A process made with `unshare -n`, with a pinned address.
@@ -367,39 +385,12 @@ fn two_hundred_concurrent_attaches_get_unique_addresses_and_reach_the_peer() {
         .collect();
 
     let started = Instant::now();
-    let children: Vec<_> = namespaces
+    let attaches: Vec<Vec<String>> = namespaces
         .iter()
         .enumerate()
-        .map(|(i, ns)| {
-            let id = format!("a{i}");
-            command(
-                &tb,
-                &config,
-                &[
-                    "attach",
-                    "--netns",
-                    path_str(&ns.path),
-                    "--id",
-                    &id,
-                    "--network",
-                    "fast",
-                ],
-                None,
-            )
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting attach")
-        })
+        .map(|(i, ns)| attach_netns(&ns.path, &format!("a{i}")))
         .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "attach a{i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_concurrently(&tb, &config, &attaches);
     eprintln!("{N} concurrent attaches took {:?}", started.elapsed());
 
     let labelled: Vec<(String, PathBuf)> = namespaces
@@ -441,23 +432,14 @@ fn two_hundred_concurrent_attaches_get_unique_addresses_and_reach_the_peer() {
     );
     assert_eq!(list_json(&tb, &config).len(), N);
 
-    let children: Vec<_> = (0..N)
+    let detaches: Vec<Vec<String>> = (0..N)
         .map(|i| {
-            command(&tb, &config, &["detach", "--id", &format!("a{i}")], None)
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("starting detach")
+            ["detach", "--id", &format!("a{i}")]
+                .map(str::to_owned)
+                .to_vec()
         })
         .collect();
-    for (i, child) in children.into_iter().enumerate() {
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "detach a{i}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    run_concurrently(&tb, &config, &detaches);
     assert!(list_json(&tb, &config).is_empty());
     assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));
     for ns in &namespaces {
@@ -486,19 +468,7 @@ fn gc_after_killed_attaches_and_hooks_and_deleted_namespaces_makes_the_pool_whol
     // Live attachments gc must leave alone: an attach, a hook's container,
     // and a pod namespace whose container died without a poststop.
     let live = PinnedNetns::new(&tb, "live");
-    ok(
-        &tb,
-        &config,
-        &[
-            "attach",
-            "--netns",
-            path_str(&live.path),
-            "--id",
-            "live",
-            "--network",
-            "fast",
-        ],
-    );
+    ok(&tb, &config, &strs(&attach_netns(&live.path, "live")));
     let running = Sleeper::own_netns(&tb);
     let running_bundle = bundle(&tb, "running", None);
     HookRun::prestart(&tb, &config, "running", running.pid, &running_bundle)
@@ -524,15 +494,7 @@ fn gc_after_killed_attaches_and_hooks_and_deleted_namespaces_makes_the_pool_whol
         let out = command(
             &tb,
             &config,
-            &[
-                "attach",
-                "--netns",
-                path_str(&ns.path),
-                "--id",
-                &format!("k{i}"),
-                "--network",
-                "fast",
-            ],
+            &strs(&attach_netns(&ns.path, &format!("k{i}"))),
             Some(&format!("{point}=kill")),
         )
         .output()
@@ -563,15 +525,7 @@ fn gc_after_killed_attaches_and_hooks_and_deleted_namespaces_makes_the_pool_whol
         ok(
             &tb,
             &config,
-            &[
-                "attach",
-                "--netns",
-                path_str(&ns.path),
-                "--id",
-                &format!("d{i}"),
-                "--network",
-                "fast",
-            ],
+            &strs(&attach_netns(&ns.path, &format!("d{i}"))),
         );
         doomed.push(ns);
     }
@@ -659,33 +613,9 @@ fn max_links_refuses_the_next_attach_and_makes_nothing() {
     let b = PinnedNetns::new(&tb, "m1");
     let c = PinnedNetns::new(&tb, "m2");
     for (ns, id) in [(&a, "m0"), (&b, "m1")] {
-        ok(
-            &tb,
-            &config,
-            &[
-                "attach",
-                "--netns",
-                path_str(&ns.path),
-                "--id",
-                id,
-                "--network",
-                "fast",
-            ],
-        );
+        ok(&tb, &config, &strs(&attach_netns(&ns.path, id)));
     }
-    let line = fails(
-        &tb,
-        &config,
-        &[
-            "attach",
-            "--netns",
-            path_str(&c.path),
-            "--id",
-            "m2",
-            "--network",
-            "fast",
-        ],
-    );
+    let line = fails(&tb, &config, &strs(&attach_netns(&c.path, "m2")));
     assert_eq!(
         line,
         format!(
@@ -701,19 +631,7 @@ fn max_links_refuses_the_next_attach_and_makes_nothing() {
     drop(a);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let out = run(
-            &tb,
-            &config,
-            &[
-                "attach",
-                "--netns",
-                path_str(&c.path),
-                "--id",
-                "m2",
-                "--network",
-                "fast",
-            ],
-        );
+        let out = run(&tb, &config, &strs(&attach_netns(&c.path, "m2")));
         if out.status.success() {
             break;
         }
@@ -795,21 +713,7 @@ fn the_host_reaches_attached_namespaces_through_its_shim_until_the_last_detach_o
     let Some(tb) = testbed() else { return };
     let config = common::config(&tb, "host_shim = true\n");
     let x = PinnedNetns::new(&tb, "sx");
-    let attach = |ns: &PinnedNetns, id: &str| {
-        ok(
-            &tb,
-            &config,
-            &[
-                "attach",
-                "--netns",
-                path_str(&ns.path),
-                "--id",
-                id,
-                "--network",
-                "fast",
-            ],
-        )
-    };
+    let attach = |ns: &PinnedNetns, id: &str| ok(&tb, &config, &strs(&attach_netns(&ns.path, id)));
     attach(&x, "sx");
     let addr = only_addr(&x.path).to_string();
     assert_eq!(shims(&tb).len(), 1);
