@@ -15,10 +15,10 @@ use runtime_config::{Bundle, Config, Request, State};
 
 use crate::failure::{Failure, Step, StepExt};
 use crate::node::{Done, Node, Target};
-use crate::profile;
 use crate::records::{Source, StateDir};
 use crate::setup::{self, addresses};
 use crate::teardown::{Outcome, Released};
+use crate::{policy, profile};
 
 /// OCI hook stages, named as in the runtime spec.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -105,13 +105,33 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
         let bundle = Bundle::parse(&state.bundle, &spec)
             .step(Step::ReadSpec)
             .map_err(with_container)?;
-        let request = Request::from_bundle(&bundle)
+        // Annotations first: they need no config. The environment counts
+        // only where the admin says so, which takes the config to know.
+        let request = Request::from_bundle(&bundle, false)
             .step(Step::ReadRequest)
             .map_err(with_container)?;
-        if request.is_empty() {
+        if request.is_empty() && !Request::in_env(&bundle) {
             return Ok(());
         }
         let node = Node::open(config_path).map_err(with_container)?;
+        let request = match node.config.requests.from_env {
+            true => Request::from_bundle(&bundle, true)
+                .step(Step::ReadRequest)
+                .map_err(with_container)?,
+            false => {
+                if Request::in_env(&bundle) {
+                    tracing::info!(
+                        container = %state.id,
+                        "NSBYPASS_* in the container's environment ignored: [requests] from_env is false"
+                    );
+                }
+                request
+            }
+        };
+        if request.is_empty() {
+            return Ok(());
+        }
+        policy::check(&request, &node.config).map_err(with_container)?;
         let done = run_setup(&node, &state, &bundle, &request).map_err(with_container)?;
         tracing::info!(
             container = %state.id,

@@ -218,7 +218,16 @@ pub fn uninstall_docker(daemon_json: &Path, dry_run: bool) -> Result<()> {
 pub fn cdi_generate(target: &Target, output: &Path) -> Result<()> {
     let config = Config::load(&target.cmd.config)?;
     let mut carries = Vec::new();
-    for name in config.profiles.keys() {
+    for (name, profile) in &config.profiles {
+        // The runtime applies a CDI device's edits itself, before any hook
+        // could check who asked: a profile kept to some namespaces has no
+        // place in a spec anyone on the host can name.
+        if profile.allow_namespaces.is_some() {
+            eprintln!(
+                "nsbypass: cdi generate: profile {name} left out: it has allow_namespaces, which CDI cannot enforce"
+            );
+            continue;
+        }
         // CDI device names start and end with a letter or digit.
         let edges = [name.chars().next(), name.chars().last()];
         if !edges
@@ -232,7 +241,10 @@ pub fn cdi_generate(target: &Target, output: &Path) -> Result<()> {
         carries.push(plan.carry());
     }
     if carries.is_empty() {
-        bail!("{} defines no profiles", config.path.display());
+        bail!(
+            "{} defines no profiles CDI can carry (those with allow_namespaces are left out)",
+            config.path.display()
+        );
     }
     let spec = install::cdi_spec(&target.cmd, &carries);
     let yaml = serde_yaml_ng::to_string(&spec).context("writing YAML")?;

@@ -13,6 +13,7 @@ mod lease;
 mod logging;
 mod node;
 mod operate;
+mod policy;
 mod profile;
 mod reconcile;
 mod records;

@@ -305,7 +305,9 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
         return Ok(());
     }
     let parsed = Bundle::parse(&bundle, &bytes)?;
-    let request = Request::from_bundle(&parsed)?;
+    // The environment counts here, whatever `[requests] from_env` says:
+    // it is how docker users ask (see env_requests_to_annotations).
+    let request = Request::from_bundle(&parsed, true)?;
     if request.is_empty() {
         return Ok(());
     }
@@ -314,6 +316,9 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
     if config.log.file.is_some() {
         logging::init(&config.log).map_err(anyhow::Error::msg)?;
     }
+    // The profiles go into the spec here, so their policy is checked here;
+    // the hooks check the networks' again.
+    crate::policy::check(&request, &config).map_err(|f| anyhow::anyhow!("{f}"))?;
     // Every requested profile goes into the spec, whatever the spec's own
     // marker claims: the marker is then set to exactly what was carried.
     let carry = match request.profiles.is_empty() {
@@ -331,6 +336,7 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
     let mut spec: serde_json::Value = serde_json::from_slice(&bytes).context("config.json")?;
     // The hooks are for networks; profiles alone are all in the spec.
     let hooks = (!request.networks.is_empty()).then_some(&cmd);
+    install::env_requests_to_annotations(&mut spec, &parsed)?;
     install::edit_spec(&mut spec, hooks, &carry)?;
     let path = bundle::spec_path(&bundle);
     installer::write_atomically(&path, &install::pretty(&spec))?;

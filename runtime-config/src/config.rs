@@ -59,6 +59,19 @@ pub struct Config {
     pub profiles: BTreeMap<String, Profile>,
     /// Limits per parent NIC, by its name (`[parents.NAME]`).
     pub parents: BTreeMap<String, Parent>,
+    /// Where requests may come from (`[requests]`).
+    pub requests: Requests,
+}
+
+/// Where requests may come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Requests {
+    /// Whether the container's environment (`NSBYPASS_NETWORK`, ...) counts
+    /// as a request where annotations are missing. Off by default: an
+    /// image's own `ENV` is in its author's hands, not the operator's.
+    #[serde(default)]
+    pub from_env: bool,
 }
 
 /// What the admin allows on one parent NIC.
@@ -149,6 +162,11 @@ pub struct Network {
     /// queue, which the kernel sizes to the largest value any child asked
     /// for. `None` leaves the kernel's default (1000).
     pub bc_queue_len: Option<u32>,
+    /// The Kubernetes namespaces (`io.kubernetes.pod.namespace`) whose
+    /// containers may join; `None`: every container may.
+    pub allow_namespaces: Option<Vec<String>>,
+    /// Whether a container may pin its address (`nsbypass.io/ip`).
+    pub allow_static_ip: bool,
 }
 
 impl Network {
@@ -343,6 +361,8 @@ struct RawConfig {
     profiles: BTreeMap<String, RawProfile>,
     #[serde(default)]
     parents: BTreeMap<String, Parent>,
+    #[serde(default)]
+    requests: Requests,
 }
 
 #[derive(Deserialize)]
@@ -363,6 +383,8 @@ struct RawNetwork {
     #[serde(default)]
     host_shim: bool,
     bc_queue_len: Option<u32>,
+    allow_namespaces: Option<Vec<String>>,
+    allow_static_ip: Option<bool>,
 }
 
 impl Config {
@@ -447,6 +469,7 @@ impl Config {
             networks,
             profiles,
             parents: raw.parents,
+            requests: raw.requests,
         })
     }
 }
@@ -520,7 +543,25 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
         ipv6,
         host_shim: raw.host_shim,
         bc_queue_len: raw.bc_queue_len,
+        allow_namespaces: validate_namespaces(raw.allow_namespaces)?,
+        allow_static_ip: raw.allow_static_ip.unwrap_or(true),
     })
+}
+
+/// `allow_namespaces`: Kubernetes namespace names, each once.
+pub(crate) fn validate_namespaces(
+    list: Option<Vec<String>>,
+) -> Result<Option<Vec<String>>, KeyError> {
+    let Some(list) = list else {
+        return Ok(None);
+    };
+    for (i, name) in list.iter().enumerate() {
+        crate::names::check_namespace_name(name).map_err(|m| ("allow_namespaces", m))?;
+        if list[..i].contains(name) {
+            return Err(("allow_namespaces", format!("{name:?} is listed twice")));
+        }
+    }
+    Ok(Some(list))
 }
 
 /// The host shim is a sibling of the containers' MACVLANs: it needs a mode
@@ -1182,6 +1223,50 @@ parent = "ens1f1"
             e.contains("network b: range6: fd00::1-fd00::ffff:ffff:ffff:ffff overlaps"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn policy_keys() {
+        let c = parse(
+            "[requests]\nfrom_env = true\n[networks.a]\nparent = \"p\"\nallow_namespaces = [\"trading\", \"risk-2\"]\nallow_static_ip = false\n[profiles.x]\nallow_namespaces = [\"trading\"]\n",
+        )
+        .unwrap();
+        assert!(c.requests.from_env);
+        let a = &c.networks["a"];
+        assert_eq!(
+            a.allow_namespaces.as_deref(),
+            Some(&["trading".to_owned(), "risk-2".to_owned()][..])
+        );
+        assert!(!a.allow_static_ip);
+        assert_eq!(
+            c.profiles["x"].allow_namespaces.as_deref(),
+            Some(&["trading".to_owned()][..])
+        );
+        let d = parse("[networks.a]\nparent = \"p\"\n").unwrap();
+        assert!(
+            !d.requests.from_env,
+            "the environment does not count by default"
+        );
+        assert!(d.networks["a"].allow_static_ip && d.networks["a"].allow_namespaces.is_none());
+        for (body, want) in [
+            (
+                "[networks.a]\nparent = \"p\"\nallow_namespaces = [\"Trading\"]",
+                "network a: allow_namespaces: \"Trading\" is not a Kubernetes namespace name",
+            ),
+            (
+                "[networks.a]\nparent = \"p\"\nallow_namespaces = [\"t\", \"t\"]",
+                "network a: allow_namespaces: \"t\" is listed twice",
+            ),
+            (
+                "[profiles.x]\nallow_namespaces = [\"-x\"]",
+                "profile x: allow_namespaces: \"-x\" is not a Kubernetes namespace name",
+            ),
+            ("[requests]\nfrom_env = \"yes\"", "invalid type"),
+            ("[requests]\nfromenv = true", "fromenv"),
+        ] {
+            let got = err(body);
+            assert!(got.contains(want), "{body:?}: {got}");
+        }
     }
 
     #[test]

@@ -468,6 +468,43 @@ pub fn edit_spec(
 /// Sets `key=value` in a spec's env list, by the rules of `edit_spec`:
 /// runc applies the list in order, so the last entry of a key is the one
 /// the process sees.
+/// Docker has no annotations of its own to speak of: the runtime entry
+/// turns the container's `NSBYPASS_NETWORK`/`_IP`/`_PROFILE` environment
+/// (`-e`, and an image's `ENV`, which docker cannot tell apart) into the
+/// matching `nsbypass.io/` annotations in the spec, unless the spec has
+/// them already, so that the hooks it adds read annotations only.
+pub fn env_requests_to_annotations(
+    spec: &mut Value,
+    bundle: &crate::Bundle,
+) -> Result<(), InstallError> {
+    use crate::request::{
+        IP_ANNOTATION, IP_ENV, NETWORK_ANNOTATION, NETWORK_ENV, PROFILE_ANNOTATION, PROFILE_ENV,
+    };
+    let shape = |message: &str| InstallError::Shape {
+        what: "config.json".into(),
+        message: message.into(),
+    };
+    let root = spec
+        .as_object_mut()
+        .ok_or_else(|| shape("not a JSON object"))?;
+    for (annotation, env) in [
+        (NETWORK_ANNOTATION, NETWORK_ENV),
+        (IP_ANNOTATION, IP_ENV),
+        (PROFILE_ANNOTATION, PROFILE_ENV),
+    ] {
+        let Some(value) = bundle.env_var(env) else {
+            continue;
+        };
+        if bundle.annotations.contains_key(annotation) {
+            continue;
+        }
+        object_at(root, "annotations")
+            .ok_or_else(|| shape("\"annotations\" is not an object"))?
+            .insert(annotation.to_owned(), Value::String(value.to_owned()));
+    }
+    Ok(())
+}
+
 fn set_env(env: &mut Vec<Value>, key: &str, value: &str) {
     let Some(last) = env.iter().rposition(|e| env_value(e, key).is_some()) else {
         env.push(Value::String(format!("{key}={value}")));
@@ -852,6 +889,28 @@ mod tests {
 
     fn bundle_of(spec: &Value) -> Bundle {
         Bundle::parse(Path::new("/b"), spec.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn docker_env_requests_become_annotations_unless_the_spec_has_them() {
+        let mut spec = json!({
+            "process": {"env": ["PATH=/bin", "NSBYPASS_NETWORK=fast", "NSBYPASS_IP=fast=10.0.0.9", "NSBYPASS_NETWORK=slow"]},
+            "annotations": {"nsbypass.io/ip": "fast=10.0.0.5"},
+        });
+        let bundle =
+            crate::Bundle::parse(Path::new("/b"), &serde_json::to_vec(&spec).unwrap()).unwrap();
+        env_requests_to_annotations(&mut spec, &bundle).unwrap();
+        assert_eq!(
+            spec["annotations"],
+            json!({"nsbypass.io/network": "slow", "nsbypass.io/ip": "fast=10.0.0.5"}),
+            "the last env value; an annotation already there wins"
+        );
+        let mut none = json!({"process": {"env": ["PATH=/bin"]}});
+        let bundle =
+            crate::Bundle::parse(Path::new("/b"), br#"{"process": {"env": ["PATH=/bin"]}}"#)
+                .unwrap();
+        env_requests_to_annotations(&mut none, &bundle).unwrap();
+        assert_eq!(none, json!({"process": {"env": ["PATH=/bin"]}}));
     }
 
     #[test]

@@ -32,6 +32,25 @@ pub fn check_network_name(name: &str) -> Result<(), String> {
     check_word(name, "network name", 64, "_-.")
 }
 
+/// A Kubernetes namespace name (an RFC 1123 label: lowercase letters,
+/// digits and `-`, at most 63, starting and ending alphanumeric), as
+/// `allow_namespaces` lists them.
+pub fn check_namespace_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "{name:?} is not a Kubernetes namespace name (lowercase letters, digits and '-', at most 63)"
+        )),
+    }
+}
+
 /// A container id as runtimes make them (runc: `^[\w+-\.]+$`), minus `.`
 /// and `..`, and short enough to be a file name with a suffix.
 pub fn check_container_id(id: &str) -> Result<(), String> {

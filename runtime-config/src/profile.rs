@@ -25,6 +25,9 @@ pub struct Profile {
     pub env: BTreeMap<String, String>,
     /// Host paths the stack needs (a loaded driver module, ...).
     pub requires: Vec<PathBuf>,
+    /// The Kubernetes namespaces whose containers may have it; `None`:
+    /// every container may.
+    pub allow_namespaces: Option<Vec<String>>,
 }
 
 /// Host device node(s) to make usable in the container.
@@ -64,6 +67,7 @@ pub(crate) struct RawProfile {
     env: BTreeMap<String, String>,
     #[serde(default)]
     requires: Vec<String>,
+    allow_namespaces: Option<Vec<String>>,
 }
 
 /// `"/path"` (same path on both sides) or `{ source = "...", target = "..." }`.
@@ -171,6 +175,7 @@ impl Profile {
             preload,
             env: raw.env,
             requires,
+            allow_namespaces: crate::config::validate_namespaces(raw.allow_namespaces)?,
         })
     }
 }

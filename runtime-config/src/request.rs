@@ -1,5 +1,9 @@
-//! What a container asks nsbypass for, read from its annotations or, for
-//! runtimes that have none (docker), from its process environment.
+//! What a container asks nsbypass for, read from its annotations and, where
+//! the admin allows it (`[requests] from_env`), from its process
+//! environment. The environment is the image author's as much as the
+//! operator's (an image's `ENV` looks the same as `-e`), so by default it
+//! does not count; the docker runtime entry turns `-e NSBYPASS_*` into
+//! annotations in the spec it edits.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -18,6 +22,11 @@ pub const IP_ENV: &str = "NSBYPASS_IP";
 /// Annotation and environment variable naming bypass-stack profiles.
 pub const PROFILE_ANNOTATION: &str = "nsbypass.io/profile";
 pub const PROFILE_ENV: &str = "NSBYPASS_PROFILE";
+/// The Kubernetes namespace of the container's pod, as CRI-O and containerd
+/// set it: what `allow_namespaces` is checked against.
+pub const POD_NAMESPACE_ANNOTATION: &str = "io.kubernetes.pod.namespace";
+/// The environment variables that can carry a request.
+pub const REQUEST_ENV: [&str; 3] = [NETWORK_ENV, IP_ENV, PROFILE_ENV];
 /// Every annotation under this prefix must be one nsbypass knows.
 pub const ANNOTATION_PREFIX: &str = "nsbypass.io/";
 
@@ -44,6 +53,9 @@ pub struct Request {
     /// ([`crate::install::check_in_spec`]): the in-spec marker variable is
     /// in the image's reach and is not read here.
     pub profiles: Vec<String>,
+    /// The pod's Kubernetes namespace, from its annotation only (never
+    /// from the environment).
+    pub namespace: Option<String>,
 }
 
 impl Request {
@@ -51,9 +63,16 @@ impl Request {
         self.networks.is_empty() && self.profiles.is_empty()
     }
 
-    /// Reads the request from a bundle. An annotation wins over the
-    /// environment variable for the same request.
-    pub fn from_bundle(bundle: &Bundle) -> Result<Request, RequestError> {
+    /// Whether the bundle's process environment names a request (which
+    /// counts only with `from_env`).
+    pub fn in_env(bundle: &Bundle) -> bool {
+        REQUEST_ENV.iter().any(|k| bundle.env_var(k).is_some())
+    }
+
+    /// Reads the request from a bundle's annotations and, with `from_env`,
+    /// its environment. An annotation wins over the environment variable
+    /// for the same request.
+    pub fn from_bundle(bundle: &Bundle, from_env: bool) -> Result<Request, RequestError> {
         if let Some(key) = bundle
             .annotations
             .keys()
@@ -70,17 +89,20 @@ impl Request {
         let pick = |annotation: &str, env: &str| -> Option<(String, String)> {
             match bundle.annotations.get(annotation) {
                 Some(v) => Some((format!("annotation {annotation}"), v.clone())),
-                None => bundle
+                None if from_env => bundle
                     .env_var(env)
                     .map(|v| (format!("env {env}"), v.to_owned())),
+                None => None,
             }
         };
 
-        Request::from_values(
+        let mut request = Request::from_values(
             pick(NETWORK_ANNOTATION, NETWORK_ENV),
             pick(IP_ANNOTATION, IP_ENV),
             pick(PROFILE_ANNOTATION, PROFILE_ENV),
-        )
+        )?;
+        request.namespace = bundle.annotations.get(POD_NAMESPACE_ANNOTATION).cloned();
+        Ok(request)
     }
 
     /// Reads a request from its three values, each with where it came from
@@ -174,7 +196,30 @@ mod tests {
     }
 
     fn req(annotations: &[(&str, &str)], env: &[&str]) -> Result<Request, String> {
-        Request::from_bundle(&bundle(annotations, env)).map_err(|e| e.to_string())
+        Request::from_bundle(&bundle(annotations, env), true).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_environment_counts_only_when_asked_to_and_the_namespace_never_comes_from_it() {
+        let b = bundle(
+            &[("io.kubernetes.pod.namespace", "trading")],
+            &["NSBYPASS_NETWORK=fast", "NSBYPASS_IP=fast=10.1.0.7"],
+        );
+        assert!(Request::in_env(&b));
+        let off = Request::from_bundle(&b, false).unwrap();
+        assert!(off.is_empty() && off.addresses.is_empty());
+        assert_eq!(off.namespace.as_deref(), Some("trading"));
+        let on = Request::from_bundle(&b, true).unwrap();
+        assert_eq!(on.networks, ["fast"]);
+        let env_ns = bundle(
+            &[],
+            &[
+                "IO_KUBERNETES_POD_NAMESPACE=trading",
+                "NSBYPASS_NETWORK=fast",
+            ],
+        );
+        assert_eq!(Request::from_bundle(&env_ns, true).unwrap().namespace, None);
+        assert!(!Request::in_env(&bundle(&[], &["PATH=/bin"])));
     }
 
     #[test]

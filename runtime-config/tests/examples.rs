@@ -37,7 +37,7 @@ fn example_config_and_runc_spec_agree() {
     let config = Config::parse(CONFIG, Path::new("examples/config.toml")).unwrap();
     let spec = include_bytes!("../../examples/runc-config.json");
     let bundle = Bundle::parse(Path::new("/bundle"), spec).unwrap();
-    let request = Request::from_bundle(&bundle).unwrap();
+    let request = Request::from_bundle(&bundle, false).unwrap();
     for profile in &request.profiles {
         assert!(config.profiles.contains_key(profile), "{profile}");
     }
@@ -124,10 +124,13 @@ fn kubernetes_pod_asks_for_what_the_config_offers() {
         serde_yaml_ng::from_str(include_str!("../../examples/kubernetes/pod.yaml")).unwrap();
     let annotations: BTreeMap<String, String> =
         serde_yaml_ng::from_value(pod["metadata"]["annotations"].clone()).unwrap();
-    let request = Request::from_bundle(&Bundle {
-        annotations,
-        ..Bundle::default()
-    })
+    let request = Request::from_bundle(
+        &Bundle {
+            annotations,
+            ..Bundle::default()
+        },
+        false,
+    )
     .unwrap();
     let config = Config::parse(CONFIG, Path::new("examples/config.toml")).unwrap();
     assert!(!request.networks.is_empty() && !request.profiles.is_empty());

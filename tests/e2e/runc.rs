@@ -11,12 +11,13 @@ use common::*;
 #[test]
 fn two_containers_are_wired_talk_to_each_other_and_the_peer_and_leave_nothing() {
     let Some(tb) = testbed() else { return };
-    let config = config(&tb, "");
+    let config = config(&tb, "\n[requests]\nfrom_env = true\n");
     let a = hooked(&tb, &config, "a")
         .annotation("nsbypass.io/network", "fast")
         .create()
         .unwrap();
-    // Docker has no annotations: the same request through the environment.
+    // Where the admin lets the environment count, the same request
+    // through it.
     let b = hooked(&tb, &config, "b")
         .env("NSBYPASS_NETWORK=fast")
         .create()

@@ -1,0 +1,249 @@
+//! Issue 9: who may use what. The admin's policy (`allow_namespaces`,
+//! `allow_static_ip`) and where requests may come from (`[requests]
+//! from_env`), checked by the hook run as a runtime runs it (see
+//! `common::direct`) and through real runc containers for profiles. Every
+//! refusal is one line and leaves nothing: no link, no lease, no record.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::direct::*;
+use common::{direct_bundle, hooked, testbed};
+use nsbypass_testbed::Testbed;
+use serde_json::{json, Value};
+
+/// `fast` kept to the `trading` and `risk` namespaces with no static
+/// addresses, `open` for everyone, on the same parent (disjoint ranges);
+/// profile `stack` (a host file bound in) kept to `trading`.
+fn policy_config(tb: &Testbed, from_env: bool) -> PathBuf {
+    let library = tb.dir.join("libstack.so");
+    std::fs::write(&library, "the host's stack\n").unwrap();
+    let extra = format!(
+        r#"allow_namespaces = ["trading", "risk"]
+allow_static_ip = false
+
+[networks.open]
+parent = "{parent}"
+subnet = "{subnet}"
+range = "{a}-{b}"
+
+[profiles.stack]
+mounts = [{{ source = "{lib}", target = "/usr/lib/libstack.so" }}]
+allow_namespaces = ["trading"]
+
+[requests]
+from_env = {from_env}
+"#,
+        parent = tb.parent,
+        subnet = tb.subnet,
+        a = tb.addr(200),
+        b = tb.addr(220),
+        lib = library.display(),
+    );
+    common::config(tb, &extra)
+}
+
+/// A bundle whose spec has `annotations` and the process environment `env`.
+fn bundle_of(tb: &Testbed, name: &str, annotations: Value, env: &[&str]) -> PathBuf {
+    let mut all_env = vec![HOOK_PATH_ENV.to_owned()];
+    all_env.extend(env.iter().map(|s| s.to_string()));
+    let spec = json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["sleep", "600"], "env": all_env, "cwd": "/"},
+        "annotations": annotations,
+    });
+    direct_bundle(tb, name, &spec)
+}
+
+const HOOK_PATH_ENV: &str = "PATH=/usr/bin:/bin";
+
+/// Runs the prestart of `id` (its init a sleeper of its own) and returns
+/// what it ended with, the sleeper's links, and the sleeper.
+fn prestart(tb: &Testbed, config: &Path, id: &str, bundle: &Path) -> (HookResult, Sleeper) {
+    let init = Sleeper::own_netns(tb);
+    let result = HookRun::prestart(tb, config, id, init.pid, bundle).run();
+    (result, init)
+}
+
+fn assert_nothing_made(tb: &Testbed, init: &Sleeper, when: &str) {
+    assert!(init.links().is_empty(), "{when}: {:?}", init.links());
+    assert_state_empty(tb, when);
+}
+
+#[test]
+fn each_rule_refuses_what_it_should_and_admits_what_it_should() {
+    let Some(tb) = testbed() else { return };
+    let config = policy_config(&tb, false);
+    let ns = |n: &str| ("io.kubernetes.pod.namespace", n.to_owned());
+    let cases: Vec<(&str, Vec<(&str, String)>, Option<&str>)> = vec![
+        ("trading-ok", vec![ns("trading")], None),
+        ("risk-ok", vec![ns("risk")], None),
+        (
+            "dev-refused",
+            vec![ns("dev")],
+            Some("network fast: policy: namespace \"dev\" may not use it (networks.fast.allow_namespaces = [\"trading\", \"risk\"] in "),
+        ),
+        (
+            "none-refused",
+            vec![],
+            Some("network fast: policy: the container has no Kubernetes namespace (annotation io.kubernetes.pod.namespace)"),
+        ),
+        (
+            "static-refused",
+            vec![ns("trading"), ("nsbypass.io/ip", format!("fast={}", tb.addr(150)))],
+            Some("network fast: policy: a static address (nsbypass.io/ip) is not allowed on this network (networks.fast.allow_static_ip = false in "),
+        ),
+    ];
+    for (id, annotations, refusal) in cases {
+        let mut notes = serde_json::Map::new();
+        notes.insert("nsbypass.io/network".into(), "fast".into());
+        for (k, v) in &annotations {
+            notes.insert((*k).into(), v.clone().into());
+        }
+        let bundle = bundle_of(&tb, id, Value::Object(notes), &[]);
+        let (result, init) = prestart(&tb, &config, id, &bundle);
+        match refusal {
+            None => {
+                result.assert_ok();
+                assert_eq!(init.links(), ["net1"], "{id}");
+                drop(init);
+                HookRun::poststop(&tb, &config, id, &bundle)
+                    .run()
+                    .assert_ok();
+                assert_state_empty(&tb, id);
+            }
+            Some(want) => {
+                let line = result.error_line();
+                assert!(
+                    line.starts_with(&format!("nsbypass: hook prestart: container {id}: {want}")),
+                    "{id}: {line}"
+                );
+                assert_nothing_made(&tb, &init, id);
+            }
+        }
+    }
+    // Static addresses stay allowed where the admin did not say otherwise.
+    let bundle = bundle_of(
+        &tb,
+        "open-static",
+        json!({"nsbypass.io/network": "open", "nsbypass.io/ip": format!("open={}", tb.addr(210))}),
+        &[],
+    );
+    let (result, init) = prestart(&tb, &config, "open-static", &bundle);
+    result.assert_ok();
+    assert_eq!(only_addr(&init.netns()), tb.addr(210));
+    drop(init);
+    HookRun::poststop(&tb, &config, "open-static", &bundle)
+        .run()
+        .assert_ok();
+    assert_state_empty(&tb, "open-static");
+}
+
+#[test]
+fn the_environment_counts_only_with_from_env() {
+    let Some(tb) = testbed() else { return };
+    // Default: an image's ENV asks for nothing (the redteam's
+    // repro_image_env_network.sh: a network and its address from ENV).
+    let config = policy_config(&tb, false);
+    let env = [
+        "NSBYPASS_NETWORK=open",
+        &format!("NSBYPASS_IP=open={}", tb.addr(211)),
+    ];
+    let bundle = bundle_of(&tb, "image-env", json!({}), &env);
+    let (result, init) = prestart(&tb, &config, "image-env", &bundle);
+    result.assert_ok();
+    assert_nothing_made(&tb, &init, "an image's ENV without from_env");
+    // Nor does it add to what the annotations ask.
+    let bundle = bundle_of(
+        &tb,
+        "image-env-too",
+        json!({"nsbypass.io/network": "open"}),
+        &["NSBYPASS_IP=open=".to_owned() + &tb.addr(212).to_string()]
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let (result, init) = prestart(&tb, &config, "image-env-too", &bundle);
+    result.assert_ok();
+    assert_ne!(
+        only_addr(&init.netns()),
+        tb.addr(212),
+        "the ENV pin is ignored"
+    );
+    drop(init);
+    HookRun::poststop(&tb, &config, "image-env-too", &bundle)
+        .run()
+        .assert_ok();
+    assert_state_empty(&tb, "image-env-too");
+
+    // With from_env, the environment is a request like the annotations,
+    // under the same policy; the namespace comes from the annotation only.
+    let config = policy_config(&tb, true);
+    let bundle = bundle_of(&tb, "env-open", json!({}), &env);
+    let (result, init) = prestart(&tb, &config, "env-open", &bundle);
+    result.assert_ok();
+    assert_eq!(only_addr(&init.netns()), tb.addr(211));
+    drop(init);
+    HookRun::poststop(&tb, &config, "env-open", &bundle)
+        .run()
+        .assert_ok();
+    let bundle = bundle_of(
+        &tb,
+        "env-dev",
+        json!({"io.kubernetes.pod.namespace": "dev"}),
+        &["NSBYPASS_NETWORK=fast"],
+    );
+    let (result, init) = prestart(&tb, &config, "env-dev", &bundle);
+    let line = result.error_line();
+    assert!(
+        line.contains("container env-dev: network fast: policy: namespace \"dev\" may not use it"),
+        "{line}"
+    );
+    assert_nothing_made(&tb, &init, "env request outside policy");
+    let bundle = bundle_of(
+        &tb,
+        "env-trading",
+        json!({"io.kubernetes.pod.namespace": "trading"}),
+        &["NSBYPASS_NETWORK=fast"],
+    );
+    let (result, init) = prestart(&tb, &config, "env-trading", &bundle);
+    result.assert_ok();
+    assert_eq!(init.links(), ["net1"]);
+    drop(init);
+    HookRun::poststop(&tb, &config, "env-trading", &bundle)
+        .run()
+        .assert_ok();
+    assert_state_empty(&tb, "env-trading");
+}
+
+#[test]
+fn a_profile_kept_to_a_namespace_is_carried_only_into_its_pods() {
+    let Some(tb) = testbed() else { return };
+    let config = policy_config(&tb, false);
+    let refused = hooked(&tb, &config, "dev")
+        .annotation("nsbypass.io/profile", "stack")
+        .annotation("io.kubernetes.pod.namespace", "dev")
+        .create_err();
+    // runc quotes the hook's line.
+    assert!(
+        refused.contains("container dev: profile stack: policy: namespace ")
+            && refused.contains("may not use it (profiles.stack.allow_namespaces = ["),
+        "{refused}"
+    );
+    assert!(!tb.rootfs().join("usr/lib/libstack.so").exists());
+    assert_state_empty(&tb, "refused profile");
+
+    let c = hooked(&tb, &config, "trader")
+        .annotation("nsbypass.io/profile", "stack")
+        .annotation("io.kubernetes.pod.namespace", "trading")
+        .create()
+        .unwrap();
+    c.start().unwrap();
+    assert_eq!(
+        c.exec_ok(&["cat", "/usr/lib/libstack.so"]).unwrap(),
+        "the host's stack\n"
+    );
+    common::delete(c);
+}
