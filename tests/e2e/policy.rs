@@ -77,7 +77,9 @@ fn each_rule_refuses_what_it_should_and_admits_what_it_should() {
     let Some(tb) = testbed() else { return };
     let config = policy_config(&tb, false);
     let ns = |n: &str| ("io.kubernetes.pod.namespace", n.to_owned());
-    let cases: Vec<(&str, Vec<(&str, String)>, Option<&str>)> = vec![
+    // (container id, annotations besides the network, the refusal if any)
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Option<&'a str>);
+    let cases: Vec<Case> = vec![
         ("trading-ok", vec![ns("trading")], None),
         ("risk-ok", vec![ns("risk")], None),
         (
