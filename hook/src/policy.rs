@@ -120,7 +120,15 @@ allow_namespaces = ["trading"]
 
     #[test]
     fn every_rule_refuses_what_it_should_and_admits_what_it_should() {
-        let cases: &[(&[&str], &[&str], &[&str], Option<&str>, &str)] = &[
+        // (networks, networks pinned, profiles, namespace, outcome)
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            Option<&'a str>,
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (&["open"], &["open"], &["any"], None, "ok"),
             (&["open"], &[], &[], Some("dev"), "ok"),
             (&["trading"], &[], &[], Some("trading"), "ok"),
