@@ -249,3 +249,59 @@ fn a_profile_kept_to_a_namespace_is_carried_only_into_its_pods() {
     );
     common::delete(c);
 }
+
+/// Loaded into a process, leaves a file named after that process's pid.
+const TATTLE: &str = r#"
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+__attribute__((constructor)) static void tattle(void) {
+    const char *dir = getenv("TATTLE_DIR");
+    char path[512];
+    snprintf(path, sizeof path, "%s/loaded-by-%d", dir ? dir : "/tmp", getpid());
+    int fd = open(path, O_CREAT | O_WRONLY, 0600);
+    if (fd >= 0) close(fd);
+}
+"#;
+
+#[test]
+fn no_variable_of_the_container_reaches_the_hook() {
+    let Some(tb) = testbed() else { return };
+    let config = policy_config(&tb, false);
+    let tattle = tb.build_c("tattle", TATTLE, true).unwrap();
+    let marks = tb.dir.join("marks");
+    std::fs::create_dir_all(&marks).unwrap();
+    // The control: a hook that is given the library does load it.
+    let control = hooked(&tb, &config, "control")
+        .annotation("nsbypass.io/network", "open")
+        .hook_env(&format!("LD_PRELOAD={}", tattle.display()))
+        .hook_env(&format!("TATTLE_DIR={}", marks.display()))
+        .create()
+        .unwrap();
+    common::delete(control);
+    let seen = std::fs::read_dir(&marks).unwrap().count();
+    assert!(seen >= 1, "the tattle library works");
+    std::fs::remove_dir_all(&marks).unwrap();
+    std::fs::create_dir_all(&marks).unwrap();
+    // Everything a hostile image could put in its environment to steer a
+    // root process that inherited it.
+    let c = hooked(&tb, &config, "hostile")
+        .annotation("nsbypass.io/network", "open")
+        .env(&format!("LD_PRELOAD={}", tattle.display()))
+        .env(&format!("TATTLE_DIR={}", marks.display()))
+        .env("NSBYPASS_CONFIG=/nonexistent/config.toml")
+        .env("NSBYPASS_FAILPOINT=lease=error")
+        .env("PATH=/nonexistent:/bin")
+        .env("RUST_LOG=trace")
+        .create()
+        .unwrap();
+    assert_eq!(common::iface(&c, "net1").kind, "macvlan");
+    let left: Vec<_> = std::fs::read_dir(&marks).unwrap().flatten().collect();
+    assert!(
+        left.is_empty(),
+        "the hook loaded the image's LD_PRELOAD: {left:?}"
+    );
+    common::delete(c);
+    assert_state_empty(&tb, "hostile env");
+}
