@@ -134,11 +134,22 @@ fn kubernetes_pod_asks_for_what_the_config_offers() {
     .unwrap();
     let config = Config::parse(CONFIG, Path::new("examples/config.toml")).unwrap();
     assert!(!request.networks.is_empty() && !request.profiles.is_empty());
+    // CRI-O sets the namespace annotation from the pod's own namespace.
+    let namespace = pod["metadata"]["namespace"].as_str().unwrap().to_owned();
+    let allowed = |list: &Option<Vec<String>>| list.as_ref().is_none_or(|l| l.contains(&namespace));
     for network in &request.networks {
         assert!(config.networks.contains_key(network), "{network}");
+        assert!(
+            allowed(&config.networks[network].allow_namespaces),
+            "{network}"
+        );
     }
     for profile in &request.profiles {
         assert!(config.profiles.contains_key(profile), "{profile}");
+        assert!(
+            allowed(&config.profiles[profile].allow_namespaces),
+            "{profile}"
+        );
     }
 }
 
