@@ -608,14 +608,24 @@ pub fn only_addr(netns: &Path) -> Ipv4Addr {
 /// The lease files of network `fast`: address -> holder JSON
 /// (`{"host", "netns", "container"}`).
 pub fn leases_on(tb: &Testbed) -> BTreeMap<Ipv4Addr, Value> {
-    let dir = tb.state_dir().join("leases").join(NETWORK);
+    leases_of(tb, NETWORK)
+}
+
+/// The IPv4 lease files of `network`, as [`leases_on`] reads `fast`'s; a
+/// lease freed while it reads is left out.
+pub fn leases_of(tb: &Testbed, network: &str) -> BTreeMap<Ipv4Addr, Value> {
+    let dir = tb.state_dir().join("leases").join(network);
     let mut out = BTreeMap::new();
     for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         let Ok(addr) = name.parse() else {
             panic!("a file in {} that is no lease: {name}", dir.display());
         };
-        let text = std::fs::read_to_string(entry.path()).expect("reading a lease");
+        // A concurrent poststop may free it between the listing and the read.
+        let text = match std::fs::read_to_string(entry.path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            read => read.expect("reading a lease"),
+        };
         out.insert(addr, serde_json::from_str(&text).expect("a lease is JSON"));
     }
     out
