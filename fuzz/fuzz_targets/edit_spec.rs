@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let carry = carry();
     // With and without the hooks, as runtime mode edits for networks or not.
-    let hooks = (data.len() % 2 == 0).then_some(&cmd);
+    let hooks = data.len().is_multiple_of(2).then_some(&cmd);
     if let Err(e) = install::edit_spec(&mut spec, hooks, &carry) {
         return one_line(&e);
     }
