@@ -11,15 +11,22 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # gcc, libc6-dev: the profile tests build a preload shim and a sender.
+# g++: libfuzzer-sys compiles libFuzzer for the fuzz targets.
 # podman, docker.io, containerd: the runtimes the install tests drive.
 # containernetworking-plugins, netavark: the CNI and podman macvlan drivers
 # scripts/bench.py compares against.
-packages=(runc busybox-static iproute2 util-linux gcc libc6-dev
+packages=(runc busybox-static iproute2 util-linux gcc g++ libc6-dev
           podman docker.io containerd containernetworking-plugins netavark)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update
     apt-get install -y --no-install-recommends "${packages[@]}"
+fi
+
+# cargo fuzz, for scripts/fuzz.sh: on stable Rust with --sanitizer none.
+cargo_fuzz=0.13.2
+if [ "$(cargo fuzz --version 2>/dev/null)" != "cargo-fuzz $cargo_fuzz" ]; then
+    cargo install --locked "cargo-fuzz@$cargo_fuzz"
 fi
 
 # With the failpoints the fault-injection tests arm, as scripts/test.sh builds.

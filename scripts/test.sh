@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Every check CI runs: formatting, lints, unit tests, and the end-to-end tests
-# against real runc containers (those need root and skip, saying why, without).
+# Every check CI runs: formatting, lints, unit tests, the end-to-end tests
+# against real runc containers (those need root and skip, saying why, without),
+# and a minute of each fuzz target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 cargo fmt --all -- --check
+cargo fmt --all --manifest-path fuzz/Cargo.toml -- --check
 cargo clippy --locked --workspace --all-targets --features nsbypass/failpoints -- -D warnings
 # End-to-end tests skip without root; here, skipping is a failure. The hook
 # is built with its failpoints (tests/e2e/integrity.rs arms them); a
@@ -18,4 +20,8 @@ if [ -n "$leftover" ]; then
     echo "$leftover" >&2
     exit 1
 fi
+
+# The fuzz crate is a workspace of its own: lint it apart.
+cargo clippy --locked --manifest-path fuzz/Cargo.toml --all-targets -- -D warnings
+scripts/fuzz.sh 60
 echo "test.sh: all checks passed"

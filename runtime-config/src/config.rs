@@ -38,8 +38,9 @@ pub enum ConfigError {
         message: String,
     },
     /// A value that parses but makes no sense (address outside the subnet,
-    /// relative path, ...). `section` is `network NAME` or `profile NAME`.
-    #[error("config {path}: {section}: {key}: {message}")]
+    /// relative path, ...). `section` is `network NAME` or `profile NAME`;
+    /// a NAME is the file's own table key, so it is shown escaped.
+    #[error("config {path}: {}: {key}: {message}", section.escape_debug())]
     Invalid {
         path: PathBuf,
         section: String,
@@ -1044,6 +1045,26 @@ parent = "ens1f1"
         let e = err("[log]\nlevel = \"loud\"");
         assert!(e.contains("loud"), "{e}");
         assert!(!e.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn a_table_name_with_a_newline_is_one_line() {
+        // Caught by the one-line check of fuzz/fuzz_targets/config.rs.
+        for (text, want) in [
+            (
+                "[networks.\"a\\nb\"]\nparent = \"eth0\"\n",
+                "config /etc/nsbypass/config.toml: network a\\nb: name: ",
+            ),
+            (
+                "[parents.\"a\\nb\"]\nmax_links = 1\n",
+                ": parent a\\nb: name: ",
+            ),
+            ("[profiles.\"a\\nb\"]\n", ": profile a\\nb: name: "),
+        ] {
+            let e = err(text);
+            assert!(e.contains(want), "{e}");
+            assert!(!e.contains('\n'), "one line: {e:?}");
+        }
     }
 
     #[test]

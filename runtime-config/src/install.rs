@@ -366,7 +366,7 @@ pub fn edit_spec(
                 return Err(shape(&format!(
                     "\"linux.devices\" already has {} as {} {}:{}, where {} needs {} {}:{}",
                     d.target.display(),
-                    e.kind,
+                    e.kind.escape_debug(),
                     number(e.major),
                     number(e.minor),
                     carry.who(),
@@ -420,9 +420,9 @@ pub fn edit_spec(
                 }
                 return Err(shape(&format!(
                     "\"mounts\" already has a {} mount{} on {}, where {} binds {}",
-                    e.kind.as_deref().unwrap_or("untyped"),
+                    e.kind.as_deref().unwrap_or("untyped").escape_debug(),
                     e.source
-                        .map(|s| format!(" of {}", s.display()))
+                        .map(|s| format!(" of {}", s.display().to_string().escape_debug()))
                         .unwrap_or_default(),
                     m.target.display(),
                     carry.who(),
@@ -1028,6 +1028,29 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(got.contains(want), "got: {got}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn what_the_spec_has_differently_is_one_line_whatever_it_holds() {
+        // Caught by the one-line check of fuzz/fuzz_targets/edit_spec.rs:
+        // the spec's own type and source were printed raw.
+        let cases = [
+            (
+                json!({"linux": {"devices": [{"path": "/dev/onload", "type": "c\n", "major": 1, "minor": 3}]}}),
+                "already has /dev/onload as c\\n 1:3,",
+            ),
+            (
+                json!({"mounts": [{"destination": "/usr/lib64/libonload.so", "type": "x\ny", "source": "/a\nb"}]}),
+                "already has a x\\ny mount of /a\\nb on /usr/lib64/libonload.so,",
+            ),
+        ];
+        for (mut spec, want) in cases {
+            let got = edit_spec(&mut spec, None, &carry())
+                .unwrap_err()
+                .to_string();
+            assert!(got.contains(want), "got: {got}\nwant: {want}");
+            assert!(!got.contains('\n'), "{got:?}");
         }
     }
 

@@ -10,6 +10,7 @@ pub mod install;
 pub mod names;
 pub mod profile;
 pub mod request;
+pub mod runtime_args;
 pub mod state;
 
 pub use bundle::Bundle;

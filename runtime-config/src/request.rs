@@ -34,8 +34,9 @@ const KNOWN_ANNOTATIONS: [&str; 3] = [NETWORK_ANNOTATION, IP_ANNOTATION, PROFILE
 
 /// A request that cannot be honoured as written. `origin` says where it came
 /// from (`annotation nsbypass.io/ip`, `env NSBYPASS_IP`).
+/// `origin` can hold an annotation's own key, so it is shown escaped.
 #[derive(Debug, thiserror::Error)]
-#[error("{origin}: {message}")]
+#[error("{}: {message}", origin.escape_debug())]
 pub struct RequestError {
     pub origin: String,
     pub message: String,
@@ -393,5 +394,16 @@ mod tests {
             let got = req(annotations, env).unwrap_err();
             assert!(got.contains(want), "got: {got}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn an_unknown_annotation_with_a_newline_is_one_line() {
+        // Caught by the one-line check of fuzz/fuzz_targets/request.rs.
+        let got = req(&[("nsbypass.io/a\nb", "x")], &[]).unwrap_err();
+        assert!(
+            got.starts_with("annotation nsbypass.io/a\\nb: unknown nsbypass annotation"),
+            "{got}"
+        );
+        assert!(!got.contains('\n'), "{got:?}");
     }
 }

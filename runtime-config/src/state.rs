@@ -59,7 +59,7 @@ impl State {
         if !raw.bundle.is_absolute() {
             return Err(StateError::Invalid(format!(
                 "bundle {} is not an absolute path",
-                raw.bundle.display()
+                raw.bundle.display().to_string().escape_debug()
             )));
         }
         let pid = match raw.pid {
@@ -115,6 +115,11 @@ mod tests {
             (
                 br#"{"id":"c","bundle":"rel"}"#,
                 "bundle rel is not an absolute path",
+            ),
+            // Caught by the one-line check of fuzz/fuzz_targets/state.rs.
+            (
+                br#"{"id":"c","bundle":"a\nb"}"#,
+                "bundle a\\nb is not an absolute path",
             ),
             (
                 br#"{"id":"c","bundle":"/b","pid":-5}"#,
