@@ -27,10 +27,31 @@ fuzz_target!(|data: &[u8]| {
         Ok(bundle) => bundle,
         Err(e) => return one_line(&e),
     };
-    let request = match Request::from_bundle(&bundle) {
+    // Annotations alone (the default), and with the environment
+    // (`[requests] from_env`): without env requests, the same.
+    let annotations_only = Request::from_bundle(&bundle, false);
+    let request = match Request::from_bundle(&bundle, true) {
         Ok(request) => request,
         Err(e) => return one_line(&e),
     };
+    if !Request::in_env(&bundle) {
+        assert_eq!(
+            annotations_only.as_ref().ok(),
+            Some(&request),
+            "{request:?}"
+        );
+    }
+    match annotations_only {
+        // The namespace never comes from the environment; a network
+        // annotation wins over the environment.
+        Ok(only) => {
+            assert_eq!(only.namespace, request.namespace);
+            if bundle.annotations.contains_key("nsbypass.io/network") {
+                assert_eq!(only.networks, request.networks);
+            }
+        }
+        Err(e) => return one_line(&e),
+    }
     for (i, name) in request.networks.iter().enumerate() {
         assert!(!request.networks[..i].contains(name), "{request:?}");
     }
