@@ -204,6 +204,34 @@ fn the_environment_counts_only_with_from_env() {
         "{line}"
     );
     assert_nothing_made(&tb, &init, "env request outside policy");
+    // The static-address and profile rules hold for env requests too.
+    for (id, env, want) in [
+        (
+            "env-static",
+            vec![
+                "NSBYPASS_NETWORK=fast".to_owned(),
+                format!("NSBYPASS_IP=fast={}", tb.addr(150)),
+            ],
+            "network fast: policy: a static address (nsbypass.io/ip) is not allowed",
+        ),
+        (
+            "env-profile",
+            vec!["NSBYPASS_PROFILE=stack".to_owned()],
+            "profile stack: policy: namespace \"risk\" may not use it",
+        ),
+    ] {
+        let env: Vec<&str> = env.iter().map(String::as_str).collect();
+        let bundle = bundle_of(
+            &tb,
+            id,
+            json!({"io.kubernetes.pod.namespace": "risk"}),
+            &env,
+        );
+        let (result, init) = prestart(&tb, &config, id, &bundle);
+        let line = result.error_line();
+        assert!(line.contains(&format!("container {id}: {want}")), "{line}");
+        assert_nothing_made(&tb, &init, id);
+    }
     let bundle = bundle_of(
         &tb,
         "env-trading",
