@@ -14,9 +14,10 @@ fi
 # g++: libfuzzer-sys compiles libFuzzer for the fuzz targets.
 # podman, docker.io, containerd: the runtimes the install tests drive.
 # containernetworking-plugins, netavark: the CNI and podman macvlan drivers
-# scripts/bench.py compares against.
+# scripts/bench.py compares against; sockperf, iperf3: its data-path figures.
 packages=(runc busybox-static iproute2 util-linux gcc g++ libc6-dev
-          podman docker.io containerd containernetworking-plugins netavark)
+          podman docker.io containerd containernetworking-plugins netavark
+          sockperf iperf3)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update
