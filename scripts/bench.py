@@ -966,7 +966,7 @@ def machine():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", type=int, help="rounds per comparison (default 50; 12 with --quick)")
+    parser.add_argument("--runs", type=int, help="rounds per comparison (default 100; 12 with --quick)")
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 2 minutes")
     parser.add_argument("--output", default=f"{ROOT}/docs/PERFORMANCE.md")
     parser.add_argument("--seed", type=int, default=10, help="seed of the per-round order")
@@ -980,7 +980,7 @@ def main():
         selftest()
         return
     if args.runs is None:
-        args.runs = 12 if args.quick else 50
+        args.runs = 12 if args.quick else 100
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it creates network namespaces)")
     args.nsbypass = os.path.abspath(args.nsbypass)
