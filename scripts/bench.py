@@ -519,6 +519,18 @@ class Bench:
             pre, post, _ = self.lifecycle(config, f"bench{r}")
             return {"hook prestart": pre, "hook poststop": post, "hook": pre + post}
 
+        def settled(r):
+            # The same, but poststop waits until the kernel has (very
+            # likely) finished tearing the dead netns down: that teardown
+            # runs asynchronously and holds the RTNL lock meanwhile.
+            init = self.container_init()
+            state = self.state(f"settled{r}", init.pid)
+            pre, _ = self.hook(config, "prestart", state)
+            self.reap(init)
+            time.sleep(0.3)
+            post, _ = self.hook(config, "poststop", state)
+            return {"settled poststop": post, "settled": pre + post}
+
         def pod(r):
             # A pod's namespace, pinned as a sandbox pins it, outlives the
             # member: its poststop deletes the link in a live netns.
@@ -532,7 +544,7 @@ class Bench:
             self.netns_del(pin)
             return {"pod": pre + post}
 
-        res = self.alternate({"netns": netns, "cni": cni, "hook": hook, "pod": pod}, self.runs)
+        res = self.alternate({"netns": netns, "cni": cni, "hook": hook, "settled": settled, "pod": pod}, self.runs)
         rat = ratios(res["hook"], res["cni"])
         med = statistics.median(rat)
         ok = med <= 0.07
@@ -543,17 +555,24 @@ class Bench:
                 ("CNI macvlan ADD+DEL", res["cni"]),
                 ("nsbypass prestart", res["hook prestart"]), ("nsbypass poststop", res["hook poststop"]),
                 ("nsbypass prestart+poststop", res["hook"]),
+                ("nsbypass poststop, 0.3 s after the container died", res["settled poststop"]),
+                ("nsbypass prestart+poststop (poststop 0.3 s later)", res["settled"]),
                 ("nsbypass, pod (netns alive at poststop)", res["pod"]),
                 ("netns add+del (floor)", res["netns add+del"])]
         img = self.bars("lifecycle.svg", "Lifecycle of one MACVLAN attachment", rows)
         md = (f"Each round runs, in a random order: CNI `macvlan` ADD then DEL (host-local IPAM) into a "
               f"fresh netns; nsbypass `hook prestart` for a process in a fresh netns, then (process "
               f"killed) `hook poststop`; the same with a pinned pod netns that outlives the member; "
-              f"and `ip netns add`+`del` as a floor.\n\n{self.table(rows)}\n\n"
+              f"the same with poststop 0.3 s after the death; and `ip netns add`+`del` as a floor.\n\n{self.table(rows)}\n\n"
               f"Paired ratio nsbypass / CNI (median of per-round ratios): **{med:.3f}**, "
               f"p10-p90 {quantile(rat, 0.1):.3f}-{quantile(rat, 0.9):.3f}, 95% CI of the median "
               f"{bootstrap_ci(rat)[0]:.3f}-{bootstrap_ci(rat)[1]:.3f}. "
-              f"Goal <= 0.07: {verdict(ok)}\n\n{img}")
+              f"Goal <= 0.07: {verdict(ok)}\n\n"
+              f"The same ratio with poststop run 0.3 s after the container died (not the goal's "
+              f"churn, a diagnosis): {statistics.median(ratios(res['settled'], res['cni'])):.3f}. A "
+              f"poststop right after the container's death waits for the kernel, which tears the "
+              f"dead netns (and its MACVLAN) down asynchronously under the RTNL lock; CNI's DEL "
+              f"deletes the link itself in a live netns and pays the same order of cost.\n\n{img}")
         self.sections.append(("Hook lifecycle against CNI macvlan", md))
 
     def cmp_noop(self):
