@@ -27,7 +27,7 @@ pub struct HookArgs {
 /// Recognises `[--config FILE | --config=FILE] hook STAGE [--config FILE |
 /// --config=FILE]` (at most one `--config`), `args` without the program
 /// name. `None` means "let clap decide".
-pub fn recognise<'a>(args: &[&'a OsStr]) -> Option<HookArgs> {
+pub fn recognise(args: &[&OsStr]) -> Option<HookArgs> {
     let (config, rest) = take_config(args)?;
     let (stage, rest) = match rest {
         [hook, stage, rest @ ..] if *hook == "hook" => (stage_named(stage)?, rest),
