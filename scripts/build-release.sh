@@ -1,11 +1,9 @@
 #!/usr/bin/env bash
-# Builds the nsbypass binary to install: optimised and statically linked, so
-# it starts faster (no dynamic loader on every hook call, ~0.3 ms here) and
-# runs on any host glibc. Prints the binary's path (under $CARGO_TARGET_DIR
-# when that is set).
+# Builds the nsbypass binary to install and prints its path. This is just
+# `cargo build --release`: .cargo/config.toml makes that optimised and
+# statically linked (no dynamic loader on every hook call; runs on any host
+# glibc), so `cargo install --path hook` installs the same binary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=x86_64-unknown-linux-gnu
-RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build --locked --release -q -p nsbypass --target "$target"
-echo "${CARGO_TARGET_DIR:-$PWD/target}/$target/release/nsbypass"
+cargo build --locked --release -q -p nsbypass
+echo "${CARGO_TARGET_DIR:-$PWD/target}/x86_64-unknown-linux-gnu/release/nsbypass"

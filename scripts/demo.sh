@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --locked --release -q -p nsbypass -p nsbypass-testbed
-exec target/release/nsbypass-demo --nsbypass target/release/nsbypass
+exec target/x86_64-unknown-linux-gnu/release/nsbypass-demo --nsbypass target/x86_64-unknown-linux-gnu/release/nsbypass

@@ -6,6 +6,7 @@ mod derive;
 mod doctor;
 mod failpoint;
 mod failure;
+mod fast;
 mod hook;
 mod install;
 mod kernel;
@@ -178,6 +179,12 @@ struct Places {
 }
 
 fn main() -> ExitCode {
+    // Hook calls first, by hand: most have nothing to do (see fast.rs).
+    let args: Vec<OsString> = std::env::args_os().skip(1).take(6).collect();
+    let refs: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();
+    if let Some(hook) = fast::recognise(&refs) {
+        return run_hook(hook.stage, &config_path(hook.config));
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         // Usage errors are one line too; help and version print as usual.
@@ -196,23 +203,9 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
     };
-    let config = cli
-        .config
-        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    let config = config_path(cli.config);
     let (what, result) = match cli.command {
-        Command::Hook { stage } => {
-            return match hook::run(stage, &config, std::io::stdin().lock()) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    if logging::to_file() {
-                        tracing::error!(stage = stage.name(), "{e}");
-                    }
-                    say(&format!("hook {}: {e}", stage.name()));
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Command::Hook { stage } => return run_hook(stage, &config),
         Command::Doctor => {
             return match doctor::run(&config) {
                 true => ExitCode::SUCCESS,
@@ -300,6 +293,27 @@ fn main() -> ExitCode {
                 tracing::error!("{what}: {line}");
             }
             say(&format!("{what}: {line}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--config`, else `$NSBYPASS_CONFIG`, else the default path.
+fn config_path(given: Option<PathBuf>) -> PathBuf {
+    given
+        .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH))
+}
+
+/// `nsbypass hook STAGE`, however the argv was read.
+fn run_hook(stage: hook::Stage, config: &std::path::Path) -> ExitCode {
+    match hook::run(stage, config, std::io::stdin().lock()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            if logging::to_file() {
+                tracing::error!(stage = stage.name(), "{e}");
+            }
+            say(&format!("hook {}: {e}", stage.name()));
             ExitCode::FAILURE
         }
     }

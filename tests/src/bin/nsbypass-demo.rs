@@ -16,8 +16,9 @@ use std::process::ExitCode;
 const USAGE: &str = "usage: nsbypass-demo [--nsbypass PATH]
 
 Runs two runc containers with the nsbypass hook on a throwaway testbed and
-shows what they got. PATH defaults to target/release/nsbypass, else
-target/debug/nsbypass, of the workspace this demo was built in.";
+shows what they got. PATH defaults to the release, else the debug, nsbypass
+of the cargo target directory this demo was built in
+(target/x86_64-unknown-linux-gnu/release/nsbypass: see .cargo/config.toml).";
 
 /// The network the containers ask for, as the config names it.
 const NETWORK: &str = "fast";
@@ -147,8 +148,9 @@ fn parse_args() -> Result<Option<PathBuf>> {
     Ok(Some(hook))
 }
 
-/// `target/{release,debug}/nsbypass` next to this binary, which cargo puts in
-/// `target/<profile>/`.
+/// `{release,debug}/nsbypass` beside this binary's profile directory, which
+/// cargo puts in `target/<triple>/<profile>/` (`.cargo/config.toml` names
+/// the triple).
 fn built_hook() -> Result<PathBuf> {
     let me = std::env::current_exe().context("finding the demo's own path")?;
     let target = me
