@@ -286,18 +286,72 @@ def sh(*argv, stdin=None, env=None, check=True):
     return out
 
 
+# A tiny static program that forks, execs its arguments and writes the
+# child's ru_maxrss (KiB) to the file named first: see run().
+RSS_LAUNCHER_C = r"""
+#include <stdio.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    if (argc < 3) return 2;
+    pid_t pid = fork();
+    if (pid < 0) return 2;
+    if (pid == 0) { execv(argv[2], argv + 2); _exit(127); }
+    int status; struct rusage ru;
+    if (wait4(pid, &status, 0, &ru) < 0) return 2;
+    FILE *out = fopen(argv[1], "w");
+    if (!out) return 2;
+    fprintf(out, "%ld\n", ru.ru_maxrss);
+    fclose(out);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
+"""
+NOOP_C = "int main(void) { return 0; }\n"
+
+# Set by build_rss_tools(): (launcher, static no-op) or None for GNU time.
+RSS_TOOLS = None
+
+
+def build_rss_tools(directory):
+    """Builds the RSS launcher and a static no-op with gcc; None without gcc."""
+    built = []
+    for name, source in (("rss-launcher", RSS_LAUNCHER_C), ("noop", NOOP_C)):
+        src = os.path.join(directory, name + ".c")
+        with open(src, "w") as f:
+            f.write(source)
+        exe = os.path.join(directory, name)
+        r = subprocess.run(["gcc", "-static", "-O2", "-o", exe, src], capture_output=True)
+        if r.returncode != 0:
+            return None
+        built.append(exe)
+    return tuple(built)
+
+
+def rss_method():
+    if RSS_TOOLS:
+        return ("a static launcher's `wait4` `ru_maxrss` (the launcher forks and execs the hook; "
+                "its own share is the floor below)")
+    return "GNU time's `%M` (the child's `ru_maxrss`; `/usr/bin/time` itself sets a floor of about 1 MB)"
+
+
 def run(argv, stdin=b"", env=None, check=True, rss=False):
     """Runs argv to completion; returns (wall seconds, peak RSS in KiB or None).
 
-    The peak RSS needs rss=True, which runs argv under GNU time (whose %M is
-    the child's ru_maxrss): wait4's own ru_maxrss of a child forked from this
-    Python carries Python's high-water mark across exec (about 28 MB), so it
-    says nothing about the hook. The wall time then includes time's start.
+    The peak RSS needs rss=True, which runs argv under a static launcher
+    (RSS_TOOLS; GNU time without gcc) that reports the child's ru_maxrss:
+    wait4's own ru_maxrss of a child forked from this Python carries
+    Python's high-water mark across exec (about 28 MB), so it says nothing
+    about the hook, and a dynamic launcher's (GNU time's, about 1 MB) is
+    carried the same way. The wall time then includes the launcher's start.
     """
     err = tempfile.TemporaryFile()
     if rss:
         out = tempfile.NamedTemporaryFile(dir="/dev/shm", prefix="nbbench-rss-")
-        argv = ["/usr/bin/time", "-f", "%M", "-o", out.name, *argv]
+        if RSS_TOOLS:
+            argv = [RSS_TOOLS[0], out.name, *argv]
+        else:
+            argv = ["/usr/bin/time", "-f", "%M", "-o", out.name, *argv]
     r, w = os.pipe()
     os.write(w, stdin)  # small: fits the pipe before the child reads
     os.close(w)
@@ -583,6 +637,7 @@ class Bench:
         }, rounds, warmup=5)
         noop_rss = [run([self.nsbypass, "hook", "createContainer"], rss=True)[1] for _ in range(5)]
         true_rss = [run(["/bin/true"], rss=True)[1] for _ in range(5)]
+        floor = self.rss_floor()
         rat = ratios(res["hook"], res["true"])
         med = statistics.median(rat)
         ok = med <= 1.3
@@ -592,8 +647,8 @@ class Bench:
         rows = [("nsbypass hook createContainer </dev/null", res["hook"]), ("/bin/true", res["true"])]
         img = self.bars("noop.svg", "No-op stage against /bin/true", rows)
         md = (f"{rounds} rounds, each running both in a random order.\n\n{self.table(rows)}\n\n"
-              f"Peak RSS (GNU time's %M, medians of 5): the no-op stage {statistics.median(noop_rss)} KiB, "
-              f"/bin/true {statistics.median(true_rss)} KiB.\n\n"
+              f"Peak RSS ({rss_method()}, medians of 5): the no-op stage {statistics.median(noop_rss)} KiB, "
+              f"/bin/true {statistics.median(true_rss)} KiB{floor}.\n\n"
               f"Paired ratio: **{med:.2f}x**, p10-p90 {quantile(rat, 0.1):.2f}-{quantile(rat, 0.9):.2f}. "
               f"Goal <= 1.3x: {verdict(ok)}\n\n{img}")
         self.sections.append(("No-op stage against /bin/true", md))
@@ -747,6 +802,13 @@ class Bench:
               f"Goal <= 1.3x: {verdict(ok)}\n\n![scale](perf/scale.svg)")
         self.sections.append(("Scale: prestart against live attachments", md))
 
+    def rss_floor(self):
+        """What the measurement alone reads: a static no-op under the launcher."""
+        if not RSS_TOOLS:
+            return ""
+        kib = statistics.median(run([RSS_TOOLS[1]], rss=True)[1] for _ in range(5))
+        return f"; a static no-op program reads {kib:.0f} KiB the same way"
+
     def cmp_rss(self):
         config = self.write_config()
         for i in range(self.runs):
@@ -764,9 +826,8 @@ class Bench:
             ("goal", 4.0, None, None)], "median; whisker p10 to max")
         levels = "\n".join(f"| {n or 'none (empty state)'} | {statistics.median(v):.0f} | {max(v)} | {len(v)} |"
                            for n, v in sorted(by_level.items()))
-        md = (f"GNU time's `%M` (the child's `ru_maxrss`) of {len(kib)} prestarts: {self.runs} with no other "
-              f"attachment, 3 at each level of the scale run. `/usr/bin/time` itself sets a floor of about "
-              f"1 MB (`/bin/true` under it reads about 1000 KiB).\n\n"
+        md = (f"Peak RSS by {rss_method()} of {len(kib)} prestarts: {self.runs} with no other "
+              f"attachment, 3 at each level of the scale run{self.rss_floor()}.\n\n"
               f"| live attachments | median KiB | max KiB | prestarts |\n|---|---:|---:|---:|\n{levels}\n\n"
               f"Over all: median {m:.0f} KiB, p90 {quantile(kib, 0.9):.0f} KiB, max {top} KiB.\n\n"
               f"Goal <= 4 MB (4096 KiB) for the max: {verdict(ok)}\n\n![rss](perf/rss.svg)")
@@ -1012,6 +1073,10 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started, began_load, t0 = datetime.datetime.now(datetime.timezone.utc), loadavg(), time.perf_counter()
     bench = Bench(args)
+    global RSS_TOOLS
+    RSS_TOOLS = build_rss_tools(bench.dir)
+    if not RSS_TOOLS:
+        print("bench: no gcc here; peak RSS is measured under GNU time", file=sys.stderr)
     try:
         bench.open()
         steps = [("lifecycle", bench.cmp_lifecycle), ("noop", bench.cmp_noop), ("runc", bench.cmp_runc)]
