@@ -140,6 +140,7 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
             wired = %done.wired.iter().map(describe).collect::<Vec<_>>().join("; "),
             profiles = %done.profiles.join(","),
             elapsed_us = started.elapsed().as_micros() as u64,
+            locked_us = done.locked.as_micros() as u64,
             "setup done"
         );
     } else {
@@ -155,7 +156,7 @@ pub fn run(stage: Stage, config_path: &Path, stdin: impl Read) -> Result<(), Hoo
             Outcome::NotRecorded => {
                 tracing::debug!(container = %state.id, "nothing recorded for this container");
             }
-            Outcome::StillRunning | Outcome::Dying => {}
+            Outcome::StillRunning => {}
             Outcome::Left { released, kept } => tracing::info!(
                 container = %state.id,
                 stage = stage.name(),

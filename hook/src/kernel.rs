@@ -20,10 +20,10 @@ use crate::records::{Identity, Member, NetnsRecord};
 
 pub type Result<T> = nsutil::Result<T>;
 
-/// How long poststop waits, without the state lock, for a dying
-/// namespace's links to go (the kernel destroys namespaces asynchronously,
-/// normally within some tens of milliseconds) before it leaves their
-/// leases held for a later run to free.
+/// How long a setup that finds its pool full waits for the links of
+/// namespaces still being destroyed to go (the kernel destroys namespaces
+/// asynchronously, normally within some tens of milliseconds), so that
+/// their addresses can be freed; see [`crate::reconcile::await_draining`].
 pub const DYING_WAIT: Duration = Duration::from_secs(1);
 
 /// A MACVLAN to create in the container's namespace.
@@ -135,11 +135,7 @@ pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence>
             return Ok(Presence::Reachable(kernel));
         }
     }
-    let alive = match record.nsid {
-        Some(nsid) => reach.live_nsids()?.contains(&nsid) && holds_a_link(reach, nsid, record)?,
-        None => false,
-    };
-    if !alive {
+    if !alive_by_id(reach, record)? {
         if !macs_up(reach, record)? {
             return Ok(Presence::Gone);
         }
@@ -153,6 +149,23 @@ pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence>
     match reach.discover(&who)? {
         Some(kernel) => Ok(Presence::Reachable(kernel)),
         None => Ok(Presence::Unreachable),
+    }
+}
+
+/// Whether `record`'s namespace is surely gone with its links: what
+/// [`presence`] would call [`Presence::Gone`], without entering recorded
+/// paths or discovery (for a namespace known to have lost its last
+/// process: a draining one).
+pub fn gone(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
+    Ok(!alive_by_id(reach, record)? && !macs_up(reach, record)?)
+}
+
+/// Whether the namespace the recorded id names now still holds one of
+/// `record`'s links.
+fn alive_by_id(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
+    match record.nsid {
+        Some(nsid) => Ok(reach.live_nsids()?.contains(&nsid) && holds_a_link(reach, nsid, record)?),
+        None => Ok(false),
     }
 }
 

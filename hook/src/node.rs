@@ -20,7 +20,7 @@ use crate::reconcile::{self, Stores};
 use crate::records::{self, ContainerRecord, ProfilesRecord, Source, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Wired};
 use crate::shim;
-use crate::teardown::{self, IfDying, Leaving, Outcome};
+use crate::teardown::{self, Leaving, Outcome};
 
 /// The file naming this host; mixed into MACs and written into every lease.
 const MACHINE_ID: &str = "/etc/machine-id";
@@ -49,6 +49,9 @@ pub struct Target<'a> {
 pub struct Done {
     pub wired: Vec<Wired>,
     pub profiles: Vec<String>,
+    /// How long the state lock was held: every setup and teardown on the
+    /// host serialises there, so this bounds how many run per second.
+    pub locked: Duration,
 }
 
 impl Node {
@@ -62,19 +65,28 @@ impl Node {
         Ok(Node { config, host_id })
     }
 
-    /// The locked state with this host's lease store and reach.
+    /// The locked state with this host's lease store and reach, once the
+    /// namespaces that finished draining are swept (see
+    /// [`reconcile::sweep_draining`]). A sweep that fails is only logged:
+    /// it must not stop the run, and the next one tries again.
     fn stores<'a>(
         &'a self,
         state: &'a StateDir,
         leases: &'a mut FileLeases<'a>,
         reach: &'a mut RealReach,
     ) -> Stores<'a> {
-        Stores {
+        let mut stores = Stores {
             state,
             leases,
             reach,
             host: &self.host_id,
+        };
+        match reconcile::sweep_draining(&mut stores) {
+            Ok(0) => {}
+            Ok(swept) => tracing::debug!(swept, "freed the addresses of namespaces that drained"),
+            Err(failure) => tracing::warn!(%failure, "sweeping namespaces that drain"),
         }
+        stores
     }
 
     /// The state directory, locked for the rest of the run.
@@ -125,6 +137,7 @@ impl Node {
             false => Some(NetworkTarget::open(target)?),
         };
         let state = self.lock()?;
+        let locked_at = Instant::now();
         tracing::debug!("state locked");
         let mut leases = state.leases();
         let mut reach = RealReach::default();
@@ -172,6 +185,7 @@ impl Node {
         let mut done = Done {
             wired: Vec::new(),
             profiles: plan.map(|(p, _, _)| p.names).unwrap_or_default(),
+            locked: Duration::ZERO,
         };
         match (prepared, &ctx, &mut network) {
             (Some(prepared), Some(ctx), Some(n)) => {
@@ -226,6 +240,7 @@ impl Node {
                 }
             }
         }
+        done.locked = locked_at.elapsed();
         Ok(done)
     }
 
@@ -276,56 +291,21 @@ impl Node {
         Ok(false)
     }
 
-    /// Tears `container` down. A namespace still dying (its links not
-    /// yet gone) is waited for with the state lock released, so that
-    /// every other hook on the host goes on meanwhile.
+    /// Tears `container` down, under the lock. A namespace the kernel is
+    /// still destroying is not waited for: its leases drain (see
+    /// [`reconcile::await_draining`]).
     fn leave(&self, container: &str, leaving: Leaving) -> Result<Outcome, Failure> {
-        let deadline = Instant::now() + kernel::DYING_WAIT;
-        let mut if_dying = IfDying::Report;
-        loop {
-            let (outcome, macs) = self.leave_locked(container, if_dying, leaving)?;
-            if outcome != Outcome::Dying {
-                return Ok(outcome);
-            }
-            // Until the links' MACs leave their parent, or a little while
-            // when there is no MAC to watch (passthru), then look again.
-            let mut reach = RealReach::default();
-            let pause = Instant::now() + Duration::from_millis(20);
-            loop {
-                std::thread::sleep(Duration::from_millis(5));
-                let now = Instant::now();
-                if now >= deadline
-                    || (macs.is_empty() && now >= pause)
-                    || !any_up(&mut reach, &macs)?
-                {
-                    break;
-                }
-            }
-            if Instant::now() >= deadline {
-                if_dying = IfDying::Keep;
-            }
-        }
-    }
-
-    /// One teardown under the lock; with [`Outcome::Dying`], the links to
-    /// wait for, as (parent, MAC).
-    fn leave_locked(
-        &self,
-        container: &str,
-        if_dying: IfDying,
-        leaving: Leaving,
-    ) -> Result<(Outcome, Vec<(String, String)>), Failure> {
         let state = self.lock()?;
         let mut leases = state.leases();
         let mut reach = RealReach::default();
         let mut stores = self.stores(&state, &mut leases, &mut reach);
-        let outcome = shim::around_teardown(
+        shim::around_teardown(
             &self.config,
             container,
             &mut shim::RealHost::default(),
             &mut stores,
             |stores| {
-                let outcome = teardown::leave(container, stores, if_dying, leaving)?;
+                let outcome = teardown::leave(container, stores, leaving)?;
                 if outcome == Outcome::NotRecorded {
                     // A setup killed before its first record write leaves
                     // only leases; this is the one teardown that can know
@@ -336,7 +316,7 @@ impl Node {
                 }
                 // Before the shims converge: whatever fails there, the
                 // container is detached.
-                if leaving == Leaving::Detached && outcome != Outcome::Dying {
+                if leaving == Leaving::Detached {
                     let marker = ContainerRecord {
                         detached: Some(records::now()),
                         ..ContainerRecord::default()
@@ -348,11 +328,7 @@ impl Node {
                 }
                 Ok(outcome)
             },
-        )?;
-        match outcome {
-            Outcome::Dying => Ok((Outcome::Dying, dying_macs(&state, container)?)),
-            other => Ok((other, Vec::new())),
-        }
+        )
     }
 
     /// The networks with an address pool, whose leases a killed run may
@@ -372,39 +348,6 @@ pub enum Detached {
     Done(Outcome),
     /// Detached before (and not gc'ed since).
     Already,
-}
-
-/// The (parent, MAC) of the links recorded for `container`'s namespace.
-fn dying_macs(state: &StateDir, container: &str) -> Result<Vec<(String, String)>, Failure> {
-    let key = state
-        .container(container)
-        .step(Step::ReadRecords)?
-        .and_then(|p| p.netns);
-    let Some(key) = key else {
-        return Ok(Vec::new());
-    };
-    Ok(state
-        .netns(&key)
-        .step(Step::ReadRecords)?
-        .map(|r| {
-            r.links
-                .iter()
-                .filter(|l| !l.passthru)
-                .map(|l| (l.parent.clone(), l.mac.clone()))
-                .collect()
-        })
-        .unwrap_or_default())
-}
-
-/// Whether any of `macs` is still up on its parent.
-fn any_up(reach: &mut RealReach, macs: &[(String, String)]) -> Result<bool, Failure> {
-    use crate::kernel::Reach;
-    for (parent, mac) in macs {
-        if reach.mac_up_on(parent, mac).step(Step::OpenNamespace)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
 }
 
 /// The inode of `pid`'s mount namespace: with the pid, it tells one

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
+use std::time::{Duration, Instant};
 
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, Kernel, Presence, Reach};
@@ -172,6 +173,101 @@ pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
     free_unused(network, stores, |_| true)
 }
 
+/// How long a draining namespace (see [`sweep_draining`]) is looked at by
+/// every run; after that only `gc` and a setup that needs its address do.
+/// Normally the kernel is done in some tens of milliseconds; one that
+/// lives on out of reach (someone keeps it) would otherwise cost every run
+/// a few netlink requests forever.
+pub const DRAINING_LOOK: u64 = 60;
+
+/// Frees the leases of draining namespaces the kernel has finished
+/// destroying, and forgets those records: what poststop left to drain
+/// rather than wait for (see [`crate::teardown`]). Runs at the start of
+/// every locked run; it reads only the draining index, so it costs one
+/// directory read when nothing drains. Returns how many namespaces went.
+pub fn sweep_draining(stores: &mut Stores) -> Result<usize, Failure> {
+    let mut swept = 0;
+    let now = crate::records::now();
+    for (key, marker) in stores.state.draining().step(Step::ReadRecords)? {
+        let record = stores.state.netns(&key).step(Step::ReadRecords)?;
+        let done = match record {
+            None => true,
+            Some(record) if !record.members.is_empty() => true,
+            Some(_) if now.saturating_sub(marker.since) > DRAINING_LOOK => false,
+            Some(record) => {
+                if kernel::gone(stores.reach, &record).step(Step::OpenNamespace)? {
+                    let (record, _) = settle(record, Presence::Gone, stores)?;
+                    stores.state.put_netns(&record).step(Step::WriteRecord)?;
+                    swept += 1;
+                    true
+                } else {
+                    false
+                }
+            }
+        };
+        if done {
+            stores.state.unmark_draining(&key).step(Step::WriteRecord)?;
+        }
+    }
+    Ok(swept)
+}
+
+/// Waits, up to `wait`, until the links on `network` of namespaces the
+/// kernel is still destroying (records without members whose namespace is
+/// dying or out of reach) have left their parents, so that a reclaim
+/// after it frees their addresses.
+///
+/// Teardown does not wait for a dying namespace: the kernel takes some
+/// tens of milliseconds to destroy one, and every poststop would pay for
+/// it. Its addresses drain instead, and only a setup that finds nothing
+/// else free (a full pool, or a pinned address still draining) waits for
+/// them, holding the lock: that is rare, and short.
+pub fn await_draining(network: &str, stores: &mut Stores, wait: Duration) -> Result<(), Failure> {
+    let mut macs = Vec::new();
+    for key in stores
+        .state
+        .netns_keys()
+        .step_on(Step::ReadRecords, network)?
+    {
+        let Some(record) = stores
+            .state
+            .netns(&key)
+            .step_on(Step::ReadRecords, network)?
+        else {
+            continue;
+        };
+        if !record.members.is_empty() || !record.links.iter().any(|l| l.network == network) {
+            continue;
+        }
+        let presence =
+            kernel::presence(stores.reach, &record).step_on(Step::OpenNamespace, network)?;
+        if matches!(presence, Presence::Dying | Presence::Unreachable) {
+            macs.extend(
+                record
+                    .links
+                    .iter()
+                    .filter(|l| !l.passthru)
+                    .map(|l| (l.parent.clone(), l.mac.clone())),
+            );
+        }
+    }
+    let deadline = Instant::now() + wait;
+    while !macs.is_empty() && Instant::now() < deadline {
+        let mut up = false;
+        for (parent, mac) in &macs {
+            up |= stores
+                .reach
+                .mac_up_on(parent, mac)
+                .step_on(Step::OpenNamespace, network)?;
+        }
+        if !up {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// Frees this host's leases on `network` taken for `container` that no
 /// record accounts for: a setup killed after leasing but before its first
 /// record write leaves them, and its container's poststop finds no record.
@@ -239,6 +335,24 @@ pub fn in_use(
             .holder(network, address)
             .step_on(Step::LeaseAddress, network)?
             .is_some())
+}
+
+/// Like [`in_use`], but a lease whose namespace is still being destroyed
+/// is waited for (see [`await_draining`]): an address pinned again right
+/// after its container's poststop is free a moment later.
+pub fn in_use_unless_draining(
+    network: &str,
+    address: IpAddr,
+    holder: &Holder,
+    stores: &mut Stores,
+) -> Result<bool, Failure> {
+    if !in_use(network, address, holder, stores)? {
+        return Ok(false);
+    }
+    // Looked at again whatever the wait found: the namespace may have gone
+    // between the two looks.
+    await_draining(network, stores, kernel::DYING_WAIT)?;
+    in_use(network, address, holder, stores)
 }
 
 /// How many nsbypass links the records hold on `parent`, in every

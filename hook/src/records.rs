@@ -82,6 +82,16 @@ pub struct ContainerRecord {
     pub detached: Option<u64>,
 }
 
+/// A namespace whose links drain: its last member left while the kernel was
+/// still destroying it (or it was out of reach), so its links and leases
+/// stay recorded until a later run finds it gone. `draining/<key>.json`
+/// indexes these records, so that every run can look at just them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Draining {
+    /// When it began to drain (seconds since the epoch).
+    pub since: u64,
+}
+
 /// How an attachment was made: by the OCI hook, or by `nsbypass attach`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -320,6 +330,7 @@ pub struct StateDir {
     netns: Dir,
     leases: Dir,
     shims: Dir,
+    draining: Dir,
     _lock: LockGuard,
 }
 
@@ -343,6 +354,7 @@ impl StateDir {
             netns: root.subdir("netns")?,
             leases: root.subdir("leases")?,
             shims: root.subdir("shims")?,
+            draining: root.subdir("draining")?,
             tmp,
             _lock: lock,
         })
@@ -391,11 +403,13 @@ impl StateDir {
         json_names(&self.containers)
     }
 
-    /// Writes `record`, or removes it once nothing is left in it.
+    /// Writes `record`, or removes it (and its draining marker) once
+    /// nothing is left in it.
     pub fn put_netns(&self, record: &NetnsRecord) -> Result<(), RecordError> {
         let name = format!("{}.json", record.key());
         if record.is_empty() {
-            Ok(self.netns.remove(&name)?)
+            self.netns.remove(&name)?;
+            Ok(self.draining.remove(&name)?)
         } else {
             write_json(&self.netns, &name, record, &self.tmp)
         }
@@ -425,6 +439,27 @@ impl StateDir {
 
     pub fn remove_shim(&self, network: &str) -> Result<(), RecordError> {
         Ok(self.shims.remove(format!("{network}.json"))?)
+    }
+
+    /// Indexes namespace `key` as draining (see [`Draining`]).
+    pub fn mark_draining(&self, key: &str) -> Result<(), RecordError> {
+        let marker = Draining { since: now() };
+        write_json(&self.draining, &format!("{key}.json"), &marker, &self.tmp)
+    }
+
+    pub fn unmark_draining(&self, key: &str) -> Result<(), RecordError> {
+        Ok(self.draining.remove(format!("{key}.json"))?)
+    }
+
+    /// The keys of the draining namespaces, with their markers.
+    pub fn draining(&self) -> Result<Vec<(String, Draining)>, RecordError> {
+        let mut out = Vec::new();
+        for key in json_names(&self.draining)? {
+            if let Some(marker) = read_json(&self.draining, &format!("{key}.json"))? {
+                out.push((key, marker));
+            }
+        }
+        Ok(out)
     }
 
     /// The networks that have a shim record, sorted.

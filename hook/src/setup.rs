@@ -411,7 +411,7 @@ fn clear_stale_container(
         }
     }
     tracing::warn!(container = ctx.container, old = %old_netns, "clearing a stale record of this container id");
-    teardown::teardown(ctx.container, stores, teardown::IfDying::Keep).map_err(|f| {
+    teardown::teardown(ctx.container, stores).map_err(|f| {
         Failure::new(
             f.step,
             Refusal(format!(
@@ -486,7 +486,7 @@ fn plan<'a>(
             .step_on(Step::Validate, name)?
         {
             let ours = holder.netns == key && holder.same_host(&stores.holder(key, ""));
-            if !ours && reconcile::in_use(name, address, &holder, stores)? {
+            if !ours && reconcile::in_use_unless_draining(name, address, &holder, stores)? {
                 return Err(fail(format!(
                     "{address} is taken by container {}",
                     holder.container
@@ -647,8 +647,9 @@ fn parse_mac(text: &str) -> [u8; 6] {
 }
 
 /// Leases an address; when the pool seems full or the wanted address
-/// taken, first frees leases that nothing uses any more, then tries once
-/// more.
+/// taken, first frees leases that nothing uses any more (waiting for those
+/// of namespaces still being destroyed if nothing else frees), then tries
+/// once more.
 fn lease(
     ctx: &Context,
     network: &str,
@@ -665,7 +666,10 @@ fn lease(
             | LeaseError::Taken { .. }),
         ) => {
             if reconcile::reclaim(network, stores)? == 0 {
-                return Err(Failure::on(Step::LeaseAddress, network, e));
+                reconcile::await_draining(network, stores, kernel::DYING_WAIT)?;
+                if reconcile::reclaim(network, stores)? == 0 {
+                    return Err(Failure::on(Step::LeaseAddress, network, e));
+                }
             }
             stores
                 .leases

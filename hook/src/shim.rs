@@ -244,13 +244,24 @@ pub fn holds(
         .is_some_and(|r| r.address.addr() == address))
 }
 
-/// Whether some namespace record has a made link on `network`.
+/// Whether some namespace record, not a draining one, has a made link on
+/// `network`.
 fn attached(network: &str, stores: &Stores) -> std::result::Result<bool, Failure> {
     let has = |r: &NetnsRecord| r.links.iter().any(|l| l.network == network && !l.pending);
+    // A draining namespace's containers are gone: nothing there to reach.
+    let draining: Vec<String> = stores
+        .state
+        .draining()
+        .step_on(Step::ReadRecords, network)?
+        .into_iter()
+        .map(|(key, _)| key)
+        .collect();
     for key in stores
         .state
         .netns_keys()
         .step_on(Step::ReadRecords, network)?
+        .into_iter()
+        .filter(|key| !draining.contains(key))
     {
         let record = stores
             .state
@@ -369,8 +380,8 @@ pub fn around_setup<T>(
 
 /// Teardown's side: runs `teardown` of `container`, then converges the
 /// shims of the networks it was on, which go if nothing else is attached
-/// there. Not while its namespace is dying (teardown runs again) or when
-/// the teardown was not for it (nothing changed).
+/// there. Not when the teardown was not for it (nothing changed). A
+/// namespace still being destroyed (draining) does not keep the shim.
 pub fn around_teardown(
     config: &Config,
     container: &str,
@@ -380,7 +391,7 @@ pub fn around_teardown(
 ) -> std::result::Result<Outcome, Failure> {
     let touched = touched_by(config, container, stores)?;
     let outcome = teardown(stores)?;
-    if !matches!(outcome, Outcome::Dying | Outcome::StillRunning) {
+    if outcome != Outcome::StillRunning {
         converge_each(&touched, config, host, stores)?;
     }
     Ok(outcome)

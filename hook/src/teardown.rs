@@ -3,8 +3,10 @@
 //!
 //! Works from records alone (poststop has no pid). A namespace that is
 //! gone took its links with it, so only the leases remain to free; one
-//! that lives on where no recorded path leads keeps its links, and so its
-//! leases, until it is gone. A poststop whose container still runs is not
+//! that lives on where no recorded path leads, or that the kernel is still
+//! destroying, keeps its links, and so its leases, until it is gone: the
+//! record stays without members, and a later reclaim or gc frees them.
+//! Teardown never waits for the kernel. A poststop whose container still runs is not
 //! that container's (two runtimes used one id): it changes nothing.
 //! Errors are collected and teardown keeps going; whatever could not be
 //! undone stays recorded, so running teardown again retries exactly that.
@@ -32,27 +34,13 @@ pub enum Outcome {
     NotRecorded,
     /// The recorded container still runs: this teardown is not for it.
     StillRunning,
-    /// The container's namespace is being destroyed and its links, which
-    /// still answer for their addresses, are not gone yet (or it is out of
-    /// reach, which right after its last process exited means the same):
-    /// nothing was changed. Wait (without the state lock) and try again.
-    Dying,
     /// The container left; `released` links went, `kept` links stay
-    /// leased because their namespace lives on out of reach (or was still
-    /// dying when the caller stopped waiting).
+    /// leased because their namespace lives on out of reach or is still
+    /// being destroyed (they drain: see [`reconcile::await_draining`]).
     Left {
         released: Vec<Released>,
         kept: Vec<Released>,
     },
-}
-
-/// What teardown does about a namespace that is still dying.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IfDying {
-    /// Change nothing and say so ([`Outcome::Dying`]): the caller waits.
-    Report,
-    /// Finish what can be finished; its links stay leased.
-    Keep,
 }
 
 /// Why a container leaves its namespace.
@@ -68,21 +56,12 @@ pub enum Leaving {
 
 /// Removes `container` from its namespace record and undoes what only it
 /// needed.
-pub fn teardown(
-    container: &str,
-    stores: &mut Stores,
-    if_dying: IfDying,
-) -> Result<Outcome, Failure> {
-    leave(container, stores, if_dying, Leaving::Stopped)
+pub fn teardown(container: &str, stores: &mut Stores) -> Result<Outcome, Failure> {
+    leave(container, stores, Leaving::Stopped)
 }
 
 /// Like [`teardown`], for `leaving`.
-pub fn leave(
-    container: &str,
-    stores: &mut Stores,
-    if_dying: IfDying,
-    leaving: Leaving,
-) -> Result<Outcome, Failure> {
+pub fn leave(container: &str, stores: &mut Stores, leaving: Leaving) -> Result<Outcome, Failure> {
     let Some(pointer) = stores.state.container(container).step(Step::ReadRecords)? else {
         return Ok(Outcome::NotRecorded);
     };
@@ -123,11 +102,26 @@ pub fn leave(
         Ok(p) => p,
         Err(failure) => return keep_for_retry(container, record, vec![failure], stores),
     };
-    // Out of reach right after its last process exited, a namespace is
-    // usually about to be destroyed (it still has its id and its links for
-    // a moment): give it the wait a dying one gets.
-    if matches!(presence, Presence::Dying | Presence::Unreachable) && if_dying == IfDying::Report {
-        return Ok(Outcome::Dying);
+    // Being destroyed (or out of reach, which right after its last process
+    // exited means the same): its links still answer for their addresses
+    // for some tens of milliseconds, on a kernel workqueue. Waiting for it
+    // here would make every poststop pay for it; the leases drain instead.
+    if matches!(presence, Presence::Dying | Presence::Unreachable) {
+        let kept = record.links.iter().map(released_of).collect();
+        let (record, _) = reconcile::settle(record, presence, stores)?;
+        if record.members.is_empty() && !record.links.is_empty() {
+            stores.state.mark_draining(&key).step(Step::WriteRecord)?;
+        }
+        stores.state.put_netns(&record).step(Step::WriteRecord)?;
+        stores
+            .state
+            .remove_container(container)
+            .step(Step::WriteRecord)?;
+        tracing::debug!(container, netns = %record.id(), "the namespace is being destroyed; its addresses drain");
+        return Ok(Outcome::Left {
+            released: Vec::new(),
+            kept,
+        });
     }
     if matches!(presence, Presence::Gone) {
         // The namespace took its links with it; settle frees their leases.

@@ -52,6 +52,9 @@ struct World {
     next_index: u32,
     /// The last cookie given to a namespace.
     cookies: u64,
+    /// Namespaces being destroyed: their links go at the given time (the
+    /// kernel's destruction takes some tens of milliseconds).
+    dies_at: BTreeMap<NetnsId, std::time::Instant>,
 }
 
 impl World {
@@ -339,7 +342,18 @@ impl Reach for FakeReach {
     }
 
     fn mac_up_on(&mut self, _parent: &str, mac: &str) -> nsutil::Result<bool> {
-        let w = self.0.borrow();
+        let mut w = self.0.borrow_mut();
+        let now = std::time::Instant::now();
+        let gone: Vec<NetnsId> = w
+            .dies_at
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            w.dies_at.remove(&id);
+            w.namespaces.remove(&id);
+        }
         Ok(w.namespaces.values().flat_map(|n| &n.links).any(|l| {
             l.up && l.kind.as_deref() == Some("macvlan")
                 && l.mac.map(|m| format_mac(&m)).as_deref() == Some(mac)
@@ -561,6 +575,15 @@ impl Bed {
         w.paths.retain(|_, id| *id != ns(ino));
     }
 
+    /// Its last process is gone: the namespace loses its id at once and its
+    /// links after `after` (see [`World::dies_at`]).
+    fn dying(&self, ino: u64, after: std::time::Duration) {
+        self.unpin(ino);
+        let mut w = self.world.borrow_mut();
+        w.namespaces.get_mut(&ns(ino)).unwrap().nsid = None;
+        w.dies_at.insert(ns(ino), std::time::Instant::now() + after);
+    }
+
     /// Every path to the namespace is gone, but something else keeps it.
     fn unpin(&self, ino: u64) {
         self.world.borrow_mut().paths.retain(|_, id| *id != ns(ino));
@@ -575,7 +598,7 @@ impl Bed {
                 container,
                 &mut FakeHost(self.world.clone()),
                 stores,
-                |stores| teardown::teardown(container, stores, teardown::IfDying::Keep),
+                |stores| teardown::teardown(container, stores),
             )
         })
     }
@@ -1340,26 +1363,94 @@ fn a_dying_namespace_is_gone_only_once_its_links_mac_leaves_the_parent() {
         crate::kernel::presence(&mut reach, &record).unwrap(),
         crate::kernel::Presence::Dying
     ));
-    // Teardown says so, changing nothing, so that the node can wait for it
-    // without the state lock; reclaim keeps the address meanwhile.
-    let before = bed.state_files();
-    let outcome = bed.with_stores(HOST, |s| {
-        teardown::teardown("c1", s, teardown::IfDying::Report).unwrap()
-    });
-    assert_eq!(outcome, Outcome::Dying);
-    assert_eq!(bed.state_files(), before);
+    // Teardown does not wait: the container leaves, and the record keeps
+    // the link, so the address stays leased while it drains; reclaim keeps
+    // it too.
+    let outcome = bed.poststop("c1").unwrap();
+    assert!(
+        matches!(&outcome, Outcome::Left { released, kept } if released.is_empty() && kept.len() == 1),
+        "{outcome:?}"
+    );
+    assert_eq!(bed.leases().len(), 1);
     bed.with_stores(HOST, |s| {
-        assert_eq!(reconcile::reclaim("fast", s).unwrap(), 0)
+        assert!(s.state.container("c1").unwrap().is_none());
+        let record = s.state.netns("4-1000").unwrap().unwrap();
+        assert!(record.members.is_empty() && record.links.len() == 1);
+        assert_eq!(reconcile::reclaim("fast", s).unwrap(), 0);
     });
+    // Once the kernel is done, the next reclaim frees it.
     bed.destroy(1000);
     assert!(matches!(
         crate::kernel::presence(&mut reach, &record).unwrap(),
         crate::kernel::Presence::Gone
     ));
-    assert!(
-        matches!(bed.poststop("c1").unwrap(), Outcome::Left { released, .. } if released.len() == 1)
-    );
+    bed.with_stores(HOST, |s| {
+        assert_eq!(reconcile::reclaim("fast", s).unwrap(), 1)
+    });
     assert!(bed.leases().is_empty());
+}
+
+#[test]
+fn a_full_pool_or_a_pin_waits_for_an_address_that_drains() {
+    // Poststop does not wait for the kernel to destroy a namespace; a
+    // setup that needs its address does, under the lock, and then gets it.
+    let bed = Bed::new();
+    let mut drained = None;
+    for (c, ino) in [("c1", 1000), ("c2", 1001), ("c3", 1002)] {
+        drained = Some(bed.setup_in(c, ino, "fast", "").unwrap()[0].addresses[0].addr());
+    }
+    let drained = drained.unwrap();
+    let holder_of = |address| {
+        bed.leases()
+            .into_iter()
+            .find(|(a, _)| *a == address)
+            .map(|(_, h)| h.container)
+    };
+    bed.stop("c3");
+    bed.dying(1002, std::time::Duration::from_millis(50));
+    bed.poststop("c3").unwrap();
+    assert_eq!(
+        holder_of(drained).as_deref(),
+        Some("c3"),
+        "the address drains"
+    );
+    let wired = bed.setup_in("c4", 1003, "fast", "").unwrap();
+    assert_eq!(wired[0].addresses[0].addr(), drained);
+    assert_eq!(holder_of(drained).as_deref(), Some("c4"));
+
+    // The same for an address pinned right after its holder stopped.
+    bed.stop("c4");
+    bed.dying(1003, std::time::Duration::from_millis(50));
+    bed.poststop("c4").unwrap();
+    bed.setup_in("c5", 1004, "fast", &format!("fast={drained}"))
+        .unwrap();
+    assert_eq!(holder_of(drained).as_deref(), Some("c5"));
+    bed.check_no_address_live_twice_or_unleased();
+}
+
+#[test]
+fn a_drained_namespace_is_swept_by_the_next_run_once_the_kernel_is_done() {
+    let bed = Bed::new();
+    bed.setup_in("c1", 1000, "fast", "").unwrap();
+    bed.stop("c1");
+    bed.dying(1000, std::time::Duration::from_millis(40));
+    bed.poststop("c1").unwrap();
+    let files = bed.state_files();
+    assert!(
+        files.iter().any(|f| f.starts_with("draining/")),
+        "{files:?}"
+    );
+    // Still dying: the sweep keeps it, and its lease.
+    bed.with_stores(HOST, |s| {
+        assert_eq!(reconcile::sweep_draining(s).unwrap(), 0)
+    });
+    assert_eq!(bed.leases().len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    bed.with_stores(HOST, |s| {
+        assert_eq!(reconcile::sweep_draining(s).unwrap(), 1)
+    });
+    assert!(bed.leases().is_empty());
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
 }
 
 #[test]
@@ -2049,12 +2140,7 @@ fn detach_removes_a_member_that_still_runs() {
     bed.setup_in("c1", 2001, "fast", "").unwrap();
     let outcome = bed
         .with_stores(HOST, |s| {
-            teardown::leave(
-                "c1",
-                s,
-                teardown::IfDying::Keep,
-                teardown::Leaving::Detached,
-            )
+            teardown::leave("c1", s, teardown::Leaving::Detached)
         })
         .unwrap();
     assert!(

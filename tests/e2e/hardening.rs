@@ -149,6 +149,7 @@ fn state_dir_is_private_whatever_the_umask() {
     drop(s);
     let run = poststop(&tb, &config, "umask", &bundle);
     assert!(run.ok(), "{run:?}");
+    common::direct::sweep_drained(&tb, "after the poststop");
     assert!(leases(&tb).is_empty() && records(&tb).is_empty());
     let mut seen = Vec::new();
     check(&tb.state_dir(), Path::new("."), &mut seen);
@@ -290,6 +291,7 @@ fn links_at_temporary_names_are_removed_as_links() {
 
     drop(s);
     assert!(poststop(&tb, &config, "tmpname", &bundle).ok());
+    common::direct::sweep_drained(&tb, "after the poststop");
     assert!(leases(&tb).is_empty() && records(&tb).is_empty());
 }
 
@@ -349,6 +351,7 @@ fn a_held_lock_gives_up_after_5_s_naming_the_lock_and_its_holder() {
     assert!(run.elapsed < Duration::from_secs(3), "{run:?}");
     drop(s);
     assert!(poststop(&tb, &config, "waits", &bundle).ok());
+    common::direct::sweep_drained(&tb, "after the poststop");
     assert!(leases(&tb).is_empty() && records(&tb).is_empty());
 }
 
@@ -437,6 +440,7 @@ fn a_full_state_dir_fails_cleanly_and_scratch_files_never_stay() {
     let bundle = network_bundle(&tb);
     let tmp = state.join("tmp");
     warm_up(&tb, &config, &bundle);
+    common::direct::sweep_drained_in(&tb, &state, "after the warm-up");
     assert_eq!(state_files(&state), Vec::<String>::new());
 
     let cases: [(&str, Option<u64>, Option<u64>); 8] = [
@@ -478,6 +482,7 @@ fn a_full_state_dir_fails_cleanly_and_scratch_files_never_stay() {
         fs::remove_dir_all(state.join("filler")).unwrap();
         let run = poststop(&tb, &config, &id, &bundle);
         assert!(run.ok(), "{label}: poststop: {run:?}");
+        common::direct::sweep_drained_in(&tb, &state, label);
         assert_eq!(state_files(&state), Vec::<String>::new(), "{label}");
     }
     eprintln!("disk full outcomes:\n{}", outcomes.join("\n"));
@@ -505,6 +510,7 @@ fn a_full_state_dir_fails_cleanly_and_scratch_files_never_stay() {
             let run = poststop(&tb, &config, id, &bundle);
             assert!(run.ok(), "{point}: poststop {id}: {run:?}");
         }
+        common::direct::sweep_drained_in(&tb, &state, point);
         assert_eq!(state_files(&state), Vec::<String>::new(), "{point}");
     }
 }
@@ -663,6 +669,7 @@ fn assert_nothing_left(
     image: &std::collections::BTreeMap<PathBuf, String>,
     host_mounts: &[String],
 ) {
+    common::direct::sweep_drained(tb, what);
     assert!(leases(tb).is_empty(), "{what}: {:?}", leases(tb));
     assert!(records(tb).is_empty(), "{what}: {:?}", records(tb));
     assert_eq!(

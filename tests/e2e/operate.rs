@@ -334,6 +334,7 @@ fn attach_list_detach_round_trip_on_ip_netns_and_an_unshare_process() {
     HookRun::poststop(&tb, &config, "z", &bundle)
         .run()
         .assert_ok();
+    sweep_drained(&tb, "after z's poststop");
 
     assert!(list_json(&tb, &config).is_empty());
     assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));

@@ -644,14 +644,100 @@ pub fn state_files(tb: &Testbed, sub: &str) -> Vec<String> {
 }
 
 /// Panics unless the state directory holds no lease, no record and no
-/// scratch file.
+/// scratch file, once what poststop left to drain has drained.
+///
+/// Poststop does not wait for the kernel to destroy a namespace whose last
+/// process just exited: its record stays, without members and indexed in
+/// `draining/`, holding its links' leases until a later run finds it gone.
+/// So: right now, no container record and no scratch file, and every
+/// namespace record and lease is such a draining one; then, once the
+/// kernel is done, one locked nsbypass run leaves nothing.
 pub fn assert_state_empty(tb: &Testbed, when: &str) {
-    let leases = leases_on(tb);
-    assert!(leases.is_empty(), "{when}: leases left: {leases:?}");
-    for sub in ["containers", "netns", "tmp"] {
+    for sub in ["containers", "tmp"] {
         let files = state_files(tb, sub);
         assert!(files.is_empty(), "{when}: {sub}/ holds {files:?}");
     }
+    let draining: Vec<String> = state_files(tb, "draining");
+    for name in state_files(tb, "netns") {
+        let text = std::fs::read_to_string(tb.state_dir().join("netns").join(&name))
+            .expect("reading a namespace record");
+        let record: Value = serde_json::from_str(&text).expect("a record is JSON");
+        let members = record["members"].as_object().map_or(0, |m| m.len());
+        assert!(
+            members == 0 && draining.contains(&name),
+            "{when}: netns/{name} is left, and not to drain: {record}"
+        );
+    }
+    for (address, lease) in leases_on(tb) {
+        let key = lease["netns"].as_str().unwrap_or_default();
+        assert!(
+            draining.contains(&format!("{key}.json")),
+            "{when}: {address} is leased, and not to drain: {lease}"
+        );
+    }
+    if draining.is_empty() {
+        return;
+    }
+    sweep_drained(tb, when);
+    let leases = leases_on(tb);
+    assert!(
+        leases.is_empty(),
+        "{when}: leases left once drained: {leases:?}"
+    );
+    for sub in ["netns", "draining"] {
+        let files = state_files(tb, sub);
+        assert!(
+            files.is_empty(),
+            "{when}: {sub}/ holds {files:?} once drained"
+        );
+    }
+}
+
+/// Waits until the links of every draining namespace record are off the
+/// parent (the kernel has destroyed them), then runs one locked nsbypass
+/// command (`list`, which sweeps drained namespaces as every locked run
+/// does), so that what poststop left to drain is gone.
+pub fn sweep_drained(tb: &Testbed, when: &str) {
+    sweep_drained_in(tb, &tb.state_dir(), when)
+}
+
+/// [`sweep_drained`] for the state directory `state`.
+pub fn sweep_drained_in(tb: &Testbed, state: &Path, when: &str) {
+    let draining = std::fs::read_dir(state.join("draining"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name());
+    for name in draining {
+        let path = state.join("netns").join(&name);
+        let Ok(text) = std::fs::read_to_string(path) else {
+            continue;
+        };
+        let record: Value = serde_json::from_str(&text).expect("a record is JSON");
+        for link in record["links"].as_array().into_iter().flatten() {
+            super::assert_mac_leaves_parent(tb, link["mac"].as_str().unwrap_or_default());
+        }
+    }
+    let config = tb.dir.join("sweep.toml");
+    std::fs::write(&config, format!("state_dir = \"{}\"\n", state.display()))
+        .expect("writing the sweep config");
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", tb.host_ns))
+        .arg("--")
+        .arg(super::nsbypass())
+        .arg("--config")
+        .arg(&config)
+        .arg("list")
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running nsbypass list");
+    assert!(
+        out.status.success(),
+        "{when}: nsbypass list: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// This machine's id, as nsbypass names its host in leases.
