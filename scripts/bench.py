@@ -24,7 +24,7 @@ round, so load drifts hit every side; ratios are taken per round):
               two namespaces over MACVLAN bridge/private/vepa, veth + Linux
               bridge, and a plain veth pair; and whether IPVLAN can be made
 
-Everything runs in network namespaces named nbbench-* that the script creates
+Everything runs in network namespaces named nbb<pid>-* that the script creates
 and deletes; it never touches the machine's interfaces, uses 10.x addresses
 only, and kills only processes it started. Times are the wall time of whole
 processes, as a runtime pays them. State directories are on tmpfs (/dev/shm),
@@ -51,7 +51,9 @@ from xml.sax.saxutils import escape
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CNI = "/usr/lib/cni"
 CLONE_NEWNET = 0x40000000
-TAG = "nbbench"
+# Names of everything the bench makes start with this; the pid keeps two
+# runs on one machine (two engineers, two worktrees) apart.
+TAG = f"nbb{os.getpid() % 100000:05d}"
 TARGET = "x86_64-unknown-linux-gnu"
 
 
