@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nsutil::ns::{self, Netns, NetnsId};
+use runtime_config::leases::LeaseConfig;
 use runtime_config::{Config, Request};
 
 use crate::failpoint;
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, RealKernel, RealReach};
-use crate::lease::FileLeases;
+use crate::lease::etcd::{self, EtcdLeases};
+use crate::lease::LeaseStore;
 use crate::logging;
 use crate::profile;
 use crate::reconcile::{self, Stores};
@@ -29,6 +31,9 @@ const MACHINE_ID: &str = "/etc/machine-id";
 pub struct Node {
     pub config: Config,
     host_id: String,
+    /// The name this host's leases carry: its machine id in the file
+    /// store, its `[leases] node` (or host name) in etcd.
+    lease_host: String,
 }
 
 /// A container to set up, however it was described.
@@ -59,21 +64,41 @@ impl Node {
         logging::init(&config.log).step(Step::OpenLog)?;
         check_capabilities()?;
         let host_id = machine_id(Path::new(MACHINE_ID))?;
-        Ok(Node { config, host_id })
+        let lease_host = match &config.leases {
+            LeaseConfig::File => host_id.clone(),
+            LeaseConfig::Etcd(etcd) => etcd::node_name(etcd).step(Step::ReadMachineId)?,
+        };
+        Ok(Node {
+            config,
+            host_id,
+            lease_host,
+        })
+    }
+
+    /// The configured lease store. The etcd one connects at its first
+    /// request: a run that leases nothing never talks to etcd.
+    pub fn leases<'a>(&self, state: &'a StateDir) -> Box<dyn LeaseStore + 'a> {
+        match &self.config.leases {
+            LeaseConfig::File => Box::new(state.leases()),
+            LeaseConfig::Etcd(config) => {
+                Box::new(EtcdLeases::new(config, &self.lease_host, &self.host_id))
+            }
+        }
     }
 
     /// The locked state with this host's lease store and reach.
     fn stores<'a>(
         &'a self,
         state: &'a StateDir,
-        leases: &'a mut FileLeases<'a>,
+        leases: &'a mut dyn LeaseStore,
         reach: &'a mut RealReach,
     ) -> Stores<'a> {
         Stores {
             state,
             leases,
             reach,
-            host: &self.host_id,
+            host: &self.lease_host,
+            machine: &self.host_id,
         }
     }
 
@@ -89,9 +114,9 @@ impl Node {
         work: impl FnOnce(&mut Stores) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let state = self.lock()?;
-        let mut leases = state.leases();
+        let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
         work(&mut stores)
     }
 
@@ -126,9 +151,9 @@ impl Node {
         };
         let state = self.lock()?;
         tracing::debug!("state locked");
-        let mut leases = state.leases();
+        let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
 
         let ctx = network.as_ref().map(|n| n.context(target, self, request));
         let prepared = match (&ctx, &mut network) {
@@ -263,12 +288,11 @@ impl Node {
 
     /// Whether this host holds leases taken for `container`.
     fn holds_leases(&self, state: &StateDir, container: &str) -> Result<bool, Failure> {
-        use crate::lease::LeaseStore;
-        let leases = state.leases();
+        let leases = self.leases(state);
         for name in self.pooled_networks() {
             let held = leases.list(name).step_on(Step::ReadRecords, name)?;
             if held.iter().any(|(_, h)| {
-                h.container == container && (h.host.is_empty() || h.host == self.host_id)
+                h.container == container && (h.host.is_empty() || h.host == self.lease_host)
             }) {
                 return Ok(true);
             }
@@ -316,9 +340,9 @@ impl Node {
         leaving: Leaving,
     ) -> Result<(Outcome, Vec<(String, String)>), Failure> {
         let state = self.lock()?;
-        let mut leases = state.leases();
+        let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
         let outcome = shim::around_teardown(
             &self.config,
             container,

@@ -484,6 +484,7 @@ impl Bed {
             leases: &mut leases,
             reach: &mut reach,
             host,
+            machine: host,
         };
         f(&mut stores)
     }
