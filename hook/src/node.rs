@@ -86,6 +86,11 @@ impl Node {
         }
     }
 
+    /// The name this host's leases carry (see [`Node::leases`]).
+    pub fn lease_host(&self) -> &str {
+        &self.lease_host
+    }
+
     /// The locked state with this host's lease store and reach.
     fn stores<'a>(
         &'a self,
@@ -513,6 +518,11 @@ impl NetworkTarget {
             source: target.source,
         }
     }
+}
+
+/// This host's machine id (from `/etc/machine-id`), for doctor.
+pub fn this_machine_id() -> Result<String, Failure> {
+    machine_id(Path::new(MACHINE_ID))
 }
 
 /// This host's machine id. Leases name their host with it and MACs are
