@@ -120,8 +120,20 @@ pub struct Client {
 enum Attempt {
     /// Try the next endpoint (down, timed out, no leader, ...).
     Next(String),
+    /// Try the next endpoint, but this one will not do better by waiting
+    /// (its certificate is not trusted, or it refuses ours).
+    Broken(String),
     /// Stop: the request itself is wrong, or the answer is.
     Stop(EtcdError),
+}
+
+impl From<HttpError> for Attempt {
+    fn from(e: HttpError) -> Attempt {
+        match e {
+            HttpError::Tls(_) => Attempt::Broken(e.to_string()),
+            e => Attempt::Next(e.to_string()),
+        }
+    }
 }
 
 impl Client {
@@ -163,7 +175,8 @@ impl Client {
         let n = self.endpoints.len();
         let mut said: Vec<Option<String>> = vec![None; n];
         let mut pause = Duration::from_millis(10);
-        loop {
+        let all_broken = loop {
+            let mut broken = 0;
             for i in 0..n {
                 let index = (self.next + i) % n;
                 if Instant::now() >= deadline {
@@ -179,17 +192,22 @@ impl Client {
                         tracing::debug!(endpoint = %self.endpoints[index], why, "etcd endpoint did not answer");
                         said[index] = Some(why);
                     }
+                    Err(Attempt::Broken(why)) => {
+                        said[index] = Some(why);
+                        broken += 1;
+                    }
                 }
             }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
+            // No time left, or no endpoint that waiting could fix.
+            if left.is_zero() || broken == n {
+                break broken == n;
             }
             // Every endpoint refused or said "no leader" for now: an
             // election takes a moment.
             std::thread::sleep(pause.min(left));
             pause = (pause * 2).min(Duration::from_millis(200));
-        }
+        };
         let tried = self
             .endpoints
             .iter()
@@ -197,9 +215,12 @@ impl Client {
             .map(|(e, why)| format!("{e}: {}", why.unwrap_or_else(|| "not tried".into())))
             .collect::<Vec<_>>()
             .join("; ");
-        let error = EtcdError::Unavailable {
-            timeout_ms: self.timeout.as_millis(),
-            tried,
+        let error = match all_broken {
+            true => EtcdError::Tls(format!("no endpoint would do TLS with us ({tried})")),
+            false => EtcdError::Unavailable {
+                timeout_ms: self.timeout.as_millis(),
+                tried,
+            },
         };
         self.unavailable = Some(error.to_string());
         Err(error)
@@ -221,14 +242,9 @@ impl Client {
         let until = deadline.min(now + share);
         let mut conn = match self.conn.take() {
             Some((i, conn)) if i == index && !conn.closing() => conn,
-            _ => Conn::open(endpoint, tls, until).map_err(|e| match e {
-                HttpError::Tls(why) => Attempt::Stop(EtcdError::Tls(format!("{endpoint}: {why}"))),
-                e => Attempt::Next(e.to_string()),
-            })?,
+            _ => Conn::open(endpoint, tls, until).map_err(Attempt::from)?,
         };
-        let response = conn
-            .post(path, body, until)
-            .map_err(|e| Attempt::Next(e.to_string()))?;
+        let response = conn.post(path, body, until).map_err(Attempt::from)?;
         let value: Result<Value, _> = serde_json::from_slice(&response.body);
         match response.status {
             200 => {

@@ -43,6 +43,13 @@ pub enum HttpError {
 
 impl From<io::Error> for HttpError {
     fn from(e: io::Error) -> HttpError {
+        // rustls reports a failed handshake as an I/O error around its own.
+        if let Some(tls) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            return HttpError::Tls(tls.to_string());
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => HttpError::TimedOut,
             io::ErrorKind::UnexpectedEof => HttpError::Closed,
