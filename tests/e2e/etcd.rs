@@ -10,10 +10,12 @@
 //! line and leaves no link, record or key; with quorum back everything
 //! detaches and no lease key remains; `gc` touches only its node's leases
 //! and `gc --node` releases a dead node's; a node name another host uses
-//! is refused, and doctor says so.
+//! is refused, and doctor says so. Over TLS (client certificates
+//! required) leases work, and an untrusted server or a missing client
+//! certificate fails at once with one line.
 //!
-//! Needs `etcd` and `etcdctl` (Debian's etcd-server and etcd-client, which
-//! scripts/setup.sh installs): without them the tests skip, saying so,
+//! Needs `etcd`, `etcdctl` and `openssl` (Debian's etcd-server, etcd-client
+//! and openssl, which scripts/setup.sh installs): without them the tests skip, saying so,
 //! unless `NSBYPASS_E2E` is set (scripts/test.sh), where that is a failure.
 
 mod common;
@@ -35,7 +37,7 @@ const TIMEOUT_MS: u64 = 1500;
 /// A testbed, or `None` when these tests cannot run here (not root, or
 /// no etcd).
 fn testbed() -> Option<Testbed> {
-    let missing: Vec<&str> = ["etcd", "etcdctl"]
+    let missing: Vec<&str> = ["etcd", "etcdctl", "openssl"]
         .into_iter()
         .filter(|tool| {
             !Command::new("sh")
@@ -77,6 +79,9 @@ struct Cluster {
     host_ns: String,
     members: Vec<Member>,
     initial: String,
+    /// With TLS for clients (and client certificates required): the
+    /// directory of [`make_certs`]'s files.
+    tls: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -84,6 +89,10 @@ impl Cluster {
     /// elections (50 ms heartbeats, 500 ms election timeout) keep a lost
     /// leader short.
     fn start(tb: &Testbed, n: usize) -> Cluster {
+        Cluster::start_with(tb, n, None)
+    }
+
+    fn start_with(tb: &Testbed, n: usize, tls: Option<PathBuf>) -> Cluster {
         let members: Vec<Member> = (0..n)
             .map(|i| Member {
                 name: format!("m{i}"),
@@ -104,6 +113,7 @@ impl Cluster {
             host_ns: tb.host_ns.clone(),
             members,
             initial,
+            tls,
         };
         for i in 0..n {
             cluster.start_member(i);
@@ -119,21 +129,32 @@ impl Cluster {
             .append(true)
             .open(&m.log)
             .unwrap();
-        let child = Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host_ns))
+        let scheme = self.scheme();
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.host_ns))
             .arg("--")
             .arg("etcd")
             .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data)
             .arg(format!(
-                "--listen-client-urls=http://127.0.0.1:{}",
+                "--listen-client-urls={scheme}://127.0.0.1:{}",
                 m.client
             ))
             .arg(format!(
-                "--advertise-client-urls=http://127.0.0.1:{}",
+                "--advertise-client-urls={scheme}://127.0.0.1:{}",
                 m.client
-            ))
+            ));
+        if let Some(dir) = &self.tls {
+            cmd.arg(format!("--cert-file={}", dir.join("server.pem").display()))
+                .arg(format!("--key-file={}", dir.join("server.key").display()))
+                .arg(format!(
+                    "--trusted-ca-file={}",
+                    dir.join("ca.pem").display()
+                ))
+                .arg("--client-cert-auth");
+        }
+        let child = cmd
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{}", m.peer))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{}",
@@ -166,10 +187,17 @@ impl Cluster {
         self.start_member(i);
     }
 
+    fn scheme(&self) -> &'static str {
+        match self.tls {
+            Some(_) => "https",
+            None => "http",
+        }
+    }
+
     fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("http://127.0.0.1:{}", m.client))
+            .map(|m| format!("{}://127.0.0.1:{}", self.scheme(), m.client))
             .collect()
     }
 
@@ -177,15 +205,20 @@ impl Cluster {
     fn etcdctl_on(&self, on: &[usize], args: &[&str]) -> Output {
         let endpoints: Vec<String> = on
             .iter()
-            .map(|&i| format!("http://127.0.0.1:{}", self.members[i].client))
+            .map(|&i| format!("{}://127.0.0.1:{}", self.scheme(), self.members[i].client))
             .collect();
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", self.host_ns))
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.host_ns))
             .arg("--")
             .arg("etcdctl")
             .arg(format!("--endpoints={}", endpoints.join(",")))
-            .args(["--dial-timeout=1s", "--command-timeout=3s"])
-            .args(args)
+            .args(["--dial-timeout=1s", "--command-timeout=3s"]);
+        if let Some(dir) = &self.tls {
+            cmd.arg(format!("--cacert={}", dir.join("ca.pem").display()))
+                .arg(format!("--cert={}", dir.join("client.pem").display()))
+                .arg(format!("--key={}", dir.join("client.key").display()));
+        }
+        cmd.args(args)
             .env("ETCDCTL_API", "3")
             .stdin(Stdio::null())
             .output()
@@ -262,6 +295,11 @@ struct NodeConfig {
 }
 
 fn node_config(tb: &Testbed, name: &str, endpoints: &[String]) -> NodeConfig {
+    node_config_with(tb, name, endpoints, "")
+}
+
+/// [`node_config`] with `extra` lines in `[leases]`.
+fn node_config_with(tb: &Testbed, name: &str, endpoints: &[String], extra: &str) -> NodeConfig {
     let state = tb.dir.join(format!("state-{name}"));
     let path = tb.dir.join(format!("{name}.toml"));
     let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
@@ -283,6 +321,7 @@ endpoints = [{endpoints}]
 prefix = "{PREFIX}"
 node = "{name}"
 timeout_ms = {TIMEOUT_MS}
+{extra}
 "#,
         state = state.display(),
         dir = tb.dir.display(),
@@ -686,5 +725,141 @@ fn gc_frees_only_its_own_nodes_leases_and_gc_node_releases_a_dead_nodes() {
     for id in ["x1", "x2"] {
         ok(&tb, &a.path, &["detach", "--id", id]);
     }
+    assert_eq!(cluster.leases(), BTreeMap::new());
+}
+
+/// A CA, a second CA nobody uses, a server certificate for 127.0.0.1 and a
+/// client certificate (EC P-256 keys, PKCS#8) in `dir`, made with openssl.
+fn make_certs(dir: &Path) {
+    std::fs::create_dir_all(dir).unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("running openssl");
+        assert!(
+            out.status.success(),
+            "openssl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    for ca in ["ca", "other-ca"] {
+        let (key, pem, subject) = (
+            format!("{ca}.key"),
+            format!("{ca}.pem"),
+            format!("/CN=nsbypass-e2e-{ca}"),
+        );
+        let mut args = vec!["req", "-x509"];
+        args.extend(ec);
+        args.extend([
+            "-keyout", &key, "-out", &pem, "-days", "2", "-subj", &subject,
+        ]);
+        openssl(&args);
+    }
+    for (name, ext) in [
+        ("server", "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\nbasicConstraints=CA:FALSE\n"),
+        ("client", "extendedKeyUsage=clientAuth\nbasicConstraints=CA:FALSE\n"),
+    ] {
+        let (key, csr, pem, cnf) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.cnf"),
+        );
+        let subject = format!("/CN={name}");
+        let mut args = vec!["req"];
+        args.extend(ec);
+        args.extend(["-keyout", &key, "-out", &csr, "-subj", &subject]);
+        openssl(&args);
+        std::fs::write(dir.join(&cnf), ext).unwrap();
+        openssl(&[
+            "x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", &pem, "-days", "2", "-extfile", &cnf,
+        ]);
+    }
+}
+
+#[test]
+fn leases_over_tls_with_a_client_certificate_and_one_line_when_trust_fails() {
+    let Some(tb) = testbed() else { return };
+    let certs = tb.dir.join("certs");
+    make_certs(&certs);
+    let cluster = Cluster::start_with(&tb, 1, Some(certs.clone()));
+    let endpoints = cluster.endpoints();
+    let files = |ca: &str, client: bool| {
+        let mut text = format!("ca_file = \"{}\"\n", certs.join(ca).display());
+        if client {
+            text += &format!(
+                "cert_file = \"{}\"\nkey_file = \"{}\"\n",
+                certs.join("client.pem").display(),
+                certs.join("client.key").display()
+            );
+        }
+        text
+    };
+    let good = node_config_with(&tb, "node-t", &endpoints, &files("ca.pem", true));
+    let ns = PinnedNetns::new(&tb, "t");
+    attach_all(&tb, &[(&good, "t".into(), &ns)]);
+    assert_unique_and_one_key_each(&cluster, &[(&good, "t".into(), &ns)]);
+    let out = command(&tb, &good.path, &["doctor"]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains(&format!(
+            "ok   leases etcd {}: answers: etcd 3.",
+            endpoints[0]
+        )) && text.contains("ok   leases etcd quorum"),
+        "{text}"
+    );
+
+    // A server we do not trust, and a server that wants our certificate:
+    // one line each, at once (waiting cannot fix either), nothing made.
+    for (name, extra, why) in [
+        (
+            "node-u",
+            files("other-ca.pem", true),
+            "tls: invalid peer certificate: UnknownIssuer",
+        ),
+        (
+            "node-v",
+            files("ca.pem", false),
+            "tls: received fatal alert: ",
+        ),
+    ] {
+        let bad = node_config_with(&tb, name, &endpoints, &extra);
+        let other = PinnedNetns::new(&tb, name);
+        let other_path = other.path.to_str().unwrap();
+        let (line, took) = fails(
+            &tb,
+            &bad.path,
+            &[
+                "attach",
+                "--netns",
+                other_path,
+                "--id",
+                name,
+                "--network",
+                "fast",
+            ],
+        );
+        assert!(
+            line.starts_with(&format!(
+                "nsbypass: attach {name}: network fast: lease address: etcd: no endpoint would do TLS with us ({}: {why}",
+                endpoints[0]
+            )),
+            "{line}"
+        );
+        assert!(took < Duration::from_millis(TIMEOUT_MS), "{took:?}");
+        assert_eq!(address_in(&other.path), None);
+    }
+    ok(&tb, &good.path, &["detach", "--id", "t"]);
     assert_eq!(cluster.leases(), BTreeMap::new());
 }
