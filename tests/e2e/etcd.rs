@@ -268,7 +268,7 @@ impl Cluster {
     fn leases(&self) -> BTreeMap<String, Value> {
         let text = self.etcdctl(&["get", "--prefix", &format!("{PREFIX}/leases/")]);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(lines.len() % 2 == 0, "{text}");
+        assert!(lines.len().is_multiple_of(2), "{text}");
         lines
             .chunks(2)
             .map(|kv| {
@@ -475,9 +475,9 @@ fn two_nodes_share_a_pool_through_etcd_and_survive_a_member_but_not_quorum_loss(
         .collect();
     let mut attached = Vec::new();
     let mut batch = Vec::new();
-    for i in 0..16 {
+    for (i, ns) in namespaces.iter().enumerate().take(16) {
         let node = if i % 2 == 0 { &a } else { &b };
-        batch.push((node, format!("{}-{i}", node.name), &namespaces[i]));
+        batch.push((node, format!("{}-{i}", node.name), ns));
     }
     attach_all(&tb, &batch);
     attached.extend(batch);
@@ -500,9 +500,9 @@ fn two_nodes_share_a_pool_through_etcd_and_survive_a_member_but_not_quorum_loss(
     // One member down (whichever leads or not): attaches go on.
     cluster.kill(0);
     let mut batch = Vec::new();
-    for i in 16..24 {
+    for (i, ns) in namespaces.iter().enumerate().take(24).skip(16) {
         let node = if i % 2 == 0 { &a } else { &b };
-        batch.push((node, format!("{}-{i}", node.name), &namespaces[i]));
+        batch.push((node, format!("{}-{i}", node.name), ns));
     }
     attach_all(&tb, &batch);
     attached.extend(batch);
