@@ -220,9 +220,12 @@ pub fn parse_endpoint(text: &str) -> Result<Endpoint, String> {
             _ => return Err(bad("has no valid port")),
         },
     };
+    // An IPv6 address only in brackets (checked above); a name or IPv4
+    // address otherwise.
+    let bracketed = rest.starts_with('[');
     let host_ok = !host.is_empty()
         && host.len() <= 253
-        && (host.contains(':')
+        && (bracketed
             || host
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
@@ -352,6 +355,7 @@ key_file = "/etc/nsbypass/k.pem""#)
             ("http://a b", "has no valid host"),
             ("http://[::1", "has an unclosed ["),
             ("http://[x]:1", "has no IPv6 address in [...]"),
+            ("http://fd00::1:2379", "has no valid host"),
         ] {
             let got = raw(&format!("store = \"etcd\"\nendpoints = [{endpoint:?}]")).unwrap_err();
             assert!(
