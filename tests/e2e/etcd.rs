@@ -7,7 +7,8 @@
 //! concurrently on the one parent. Checked: every address unique across
 //! both nodes and exactly one key per lease; a member down changes
 //! nothing; without quorum an attach fails within the timeout with one
-//! line and leaves no link, record or key; with quorum back everything
+//! line and leaves no link, record or key, and a detach keeps its record
+//! (the link goes, the lease stays) for a later one; with quorum back everything
 //! detaches and no lease key remains; `gc` touches only its node's leases
 //! and `gc --node` releases a dead node's; a node name another host uses
 //! is refused, and doctor says so. Over TLS (client certificates
@@ -433,8 +434,18 @@ fn assert_unique_and_one_key_each(
     cluster: &Cluster,
     attached: &[(&NodeConfig, String, &PinnedNetns)],
 ) {
+    assert_keys(cluster, attached, BTreeMap::new());
+}
+
+/// [`assert_unique_and_one_key_each`], with `also` keys (key -> node,
+/// namespace key, id) whose namespaces have no link any more.
+fn assert_keys(
+    cluster: &Cluster,
+    attached: &[(&NodeConfig, String, &PinnedNetns)],
+    also: BTreeMap<String, (String, String, String)>,
+) {
     let mut seen = BTreeSet::new();
-    let mut want = BTreeMap::new();
+    let mut want = also;
     for (node, id, ns) in attached {
         let address = address_in(&ns.path).unwrap_or_else(|| panic!("{id} has no MACVLAN"));
         assert!(
@@ -541,18 +552,43 @@ fn two_nodes_share_a_pool_through_etcd_and_survive_a_member_but_not_quorum_loss(
     );
     assert!(!a.state.join(format!("netns/{}.json", lost.key())).exists());
 
+    // A detach without quorum: the link goes, the lease cannot; the record
+    // keeps the link and the member, so a later detach finishes.
+    let (kept_node, kept_id, kept_ns) = &attached[0];
+    let kept_key = format!(
+        "{PREFIX}/leases/fast/{}",
+        address_in(&kept_ns.path).unwrap()
+    );
+    let (line, _) = fails(&tb, &kept_node.path, &["detach", "--id", kept_id]);
+    assert!(
+        line.starts_with(&format!("nsbypass: detach {kept_id}: network fast: release address: etcd: no endpoint answered within ")),
+        "{line}"
+    );
+    assert_eq!(address_in(&kept_ns.path), None, "the link went");
+    assert!(
+        kept_node
+            .state
+            .join(format!("containers/{kept_id}.json"))
+            .exists(),
+        "its record stays"
+    );
+
     // Quorum back: nothing of the failed attach, and everything detaches
     // until no lease key is left.
     cluster.restart(0);
     cluster.restart(1);
     cluster.wait_healthy(&[0, 1, 2]);
-    assert_unique_and_one_key_each(&cluster, &attached);
-    for (node, id, _) in &attached {
+    // The failed detach kept its lease, and nothing else changed.
+    let kept = (kept_node.name.clone(), kept_ns.key(), kept_id.clone());
+    assert_keys(&cluster, &attached[1..], [(kept_key, kept)].into());
+    for (i, (node, id, _)) in attached.iter().enumerate() {
         let out = ok(&tb, &node.path, &["detach", "--id", id]);
-        assert!(
-            out.starts_with(&format!("detached {id} from fast: net1 ")),
-            "{out}"
-        );
+        // The one whose link went already finishes its release.
+        let want = match i {
+            0 => format!("detached {id}\n"),
+            _ => format!("detached {id} from fast: net1 "),
+        };
+        assert!(out.starts_with(&want), "{out}");
     }
     for (_, _, ns) in &attached {
         assert_eq!(address_in(&ns.path), None);
