@@ -809,6 +809,149 @@ pub fn unb64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// A member that answers every request on every connection with
+    /// `status` and `body`, counting the requests; its endpoint.
+    fn member(status: u16, body: &'static str) -> (Endpoint, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(sock) = sock else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(sock.try_clone().unwrap());
+                    let mut writer = sock;
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut request = vec![0; length];
+                        reader.read_exact(&mut request).unwrap();
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let endpoint = Endpoint {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        (endpoint, count)
+    }
+
+    fn config(endpoints: Vec<Endpoint>, timeout_ms: u64) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            prefix: "/t".into(),
+            node: Some("n".into()),
+            timeout: Duration::from_millis(timeout_ms),
+            tls: None,
+        }
+    }
+
+    const RANGE: &str = r#"{"header":{"revision":"2"},"kvs":[{"key":"L3QvbGVhc2VzL2Zhc3QvMTAuMC4wLjU=","mod_revision":"2"}],"count":"1"}"#;
+
+    #[test]
+    fn a_member_without_a_leader_is_passed_over_and_one_that_refuses_the_request_stops_it() {
+        let (sick, sick_count) = member(
+            503,
+            r#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#,
+        );
+        let (well, _) = member(200, RANGE);
+        for first in [0, 1] {
+            let mut client = Client::new(&config(vec![sick.clone(), well.clone()], 2000));
+            client.next = first;
+            let kvs = client
+                .range(b"/t/leases/fast/", Some(b"/t/leases/fast0"), true)
+                .unwrap();
+            assert_eq!(kvs[0].key, b"/t/leases/fast/10.0.0.5");
+            assert_eq!(
+                client.next, 1,
+                "the one that answered is asked first next time"
+            );
+        }
+        assert!(sick_count.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+        let (wrong, wrong_count) = member(
+            400,
+            r#"{"error":"bad","message":"etcdserver: key is not provided","code":3}"#,
+        );
+        let mut client = Client::new(&config(vec![wrong.clone(), well.clone()], 2000));
+        client.next = 0;
+        let e = client.range(b"", None, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("etcd {wrong}: etcdserver: key is not provided (HTTP 400)")
+        );
+        assert_eq!(
+            wrong_count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not retried"
+        );
+    }
+
+    #[test]
+    fn a_cluster_without_an_answer_fails_within_the_budget_then_at_once() {
+        let (sick, _) = member(503, r#"{"message":"etcdserver: request timed out"}"#);
+        let refused = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: l.local_addr().unwrap().port(),
+            }
+        };
+        let store = EtcdLeases::new(&config(vec![refused.clone(), sick.clone()], 300), "n", "m");
+        let started = Instant::now();
+        let e = store
+            .holder("fast", "10.0.0.5".parse().unwrap())
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(800),
+            "{took:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("etcd: no endpoint answered within 300 ms (")
+                && text.contains(&format!("{refused}: connect: Connection refused"))
+                && text.contains(&format!("{sick}: HTTP 503: etcdserver: request timed out")),
+            "{text}"
+        );
+        let started = Instant::now();
+        let e = store
+            .holder("fast", "10.0.0.5".parse().unwrap())
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert!(
+            e.to_string()
+                .starts_with("etcd: unreachable earlier in this run (etcd: no endpoint answered"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn base64_round_trips_and_matches_the_gateways() {
