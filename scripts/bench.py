@@ -632,6 +632,8 @@ class Bench:
                                   "file settled": settled("file", file_config),
                                   "etcd settled": settled("etcd", etcd_config)},
                                  max(12, self.runs // 2))
+            rss = {name: [self.lifecycle(config, f"{name}rss{i}", rss=True)[2] for i in range(5)]
+                   for name, config in (("file", file_config), ("etcd", etcd_config))}
         finally:
             self.reap(member)
         rat = ratios(res["etcd"], res["file"])
@@ -662,7 +664,9 @@ class Bench:
               f"{quantile(rat, 0.1):.2f}-{quantile(rat, 0.9):.2f}); prestart alone "
               f"{statistics.median(pre):.2f}x; with the settled poststop {statistics.median(quiet):.2f}x. "
               f"The claim costs {claim * 1000:.2f} ms more than a lease file here. A real cluster adds "
-              f"its network round trips and its disk's fsync to each.\n\n{img}")
+              f"its network round trips and its disk's fsync to each. Peak RSS of one prestart (GNU "
+              f"time's %M, median of 5): file store {statistics.median(rss['file'])} KiB, etcd store "
+              f"{statistics.median(rss['etcd'])} KiB.\n\n{img}")
         self.sections.append(("Lease store: etcd against files", md))
 
     def cmp_noop(self):
