@@ -15,9 +15,13 @@ fi
 # podman, docker.io, containerd: the runtimes the install tests drive.
 # containernetworking-plugins, netavark: the CNI and podman macvlan drivers
 # scripts/bench.py compares against; sockperf, iperf3: its data-path figures.
+# etcd-server, etcd-client: the etcd lease store's cluster (etcd) and its
+# inspection (etcdctl) in tests/e2e/etcd.rs and the bench; the tests run
+# their own members in their own namespaces, never the packaged service.
+# openssl: that test's certificates for etcd over TLS.
 packages=(runc busybox-static iproute2 util-linux gcc g++ libc6-dev
           podman docker.io containerd containernetworking-plugins netavark
-          sockperf iperf3)
+          sockperf iperf3 etcd-server etcd-client openssl)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update

@@ -3,6 +3,7 @@
 
 use std::fmt::Display;
 
+use runtime_config::leases::{check_node_name, parse_endpoint, LeaseConfig, MAX_TIMEOUT_MS};
 use runtime_config::{Config, Pool};
 
 /// nsbypass promises one-line errors: a message must not break a log line.
@@ -21,6 +22,7 @@ pub fn fields(data: &[u8]) -> Vec<String> {
 
 /// What the leasing and setup code take for granted of a config that parsed.
 pub fn check_config(config: &Config) {
+    check_leases(&config.leases);
     for network in config.networks.values() {
         if let Some(p) = &network.ipv4 {
             let name = &network.name;
@@ -75,4 +77,36 @@ fn check_pool(name: &str, pool: Pool<'_>) {
         );
     }
     let _ = pool.range_text();
+}
+
+/// What the etcd store builds keys and connections from: a prefix that
+/// joins to keys, a node name that is one key component, endpoints that
+/// print and re-parse to themselves, a bounded timeout, TLS exactly when
+/// some endpoint is https.
+fn check_leases(leases: &LeaseConfig) {
+    let LeaseConfig::Etcd(etcd) = leases else {
+        return;
+    };
+    let p = &etcd.prefix;
+    assert!(
+        p.starts_with('/') && !p.ends_with('/') && !p.contains("//"),
+        "prefix {p:?}"
+    );
+    if let Some(node) = &etcd.node {
+        assert!(
+            check_node_name(node).is_ok() && !node.contains('/'),
+            "node {node:?}"
+        );
+    }
+    assert!(!etcd.endpoints.is_empty());
+    for e in &etcd.endpoints {
+        let text = e.to_string();
+        assert_eq!(parse_endpoint(&text).as_ref(), Ok(e), "{text}");
+    }
+    let ms = etcd.timeout.as_millis();
+    assert!(
+        (1..=u128::from(MAX_TIMEOUT_MS)).contains(&ms),
+        "timeout {ms}"
+    );
+    assert_eq!(etcd.tls.is_some(), etcd.endpoints.iter().any(|e| e.tls));
 }

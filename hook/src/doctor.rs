@@ -18,6 +18,7 @@ use nsutil::dir::{ancestor_problem, root_problem, Unsafe};
 use nsutil::netlink::{Link, Netlink, NewMacvlan};
 use nsutil::ns::Netns;
 use runtime_config::config::ConfigError;
+use runtime_config::leases::LeaseConfig;
 use runtime_config::{Config, Network, Profile};
 
 use crate::node;
@@ -98,6 +99,7 @@ pub fn run(config_path: &Path) -> bool {
             &config.state_dir,
             nix::unistd::geteuid().as_raw(),
         ));
+        lease_checks(config, &mut report);
         network_checks(config, &mut report);
         for profile in config.profiles.values() {
             profile_checks(config, profile, &mut report);
@@ -146,6 +148,125 @@ fn config_check(path: &Path, config: &Result<Config, ConfigError>) -> Check {
             format!("{section}: {key}: {message}"),
             format!("correct {key} in {section}"),
         ),
+    }
+}
+
+/// The lease store: which, and for etcd that every endpoint answers, that
+/// the cluster has quorum (a linearizable read succeeds) and that this
+/// node's name is not registered to another host. Reads only.
+fn lease_checks(config: &Config, report: &mut Report) {
+    use crate::lease::etcd::{node_name, EtcdLeases};
+    let etcd = match &config.leases {
+        LeaseConfig::File => {
+            report.add(Check::ok(
+                "leases",
+                format!(
+                    "file store in {} (this host's leases only)",
+                    config.state_dir.join("leases").display()
+                ),
+            ));
+            return;
+        }
+        LeaseConfig::Etcd(etcd) => etcd,
+    };
+    let node = match node_name(etcd) {
+        Ok(node) => node,
+        Err(e) => {
+            report.add(Check::fail(
+                "leases",
+                e.to_string(),
+                "set [leases] node to this host's name in the cluster",
+            ));
+            return;
+        }
+    };
+    report.add(Check::ok(
+        "leases",
+        format!(
+            "etcd, prefix {}, node {node}, {} endpoint(s), {} ms per operation",
+            etcd.prefix,
+            etcd.endpoints.len(),
+            etcd.timeout.as_millis()
+        ),
+    ));
+    let machine = match node::this_machine_id() {
+        Ok(id) => id,
+        Err(failure) => {
+            report.add(Check::fail(
+                "leases",
+                failure.to_string(),
+                "systemd-machine-id-setup makes one",
+            ));
+            return;
+        }
+    };
+    let store = EtcdLeases::new(etcd, &node, &machine);
+    for (index, endpoint) in etcd.endpoints.iter().enumerate() {
+        let subject = format!("leases etcd {endpoint}");
+        let status = store.client().status_of(index);
+        report.add(match status {
+            Ok(status) => {
+                let field = |k: &str| {
+                    status
+                        .get(k)
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("?")
+                        .to_owned()
+                };
+                let member = status["header"]["member_id"]
+                    .as_str()
+                    .unwrap_or("?")
+                    .to_owned();
+                Check::ok(
+                    subject,
+                    format!(
+                        "answers: etcd {}, member {member}, leader {}",
+                        field("version"),
+                        field("leader")
+                    ),
+                )
+            }
+            Err(why) => Check::fail(
+                subject,
+                format!("does not answer: {why}"),
+                "start that member, or take it out of [leases] endpoints",
+            ),
+        });
+    }
+    // A linearizable read needs a majority of members behind the leader.
+    let members = store
+        .client()
+        .call("/v3/cluster/member/list", &serde_json::json!({}))
+        .map(|v| v["members"].as_array().map_or(0, Vec::len));
+    let registered = members.and_then(|members| store.registered(&node).map(|r| (members, r)));
+    let key = store.node_key(&node);
+    match registered {
+        Ok((members, registered)) => {
+            report.add(Check::ok(
+                "leases etcd quorum",
+                format!("a linearizable read answered ({members} member(s))"),
+            ));
+            report.add(match registered {
+                None => Check::ok(
+                    format!("leases etcd node {node}"),
+                    format!("{key} is not there yet: this host's first lease writes its machine id there"),
+                ),
+                Some(id) if id == machine => Check::ok(
+                    format!("leases etcd node {node}"),
+                    format!("{key} names this host"),
+                ),
+                Some(other) => Check::fail(
+                    format!("leases etcd node {node}"),
+                    format!("{key} names another host (machine id {other}; this host's is {machine}), so this host cannot lease"),
+                    format!("give this host its own [leases] node; if that host is gone for good, nsbypass gc --node {node}"),
+                ),
+            });
+        }
+        Err(e) => report.add(Check::fail(
+            "leases etcd quorum",
+            format!("no linearizable read answered: {e}"),
+            "bring enough members back that a majority of the cluster runs",
+        )),
     }
 }
 

@@ -7,7 +7,11 @@
 //! `leases/<network>/<addr>`, created in one step (`O_TMPFILE`, then
 //! `linkat`, which fails if the name exists): a crash never leaves a
 //! half-written lease or a temporary name, and two hooks can never both win
-//! one address.
+//! one address. [`etcd::EtcdLeases`] keeps them in an etcd cluster shared
+//! by the nodes of one L2 instead (`[leases] store = "etcd"`).
+
+pub mod etcd;
+pub mod http;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -67,6 +71,9 @@ pub enum LeaseError {
     },
     #[error(transparent)]
     Dir(#[from] nsutil::Error),
+    /// The cluster-wide store could not be asked, or refused.
+    #[error(transparent)]
+    Etcd(#[from] etcd::EtcdError),
     #[error("parse lease {}: {source}", path.display())]
     Parse {
         path: PathBuf,
@@ -74,7 +81,10 @@ pub enum LeaseError {
     },
 }
 
-/// Lease bookkeeping. Callers hold the state lock around every call.
+/// Lease bookkeeping. Callers hold the state lock around every call; it
+/// serialises this host's hooks, and each store also keeps one address to
+/// one holder by itself (a file created in one step, an etcd key created
+/// only if absent), so hooks of other hosts sharing the store need no lock.
 pub trait LeaseStore {
     /// The holder of `address` on `network`, if it is leased.
     fn holder(&self, network: &str, address: IpAddr) -> Result<Option<Holder>, LeaseError>;

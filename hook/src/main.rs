@@ -130,7 +130,13 @@ enum Command {
     },
     /// Free leases and records no live namespace accounts for (a runtime
     /// that never ran poststop, a killed hook). Safe beside live hooks.
-    Gc,
+    /// Touches only this node's leases.
+    Gc {
+        /// Instead, release every lease of node NAME in the etcd store: a
+        /// node that is gone for good (the operator says so)
+        #[arg(long, value_name = "NAME")]
+        node: Option<String>,
+    },
     /// Docker runtime mode: edit the bundle on create, then exec the real
     /// runtime with the same arguments (given after `--`).
     Runtime {
@@ -280,7 +286,11 @@ fn main() -> ExitCode {
         }
         Command::Detach { id } => (format!("detach {id}"), operate::detach(&config, &id)),
         Command::List { json } => ("list".to_owned(), operate::list(&config, json)),
-        Command::Gc => ("gc".to_owned(), operate::gc(&config)),
+        Command::Gc { node: None } => ("gc".to_owned(), operate::gc(&config)),
+        Command::Gc { node: Some(node) } => (
+            format!("gc --node {node}"),
+            operate::gc_node(&config, &node),
+        ),
         Command::Runtime { runtime, args } => {
             ("runtime".to_owned(), runtime::run(&config, &runtime, &args))
         }

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use nsutil::ns::{self, Netns, NetnsId};
+use runtime_config::leases::LeaseConfig;
 use runtime_config::{Config, Request};
 
 use crate::failpoint;
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, RealKernel, RealReach};
-use crate::lease::FileLeases;
+use crate::lease::etcd::{self, EtcdLeases};
+use crate::lease::LeaseStore;
 use crate::logging;
 use crate::profile;
 use crate::reconcile::{self, Stores};
@@ -29,6 +31,9 @@ const MACHINE_ID: &str = "/etc/machine-id";
 pub struct Node {
     pub config: Config,
     host_id: String,
+    /// The name this host's leases carry: its machine id in the file
+    /// store, its `[leases] node` (or host name) in etcd.
+    lease_host: String,
 }
 
 /// A container to set up, however it was described.
@@ -62,7 +67,31 @@ impl Node {
         logging::init(&config.log).step(Step::OpenLog)?;
         check_capabilities()?;
         let host_id = machine_id(Path::new(MACHINE_ID))?;
-        Ok(Node { config, host_id })
+        let lease_host = match &config.leases {
+            LeaseConfig::File => host_id.clone(),
+            LeaseConfig::Etcd(etcd) => etcd::node_name(etcd).step(Step::ReadMachineId)?,
+        };
+        Ok(Node {
+            config,
+            host_id,
+            lease_host,
+        })
+    }
+
+    /// The configured lease store. The etcd one connects at its first
+    /// request: a run that leases nothing never talks to etcd.
+    pub fn leases<'a>(&self, state: &'a StateDir) -> Box<dyn LeaseStore + 'a> {
+        match &self.config.leases {
+            LeaseConfig::File => Box::new(state.leases()),
+            LeaseConfig::Etcd(config) => {
+                Box::new(EtcdLeases::new(config, &self.lease_host, &self.host_id))
+            }
+        }
+    }
+
+    /// The name this host's leases carry (see [`Node::leases`]).
+    pub fn lease_host(&self) -> &str {
+        &self.lease_host
     }
 
     /// The locked state with this host's lease store and reach, once the
@@ -72,14 +101,15 @@ impl Node {
     fn stores<'a>(
         &'a self,
         state: &'a StateDir,
-        leases: &'a mut FileLeases<'a>,
+        leases: &'a mut dyn LeaseStore,
         reach: &'a mut RealReach,
     ) -> Stores<'a> {
         let mut stores = Stores {
             state,
             leases,
             reach,
-            host: &self.host_id,
+            host: &self.lease_host,
+            machine: &self.host_id,
         };
         match reconcile::sweep_draining(&mut stores) {
             Ok(0) => {}
@@ -101,9 +131,9 @@ impl Node {
         work: impl FnOnce(&mut Stores) -> Result<T, Failure>,
     ) -> Result<T, Failure> {
         let state = self.lock()?;
-        let mut leases = state.leases();
+        let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
         work(&mut stores)
     }
 
@@ -139,9 +169,9 @@ impl Node {
         let state = self.lock()?;
         let locked_at = Instant::now();
         tracing::debug!("state locked");
-        let mut leases = state.leases();
+        let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
 
         let ctx = network.as_ref().map(|n| n.context(target, self, request));
         let prepared = match (&ctx, &mut network) {
@@ -278,12 +308,11 @@ impl Node {
 
     /// Whether this host holds leases taken for `container`.
     fn holds_leases(&self, state: &StateDir, container: &str) -> Result<bool, Failure> {
-        use crate::lease::LeaseStore;
-        let leases = state.leases();
+        let leases = self.leases(state);
         for name in self.pooled_networks() {
             let held = leases.list(name).step_on(Step::ReadRecords, name)?;
             if held.iter().any(|(_, h)| {
-                h.container == container && (h.host.is_empty() || h.host == self.host_id)
+                h.container == container && (h.host.is_empty() || h.host == self.lease_host)
             }) {
                 return Ok(true);
             }
@@ -296,9 +325,9 @@ impl Node {
     /// [`reconcile::await_draining`]).
     fn leave(&self, container: &str, leaving: Leaving) -> Result<Outcome, Failure> {
         let state = self.lock()?;
-        let mut leases = state.leases();
+        let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, &mut leases, &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
         shim::around_teardown(
             &self.config,
             container,
@@ -432,6 +461,11 @@ impl NetworkTarget {
             source: target.source,
         }
     }
+}
+
+/// This host's machine id (from `/etc/machine-id`), for doctor.
+pub fn this_machine_id() -> Result<String, Failure> {
+    machine_id(Path::new(MACHINE_ID))
 }
 
 /// This host's machine id. Leases name their host with it and MACs are

@@ -10,6 +10,8 @@ use runtime_config::names::check_container_id;
 use runtime_config::Request;
 use serde::Serialize;
 
+use runtime_config::leases::LeaseConfig;
+
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, Presence};
 use crate::node::{Detached, Node, Target};
@@ -221,6 +223,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    let store = store_line(&node);
     println!(
         "{:<20} {:<10} {:<8} {:<22} {:<17} {:<7} {:<20} NETNS",
         "ID", "NETWORK", "IFNAME", "ADDRESSES", "MAC", "SOURCE", "SINCE"
@@ -247,7 +250,25 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             }
         );
     }
+    if let Some(line) = store {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// The lease store, as `list` ends its table with it: for etcd only (the
+/// file store's table is as it always was).
+fn store_line(node: &Node) -> Option<String> {
+    let LeaseConfig::Etcd(etcd) = &node.config.leases else {
+        return None;
+    };
+    let endpoints: Vec<String> = etcd.endpoints.iter().map(ToString::to_string).collect();
+    Some(format!(
+        "leases: etcd {} at {}, node {}",
+        etcd.prefix,
+        endpoints.join(","),
+        node.lease_host()
+    ))
 }
 
 /// Frees what no live namespace accounts for, and says what.
@@ -283,6 +304,40 @@ pub fn gc(config: &Path) -> anyhow::Result<()> {
         None => Ok(()),
         Some(first) => Err(first.with_rollback(failures.collect()).into()),
     }
+}
+
+/// Releases every lease of `name`, another node of the etcd store that is
+/// gone for good, and its name's registration; says what. Takes no lock:
+/// none of it is this host's.
+pub fn gc_node(config: &Path, name: &str) -> anyhow::Result<()> {
+    let node = Node::open(config)?;
+    let LeaseConfig::Etcd(etcd) = &node.config.leases else {
+        return Err(Failure::refuse(
+            Step::Validate,
+            "--node is for [leases] store = \"etcd\": the file store holds this host's leases only (plain gc frees them)",
+        )
+        .into());
+    };
+    runtime_config::leases::check_node_name(name)
+        .map_err(|m| Failure::refuse(Step::Validate, format!("--node: {m}")))?;
+    if name == node.lease_host() {
+        return Err(Failure::refuse(
+            Step::Validate,
+            format!("--node {name} is this node; plain gc frees what it no longer uses"),
+        )
+        .into());
+    }
+    let store = crate::lease::etcd::EtcdLeases::new(etcd, node.lease_host(), "");
+    let freed = store.release_node(name).step(Step::ReleaseAddress)?;
+    for (network, address, container) in &freed {
+        println!("freed lease {network} {address} (taken for {container} on node {name})");
+    }
+    println!(
+        "gc --node {name}: freed {} leases; {} is no longer registered",
+        freed.len(),
+        store.node_key(name)
+    );
+    Ok(())
 }
 
 /// Whether `/proc/PID/<what>` is the same inode as nsbypass's own or the

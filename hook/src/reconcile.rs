@@ -27,9 +27,12 @@ pub struct Stores<'a> {
     pub state: &'a StateDir,
     pub leases: &'a mut dyn LeaseStore,
     pub reach: &'a mut dyn Reach,
-    /// This host's machine id: every lease it takes names it, and it frees
-    /// only leases that do.
+    /// The name this host's leases carry (its machine id in the file
+    /// store, its node name in etcd): every lease it takes names it, and it
+    /// frees only leases that do.
     pub host: &'a str,
+    /// This host's machine id, mixed into the host shims' MACs.
+    pub machine: &'a str,
 }
 
 impl Stores<'_> {

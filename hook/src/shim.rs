@@ -465,7 +465,7 @@ fn converge_to(
     host: &mut dyn HostNet,
     stores: &mut Stores,
 ) -> std::result::Result<(), Failure> {
-    let target = network.and_then(|n| wanted(n, stores.host).map(|w| (n, w)));
+    let target = network.and_then(|n| wanted(n, stores.machine).map(|w| (n, w)));
     let record = stores.state.shim(name).step_on(Step::ReadRecords, name)?;
     if target.is_none() && record.is_none() {
         return Ok(());

@@ -498,6 +498,7 @@ impl Bed {
             leases: &mut leases,
             reach: &mut reach,
             host,
+            machine: host,
         };
         f(&mut stores)
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Deserialize;
 
+use crate::leases::{LeaseConfig, RawLeases};
 use crate::names::{check_ifname, check_network_name};
 use crate::profile::{Profile, RawProfile};
 
@@ -62,6 +63,8 @@ pub struct Config {
     pub parents: BTreeMap<String, Parent>,
     /// Where requests may come from (`[requests]`).
     pub requests: Requests,
+    /// Where address leases are kept (`[leases]`).
+    pub leases: LeaseConfig,
 }
 
 /// Where requests may come from.
@@ -364,6 +367,8 @@ struct RawConfig {
     parents: BTreeMap<String, Parent>,
     #[serde(default)]
     requests: Requests,
+    #[serde(default)]
+    leases: RawLeases,
 }
 
 #[derive(Deserialize)]
@@ -452,6 +457,15 @@ impl Config {
                 ));
             }
         }
+        let leases = raw
+            .leases
+            .validate()
+            .map_err(|(key, message)| ConfigError::Invalid {
+                path: path.to_owned(),
+                section: "leases".to_owned(),
+                key,
+                message,
+            })?;
         let state_dir = raw
             .state_dir
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR));
@@ -471,6 +485,7 @@ impl Config {
             profiles,
             parents: raw.parents,
             requests: raw.requests,
+            leases,
         })
     }
 }
@@ -1300,6 +1315,18 @@ parent = "ens1f1"
         );
         assert!(err("[parents.ens1f0]\nmaxlinks = 3\n").contains("maxlinks"));
         assert!(err("[parents.\"a/b\"]\nmax_links = 3\n").contains("parent a/b: name:"));
+    }
+
+    #[test]
+    fn the_lease_store_is_a_table_of_its_own() {
+        assert_eq!(parse("").unwrap().leases, LeaseConfig::File);
+        let c =
+            parse("[leases]\nstore = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]").unwrap();
+        assert!(matches!(c.leases, LeaseConfig::Etcd(_)));
+        assert_eq!(
+            err("[leases]\nstore = \"etcd\""),
+            "config /etc/nsbypass/config.toml: leases: endpoints: store = \"etcd\" needs its client URLs"
+        );
     }
 
     #[test]

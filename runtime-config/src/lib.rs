@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod config;
 pub mod install;
+pub mod leases;
 pub mod names;
 pub mod profile;
 pub mod request;

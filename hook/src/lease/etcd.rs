@@ -1,0 +1,990 @@
+//! Leases in etcd, for nodes whose MACVLANs share one L2: one key per
+//! leased address, claimed and released by compare-and-swap transactions,
+//! so nothing locks a pool and no node ever waits for another.
+//!
+//! The layout is a contract (admins read it with `etcdctl`):
+//!
+//! - `<prefix>/leases/<network>/<address>`: `{"node", "netns", "container"}`,
+//!   created only if absent (`create_revision == 0`), deleted only while it
+//!   still holds the releasing holder (its value, or its `mod_revision`
+//!   once read).
+//! - `<prefix>/nodes/<node>`: the machine id of the host that uses the node
+//!   name, written by that host's first claim. Every claim compares it in
+//!   the same transaction, so two hosts given one name cannot both lease.
+//!
+//! etcd is reached through its gRPC gateway (JSON over HTTP/1.1: `POST
+//! /v3/kv/range`, `/v3/kv/txn`; keys and values base64), on one blocking
+//! connection per run (see [`super::http`]). A claim is a keys-only range
+//! read of the network's prefix and one create: two round trips.
+//!
+//! Every operation is bounded by `timeout_ms`: endpoints are tried in turn
+//! (a member that is down refuses at once; one that hangs gets half the
+//! budget) until one answers or time is up. Once the store has been
+//! unreachable for a whole budget, the rest of the run fails at once rather
+//! than wait again: a hook must give up well inside its runtime's timeout.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use runtime_config::leases::{Endpoint, EtcdConfig};
+use runtime_config::Pool;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use super::http::{self, Conn, HttpError};
+use super::{check_assignable, start_slot, Holder, LeaseError, LeaseStore, MAX_PROBES};
+
+/// Why etcd could not do what was asked. Each names the store.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// No endpoint answered within the budget; what each last said.
+    #[error("etcd: no endpoint answered within {timeout_ms} ms ({tried})")]
+    Unavailable { timeout_ms: u128, tried: String },
+    /// Earlier in this run the store was unreachable.
+    #[error("etcd: unreachable earlier in this run ({0})")]
+    StillUnavailable(String),
+    /// An endpoint refused the request itself (a 4xx: not worth retrying).
+    #[error("etcd {endpoint}: {message} (HTTP {status})")]
+    Refused {
+        endpoint: String,
+        status: u16,
+        message: String,
+    },
+    #[error("etcd {endpoint}: unexpected answer: {what}")]
+    BadAnswer { endpoint: String, what: String },
+    #[error("etcd: node {node:?} is used by another host (machine id {theirs}, not this host's {ours}); give this host its own [leases] node, or if that host is gone for good, nsbypass gc --node {node}")]
+    NodeTaken {
+        node: String,
+        theirs: String,
+        ours: String,
+    },
+    #[error("etcd: {0}")]
+    Tls(String),
+    #[error("etcd: the host name {0:?} is no node name; set [leases] node")]
+    NodeName(String),
+}
+
+/// The value of a lease key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Value_ {
+    node: String,
+    netns: String,
+    container: String,
+}
+
+impl From<&Holder> for Value_ {
+    fn from(h: &Holder) -> Value_ {
+        Value_ {
+            node: h.host.clone(),
+            netns: h.netns.clone(),
+            container: h.container.clone(),
+        }
+    }
+}
+
+impl From<Value_> for Holder {
+    fn from(v: Value_) -> Holder {
+        Holder {
+            host: v.node,
+            netns: v.netns,
+            container: v.container,
+        }
+    }
+}
+
+/// A key and what etcd says about it.
+#[derive(Debug, Clone)]
+pub struct Kv {
+    pub key: Vec<u8>,
+    pub value: Vec<u8>,
+    pub mod_revision: String,
+}
+
+/// The connection to the cluster: endpoints, budget, the open connection.
+pub struct Client {
+    endpoints: Vec<Endpoint>,
+    timeout: Duration,
+    tls_files: Option<runtime_config::leases::Tls>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    /// The open connection and the endpoint it is to.
+    conn: Option<(usize, Conn)>,
+    /// The endpoint to try first: the one that answered last.
+    next: usize,
+    /// Set once the store was unreachable for a whole budget.
+    unavailable: Option<String>,
+}
+
+/// How one attempt at one endpoint went wrong.
+enum Attempt {
+    /// Try the next endpoint (down, timed out, no leader, ...).
+    Next(String),
+    /// Try the next endpoint, but this one will not do better by waiting
+    /// (its certificate is not trusted, or it refuses ours).
+    Broken(String),
+    /// Stop: the request itself is wrong, or the answer is.
+    Stop(EtcdError),
+}
+
+impl From<HttpError> for Attempt {
+    fn from(e: HttpError) -> Attempt {
+        match e {
+            HttpError::Tls(_) => Attempt::Broken(e.to_string()),
+            e => Attempt::Next(e.to_string()),
+        }
+    }
+}
+
+impl Client {
+    /// A client for `config`; connects at the first request, not before.
+    pub fn new(config: &EtcdConfig) -> Client {
+        let n = config.endpoints.len();
+        Client {
+            endpoints: config.endpoints.clone(),
+            timeout: config.timeout,
+            tls_files: config.tls.clone(),
+            tls: None,
+            conn: None,
+            // Nodes spread their first attempts over the members.
+            next: std::process::id() as usize % n.max(1),
+            unavailable: None,
+        }
+    }
+
+    fn tls(&mut self) -> Result<Option<Arc<rustls::ClientConfig>>, EtcdError> {
+        if self.tls.is_none() {
+            if let Some(files) = &self.tls_files {
+                let config = http::tls_config(files).map_err(|e| EtcdError::Tls(e.to_string()))?;
+                self.tls = Some(config);
+            }
+        }
+        Ok(self.tls.clone())
+    }
+
+    /// POSTs `body` to `path` on the first endpoint that answers, within
+    /// the budget.
+    pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        if let Some(earlier) = &self.unavailable {
+            return Err(EtcdError::StillUnavailable(earlier.clone()));
+        }
+        let tls = self.tls()?;
+        let body = serde_json::to_vec(body).expect("a request serialises");
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let n = self.endpoints.len();
+        let mut said: Vec<Option<String>> = vec![None; n];
+        let mut pause = Duration::from_millis(10);
+        let all_broken = loop {
+            let mut broken = 0;
+            for i in 0..n {
+                let index = (self.next + i) % n;
+                if Instant::now() >= deadline {
+                    break;
+                }
+                match self.attempt(index, path, &body, tls.as_ref(), deadline) {
+                    Ok(value) => {
+                        self.next = index;
+                        return Ok(value);
+                    }
+                    Err(Attempt::Stop(e)) => return Err(e),
+                    Err(Attempt::Next(why)) => {
+                        tracing::debug!(endpoint = %self.endpoints[index], why, "etcd endpoint did not answer");
+                        said[index] = Some(why);
+                    }
+                    Err(Attempt::Broken(why)) => {
+                        said[index] = Some(why);
+                        broken += 1;
+                    }
+                }
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            // No time left, or no endpoint that waiting could fix.
+            if left.is_zero() || broken == n {
+                break broken == n;
+            }
+            // Every endpoint refused or said "no leader" for now: an
+            // election takes a moment.
+            std::thread::sleep(pause.min(left));
+            pause = (pause * 2).min(Duration::from_millis(200));
+        };
+        let tried = self
+            .endpoints
+            .iter()
+            .zip(said)
+            .map(|(e, why)| format!("{e}: {}", why.unwrap_or_else(|| "not tried".into())))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let error = match all_broken {
+            true => EtcdError::Tls(format!("no endpoint would do TLS with us ({tried})")),
+            false => EtcdError::Unavailable {
+                timeout_ms: self.timeout.as_millis(),
+                tried,
+            },
+        };
+        self.unavailable = Some(error.to_string());
+        Err(error)
+    }
+
+    fn attempt(
+        &mut self,
+        index: usize,
+        path: &str,
+        body: &[u8],
+        tls: Option<&Arc<rustls::ClientConfig>>,
+        deadline: Instant,
+    ) -> Result<Value, Attempt> {
+        let endpoint = &self.endpoints[index];
+        // A member that accepts and then hangs (no quorum behind it) gets
+        // half the budget, so the others get a turn.
+        let now = Instant::now();
+        let share = (self.timeout / 2).max(Duration::from_millis(50));
+        let until = deadline.min(now + share);
+        let mut conn = match self.conn.take() {
+            Some((i, conn)) if i == index && !conn.closing() => conn,
+            _ => Conn::open(endpoint, tls, until).map_err(Attempt::from)?,
+        };
+        let response = conn.post(path, body, until).map_err(Attempt::from)?;
+        let value: Result<Value, _> = serde_json::from_slice(&response.body);
+        match response.status {
+            200 => {
+                self.conn = Some((index, conn));
+                value.map_err(|e| {
+                    Attempt::Stop(EtcdError::BadAnswer {
+                        endpoint: endpoint.to_string(),
+                        what: format!("{path}: {e}"),
+                    })
+                })
+            }
+            status => {
+                let message = value
+                    .ok()
+                    .and_then(|v| {
+                        v.get("message")
+                            .or_else(|| v.get("error"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                    })
+                    .unwrap_or_else(|| String::from_utf8_lossy(&response.body).into_owned());
+                let message = crate::failure::bounded(&crate::failure::one_line(&message), 300);
+                if !conn.closing() {
+                    self.conn = Some((index, conn));
+                }
+                // 5xx: unavailable, no leader, timed out, leader changed:
+                // another member may do better.
+                if status >= 500 {
+                    return Err(Attempt::Next(format!("HTTP {status}: {message}")));
+                }
+                Err(Attempt::Stop(EtcdError::Refused {
+                    endpoint: endpoint.to_string(),
+                    status,
+                    message,
+                }))
+            }
+        }
+    }
+
+    /// One endpoint alone, with the whole budget (for doctor): its status.
+    pub fn status_of(&mut self, index: usize) -> Result<Value, String> {
+        let tls = self.tls().map_err(|e| e.to_string())?;
+        let endpoint = &self.endpoints[index];
+        let deadline = Instant::now() + self.timeout;
+        let mut conn = Conn::open(endpoint, tls.as_ref(), deadline).map_err(|e| e.to_string())?;
+        let response = conn
+            .post("/v3/maintenance/status", b"{}", deadline)
+            .map_err(|e| e.to_string())?;
+        let value: Value = serde_json::from_slice(&response.body).map_err(|e| e.to_string())?;
+        if response.status != 200 {
+            let message = value
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            return Err(format!("HTTP {}: {message}", response.status));
+        }
+        Ok(value)
+    }
+
+    /// Every key from `key` up to `end` (exclusive), values too unless
+    /// `keys_only`. Linearizable: it needs the cluster's quorum.
+    pub fn range(
+        &mut self,
+        key: &[u8],
+        end: Option<&[u8]>,
+        keys_only: bool,
+    ) -> Result<Vec<Kv>, EtcdError> {
+        let mut body = json!({ "key": b64(key) });
+        if let Some(end) = end {
+            body["range_end"] = b64(end).into();
+        }
+        if keys_only {
+            body["keys_only"] = true.into();
+        }
+        let answer = self.call("/v3/kv/range", &body)?;
+        self.kvs(&answer)
+    }
+
+    /// A transaction; whether it succeeded, and each response's key-values
+    /// (empty for puts and deletes).
+    pub fn txn(&mut self, body: &Value) -> Result<(bool, Vec<Vec<Kv>>), EtcdError> {
+        let answer = self.call("/v3/kv/txn", body)?;
+        let succeeded = answer
+            .get("succeeded")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        let mut all = Vec::new();
+        for response in answer
+            .get("responses")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            all.push(match response.get("response_range") {
+                Some(range) => self.kvs(range)?,
+                None => Vec::new(),
+            });
+        }
+        Ok((succeeded, all))
+    }
+
+    fn bad(&self, what: String) -> EtcdError {
+        EtcdError::BadAnswer {
+            endpoint: self.endpoints[self.next].to_string(),
+            what,
+        }
+    }
+
+    fn kvs(&self, answer: &Value) -> Result<Vec<Kv>, EtcdError> {
+        let mut out = Vec::new();
+        for kv in answer
+            .get("kvs")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let field = |name: &str| -> Result<Vec<u8>, EtcdError> {
+                match kv.get(name).and_then(Value::as_str) {
+                    None => Ok(Vec::new()),
+                    Some(text) => {
+                        unb64(text).ok_or_else(|| self.bad(format!("{name} is not base64")))
+                    }
+                }
+            };
+            out.push(Kv {
+                key: field("key")?,
+                value: field("value")?,
+                mod_revision: kv
+                    .get("mod_revision")
+                    .and_then(Value::as_str)
+                    .unwrap_or("0")
+                    .to_owned(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// The key just past every key that starts with `prefix`: etcd's
+/// `range_end` for a prefix read.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // All 0xff: to the end of the key space.
+    vec![0]
+}
+
+/// This node's name: `[leases] node`, else the host name.
+pub fn node_name(config: &EtcdConfig) -> Result<String, EtcdError> {
+    if let Some(node) = &config.node {
+        return Ok(node.clone());
+    }
+    // gethostname(2) reads the same: this UTS namespace's host name.
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    runtime_config::leases::check_node_name(&host)
+        .map_err(|_| EtcdError::NodeName(host.clone()))?;
+    Ok(host)
+}
+
+/// What a create found.
+enum Created {
+    Yes,
+    /// Somebody holds the address.
+    Held(Holder),
+}
+
+/// Leases in etcd (see the module's doc). Connects at the first operation.
+pub struct EtcdLeases {
+    client: std::cell::RefCell<Client>,
+    prefix: String,
+    node: String,
+    machine_id: String,
+    /// [`MAX_PROBES`], lowered by tests.
+    probes: u128,
+}
+
+impl EtcdLeases {
+    /// The store for `config`, as node `node` on the host `machine_id`.
+    pub fn new(config: &EtcdConfig, node: &str, machine_id: &str) -> EtcdLeases {
+        EtcdLeases {
+            client: std::cell::RefCell::new(Client::new(config)),
+            prefix: config.prefix.clone(),
+            node: node.to_owned(),
+            machine_id: machine_id.to_owned(),
+            probes: MAX_PROBES,
+        }
+    }
+
+    /// The connection, for checks that talk to etcd directly (doctor).
+    pub fn client(&self) -> std::cell::RefMut<'_, Client> {
+        self.client.borrow_mut()
+    }
+
+    fn leases_root(&self) -> String {
+        format!("{}/leases/", self.prefix)
+    }
+
+    fn network_prefix(&self, network: &str) -> String {
+        format!("{}/leases/{network}/", self.prefix)
+    }
+
+    fn key(&self, network: &str, address: IpAddr) -> String {
+        format!("{}/leases/{network}/{address}", self.prefix)
+    }
+
+    /// `<prefix>/nodes/<node>`.
+    pub fn node_key(&self, node: &str) -> String {
+        format!("{}/nodes/{node}", self.prefix)
+    }
+
+    fn encode(holder: &Holder) -> Vec<u8> {
+        serde_json::to_vec(&Value_::from(holder)).expect("a holder serialises")
+    }
+
+    fn decode(&self, key: &[u8], value: &[u8]) -> Result<Holder, LeaseError> {
+        serde_json::from_slice::<Value_>(value)
+            .map(Holder::from)
+            .map_err(|e| {
+                LeaseError::Etcd(EtcdError::BadAnswer {
+                    endpoint: "(value)".into(),
+                    what: format!("{}: {e}", String::from_utf8_lossy(key)),
+                })
+            })
+    }
+
+    /// The addresses leased on `network`, by anyone.
+    fn taken(&self, network: &str) -> Result<BTreeSet<IpAddr>, LeaseError> {
+        let prefix = self.network_prefix(network);
+        let kvs = self.client.borrow_mut().range(
+            prefix.as_bytes(),
+            Some(&prefix_end(prefix.as_bytes())),
+            true,
+        )?;
+        Ok(kvs
+            .iter()
+            .filter_map(|kv| {
+                std::str::from_utf8(kv.key.strip_prefix(prefix.as_bytes())?)
+                    .ok()?
+                    .parse()
+                    .ok()
+            })
+            .collect())
+    }
+
+    /// Creates the lease key of `address` for `holder` unless it exists, in
+    /// one transaction that also checks this node's name is this host's.
+    fn create(
+        &self,
+        network: &str,
+        address: IpAddr,
+        holder: &Holder,
+    ) -> Result<Created, LeaseError> {
+        let key = self.key(network, address);
+        let node_key = self.node_key(&self.node);
+        let value = Self::encode(holder);
+        // At most: register the node, then once more for a key released
+        // between the create and the look.
+        for _ in 0..3 {
+            let txn = json!({
+                "compare": [
+                    {"key": b64(key.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
+                    {"key": b64(node_key.as_bytes()), "target": "VALUE", "result": "EQUAL", "value": b64(self.machine_id.as_bytes())},
+                ],
+                "success": [{"request_put": {"key": b64(key.as_bytes()), "value": b64(&value)}}],
+                "failure": [
+                    {"request_range": {"key": b64(key.as_bytes())}},
+                    {"request_range": {"key": b64(node_key.as_bytes())}},
+                ],
+            });
+            let (succeeded, found) = self.client.borrow_mut().txn(&txn)?;
+            if succeeded {
+                return Ok(Created::Yes);
+            }
+            let lease = found.first().and_then(|kvs| kvs.first()).cloned();
+            let registered = found.get(1).and_then(|kvs| kvs.first()).cloned();
+            match registered {
+                None => {
+                    self.register()?;
+                    continue;
+                }
+                Some(kv) if kv.value != self.machine_id.as_bytes() => {
+                    return Err(self.node_taken(&kv.value));
+                }
+                Some(_) => {}
+            }
+            match lease {
+                // Our own earlier attempt (answered too late) made it.
+                Some(kv) if kv.value == value => return Ok(Created::Yes),
+                Some(kv) => return Ok(Created::Held(self.decode(&kv.key, &kv.value)?)),
+                None => continue,
+            }
+        }
+        Ok(Created::Held(Holder {
+            host: String::new(),
+            netns: String::new(),
+            container: "(changing)".into(),
+        }))
+    }
+
+    fn node_taken(&self, theirs: &[u8]) -> LeaseError {
+        LeaseError::Etcd(EtcdError::NodeTaken {
+            node: self.node.clone(),
+            theirs: String::from_utf8_lossy(theirs).into_owned(),
+            ours: self.machine_id.clone(),
+        })
+    }
+
+    /// Writes `<prefix>/nodes/<node>` = this host's machine id, unless the
+    /// key exists; fails if it names another host.
+    fn register(&self) -> Result<(), LeaseError> {
+        let key = self.node_key(&self.node);
+        let txn = json!({
+            "compare": [{"key": b64(key.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
+            "success": [{"request_put": {"key": b64(key.as_bytes()), "value": b64(self.machine_id.as_bytes())}}],
+            "failure": [{"request_range": {"key": b64(key.as_bytes())}}],
+        });
+        let (succeeded, found) = self.client.borrow_mut().txn(&txn)?;
+        if succeeded {
+            tracing::info!(node = %self.node, key, "registered this host's node name in etcd");
+            return Ok(());
+        }
+        match found.first().and_then(|kvs| kvs.first()) {
+            Some(kv) if kv.value != self.machine_id.as_bytes() => Err(self.node_taken(&kv.value)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Who `<prefix>/nodes/<node>` says uses `node`, if anyone.
+    pub fn registered(&self, node: &str) -> Result<Option<String>, EtcdError> {
+        let key = self.node_key(node);
+        let kvs = self
+            .client
+            .borrow_mut()
+            .range(key.as_bytes(), None, false)?;
+        Ok(kvs
+            .first()
+            .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
+    }
+
+    /// Deletes `key` if its `mod_revision` is still `revision`.
+    fn delete_if_unchanged(&self, key: &[u8], revision: &str) -> Result<bool, LeaseError> {
+        let txn = json!({
+            "compare": [{"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": revision}],
+            "success": [{"request_delete_range": {"key": b64(key)}}],
+            "failure": [],
+        });
+        Ok(self.client.borrow_mut().txn(&txn)?.0)
+    }
+
+    /// Every lease of `node` (another node, gone for good): released, then
+    /// its name's registration. Returns them as (network, address,
+    /// container).
+    pub fn release_node(&self, node: &str) -> Result<Vec<(String, IpAddr, String)>, LeaseError> {
+        let root = self.leases_root();
+        let kvs = self.client.borrow_mut().range(
+            root.as_bytes(),
+            Some(&prefix_end(root.as_bytes())),
+            false,
+        )?;
+        let mut freed = Vec::new();
+        for kv in kvs {
+            let Some((network, address)) = split_lease_key(&kv.key, &root) else {
+                continue;
+            };
+            let holder = self.decode(&kv.key, &kv.value)?;
+            if holder.host != node {
+                continue;
+            }
+            if self.delete_if_unchanged(&kv.key, &kv.mod_revision)? {
+                freed.push((network, address, holder.container));
+            }
+        }
+        let key = self.node_key(node);
+        self.client.borrow_mut().txn(&json!({
+            "success": [{"request_delete_range": {"key": b64(key.as_bytes())}}],
+        }))?;
+        Ok(freed)
+    }
+}
+
+/// `(network, address)` of a key `<root><network>/<address>`.
+fn split_lease_key(key: &[u8], root: &str) -> Option<(String, IpAddr)> {
+    let rest = std::str::from_utf8(key.strip_prefix(root.as_bytes())?).ok()?;
+    let (network, address) = rest.split_once('/')?;
+    Some((network.to_owned(), address.parse().ok()?))
+}
+
+impl LeaseStore for EtcdLeases {
+    fn holder(&self, network: &str, address: IpAddr) -> Result<Option<Holder>, LeaseError> {
+        let key = self.key(network, address);
+        let kvs = self
+            .client
+            .borrow_mut()
+            .range(key.as_bytes(), None, false)?;
+        match kvs.first() {
+            Some(kv) => Ok(Some(self.decode(&kv.key, &kv.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn acquire(
+        &mut self,
+        network: &str,
+        pool: Pool<'_>,
+        holder: &Holder,
+        want: Option<IpAddr>,
+    ) -> Result<IpAddr, LeaseError> {
+        if let Some(address) = want {
+            check_assignable(pool, address)?;
+            return match self.create(network, address, holder)? {
+                Created::Yes => Ok(address),
+                Created::Held(h) if h.same_namespace(holder) => Ok(address),
+                Created::Held(h) => Err(LeaseError::Taken {
+                    address,
+                    container: h.container,
+                }),
+            };
+        }
+        let taken = self.taken(network)?;
+        let len = pool.size();
+        let start = start_slot(pool, &holder.container, network);
+        let tried = len.min(self.probes);
+        for step in 0..tried {
+            let slot = if step < len - start {
+                start + step
+            } else {
+                step - (len - start)
+            };
+            let address = pool.nth(slot);
+            if Some(address) == pool.gateway() || taken.contains(&address) {
+                continue;
+            }
+            // Another node may have claimed it since the read: then on.
+            if let Created::Yes = self.create(network, address, holder)? {
+                return Ok(address);
+            }
+        }
+        if tried < len {
+            return Err(LeaseError::NoneFree {
+                tried,
+                from: pool.nth(start),
+                range: pool.range_text(),
+            });
+        }
+        Err(LeaseError::Exhausted {
+            range: pool.range_text(),
+        })
+    }
+
+    fn release(
+        &mut self,
+        network: &str,
+        address: IpAddr,
+        holder: &Holder,
+    ) -> Result<(), LeaseError> {
+        let key = self.key(network, address);
+        let txn = json!({
+            "compare": [{"key": b64(key.as_bytes()), "target": "VALUE", "result": "EQUAL", "value": b64(&Self::encode(holder))}],
+            "success": [{"request_delete_range": {"key": b64(key.as_bytes())}}],
+            "failure": [{"request_range": {"key": b64(key.as_bytes())}}],
+        });
+        let (succeeded, found) = self.client.borrow_mut().txn(&txn)?;
+        if succeeded {
+            return Ok(());
+        }
+        // Held by the namespace under another container's name (a pod's
+        // member made the link): delete it if nobody changed it since.
+        let Some(kv) = found.into_iter().flatten().next() else {
+            return Ok(());
+        };
+        if self.decode(&kv.key, &kv.value)?.same_namespace(holder) {
+            self.delete_if_unchanged(&kv.key, &kv.mod_revision)?;
+        }
+        Ok(())
+    }
+
+    fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError> {
+        let prefix = self.network_prefix(network);
+        let kvs = self.client.borrow_mut().range(
+            prefix.as_bytes(),
+            Some(&prefix_end(prefix.as_bytes())),
+            false,
+        )?;
+        let mut leases = Vec::new();
+        for kv in kvs {
+            let Some(address) = std::str::from_utf8(&kv.key[prefix.len()..])
+                .ok()
+                .and_then(|a| a.parse().ok())
+            else {
+                continue;
+            };
+            leases.push((address, self.decode(&kv.key, &kv.value)?));
+        }
+        leases.sort_by_key(|(address, _)| *address);
+        Ok(leases)
+    }
+
+    fn networks(&self) -> Result<Vec<String>, LeaseError> {
+        let root = self.leases_root();
+        let kvs = self.client.borrow_mut().range(
+            root.as_bytes(),
+            Some(&prefix_end(root.as_bytes())),
+            true,
+        )?;
+        let names: BTreeSet<String> = kvs
+            .iter()
+            .filter_map(|kv| split_lease_key(&kv.key, &root).map(|(n, _)| n))
+            .collect();
+        Ok(names.into_iter().collect())
+    }
+}
+
+const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+/// Standard base64 with padding, as the gateway's JSON carries bytes.
+pub fn b64(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(B64[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// The inverse of [`b64`]; `None` for anything that is not base64.
+pub fn unb64(text: &str) -> Option<Vec<u8>> {
+    let text = text.trim_end_matches('=');
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for c in text.bytes() {
+        let v = B64.iter().position(|&b| b == c)? as u32;
+        acc = (acc << 6) | v;
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// A member that answers every request on every connection with
+    /// `status` and `body`, counting the requests; its endpoint.
+    fn member(status: u16, body: &'static str) -> (Endpoint, Arc<std::sync::atomic::AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = count.clone();
+        std::thread::spawn(move || {
+            for sock in listener.incoming() {
+                let Ok(sock) = sock else { return };
+                let seen = seen.clone();
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(sock.try_clone().unwrap());
+                    let mut writer = sock;
+                    loop {
+                        let mut length = 0;
+                        loop {
+                            let mut line = String::new();
+                            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if let Some(v) = line.strip_prefix("Content-Length: ") {
+                                length = v.trim().parse().unwrap();
+                            }
+                            if line == "\r\n" {
+                                break;
+                            }
+                        }
+                        let mut request = vec![0; length];
+                        reader.read_exact(&mut request).unwrap();
+                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let answer = format!(
+                            "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                        if writer.write_all(answer.as_bytes()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        let endpoint = Endpoint {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        (endpoint, count)
+    }
+
+    fn config(endpoints: Vec<Endpoint>, timeout_ms: u64) -> EtcdConfig {
+        EtcdConfig {
+            endpoints,
+            prefix: "/t".into(),
+            node: Some("n".into()),
+            timeout: Duration::from_millis(timeout_ms),
+            tls: None,
+        }
+    }
+
+    const RANGE: &str = r#"{"header":{"revision":"2"},"kvs":[{"key":"L3QvbGVhc2VzL2Zhc3QvMTAuMC4wLjU=","mod_revision":"2"}],"count":"1"}"#;
+
+    #[test]
+    fn a_member_without_a_leader_is_passed_over_and_one_that_refuses_the_request_stops_it() {
+        let (sick, sick_count) = member(
+            503,
+            r#"{"error":"etcdserver: no leader","message":"etcdserver: no leader","code":14}"#,
+        );
+        let (well, _) = member(200, RANGE);
+        for first in [0, 1] {
+            let mut client = Client::new(&config(vec![sick.clone(), well.clone()], 2000));
+            client.next = first;
+            let kvs = client
+                .range(b"/t/leases/fast/", Some(b"/t/leases/fast0"), true)
+                .unwrap();
+            assert_eq!(kvs[0].key, b"/t/leases/fast/10.0.0.5");
+            assert_eq!(
+                client.next, 1,
+                "the one that answered is asked first next time"
+            );
+        }
+        assert!(sick_count.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+
+        let (wrong, wrong_count) = member(
+            400,
+            r#"{"error":"bad","message":"etcdserver: key is not provided","code":3}"#,
+        );
+        let mut client = Client::new(&config(vec![wrong.clone(), well.clone()], 2000));
+        client.next = 0;
+        let e = client.range(b"", None, false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("etcd {wrong}: etcdserver: key is not provided (HTTP 400)")
+        );
+        assert_eq!(
+            wrong_count.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "not retried"
+        );
+    }
+
+    #[test]
+    fn a_cluster_without_an_answer_fails_within_the_budget_then_at_once() {
+        let (sick, _) = member(503, r#"{"message":"etcdserver: request timed out"}"#);
+        let refused = {
+            let l = TcpListener::bind("127.0.0.1:0").unwrap();
+            Endpoint {
+                tls: false,
+                host: "127.0.0.1".into(),
+                port: l.local_addr().unwrap().port(),
+            }
+        };
+        let store = EtcdLeases::new(&config(vec![refused.clone(), sick.clone()], 300), "n", "m");
+        let started = Instant::now();
+        let e = store
+            .holder("fast", "10.0.0.5".parse().unwrap())
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(800),
+            "{took:?}"
+        );
+        let text = e.to_string();
+        assert!(
+            text.starts_with("etcd: no endpoint answered within 300 ms (")
+                && text.contains(&format!("{refused}: connect: Connection refused"))
+                && text.contains(&format!("{sick}: HTTP 503: etcdserver: request timed out")),
+            "{text}"
+        );
+        let started = Instant::now();
+        let e = store
+            .holder("fast", "10.0.0.5".parse().unwrap())
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(50));
+        assert!(
+            e.to_string()
+                .starts_with("etcd: unreachable earlier in this run (etcd: no endpoint answered"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn base64_round_trips_and_matches_the_gateways() {
+        assert_eq!(b64(b"foo"), "Zm9v");
+        assert_eq!(b64(b"/x/a"), "L3gvYQ==");
+        assert_eq!(b64(b"hello"), "aGVsbG8=");
+        assert_eq!(b64(b""), "");
+        for n in 0..40u8 {
+            let bytes: Vec<u8> = (0..n).map(|i| i.wrapping_mul(37)).collect();
+            assert_eq!(unb64(&b64(&bytes)).unwrap(), bytes);
+        }
+        assert_eq!(unb64("L3gvYQ==").unwrap(), b"/x/a");
+        assert_eq!(unb64("L3g*"), None);
+    }
+
+    #[test]
+    fn a_prefix_ends_just_past_its_keys() {
+        assert_eq!(prefix_end(b"/n/leases/fast/"), b"/n/leases/fast0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+
+    #[test]
+    fn lease_keys_split_into_network_and_address() {
+        assert_eq!(
+            split_lease_key(b"/n/leases/fast/10.0.0.5", "/n/leases/"),
+            Some(("fast".into(), "10.0.0.5".parse().unwrap()))
+        );
+        assert_eq!(
+            split_lease_key(b"/n/leases/fast/fd00::5", "/n/leases/"),
+            Some(("fast".into(), "fd00::5".parse().unwrap()))
+        );
+        assert_eq!(split_lease_key(b"/n/leases/fast/junk", "/n/leases/"), None);
+        assert_eq!(split_lease_key(b"/n/nodes/x", "/n/leases/"), None);
+    }
+}
