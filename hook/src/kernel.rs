@@ -254,7 +254,10 @@ impl Kernel for RealKernel {
             netns: Some(self.netns.fd()),
             bc_queue_len: spec.bc_queue_len,
         })?;
-        // The trait promises that a failed create leaves nothing behind.
+        // Made into the container's namespace, the link comes back without
+        // an echo (the kernel would send it to a port id there): look it up
+        // there. The trait promises that a failed create leaves nothing
+        // behind.
         let found = self.inner.link_by_name(&spec.name).and_then(|link| {
             link.ok_or_else(|| {
                 nsutil::Error::new(

@@ -124,7 +124,7 @@ impl HostNet for RealHost {
 
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link> {
         let nl = self.nl()?;
-        nl.add_macvlan(&NewMacvlan {
+        let echoed = nl.add_macvlan(&NewMacvlan {
             name: &spec.name,
             parent_index: spec.parent_index,
             mode: spec.mode.kernel_value(),
@@ -133,6 +133,11 @@ impl HostNet for RealHost {
             netns: None,
             bc_queue_len: spec.bc_queue_len,
         })?;
+        // Made here, the kernel echoes the new link; only a kernel that
+        // does not needs the lookup.
+        if let Some(link) = echoed {
+            return Ok(link);
+        }
         let found = nl.link_by_name(&spec.name).and_then(|link| {
             link.ok_or_else(|| {
                 nsutil::Error::new(

@@ -171,14 +171,27 @@ impl Netlink {
 
     /// Creates a MACVLAN on a parent of this namespace inside `spec.netns`
     /// (or here, without one).
-    pub fn add_macvlan(&self, spec: &NewMacvlan) -> Result<()> {
-        self.socket
+    ///
+    /// Made here, it comes back as the kernel echoes it (`NLM_F_ECHO`;
+    /// recent kernels, 6.18 among them, echo `RTM_NEWLINK`), so the caller
+    /// need not look it up: `Some(link)`. Made into another namespace, the
+    /// kernel addresses its echo to this socket's port id *in that
+    /// namespace*, i.e. to whichever socket there has that number, not to
+    /// this one; no echo is asked for then, and the result is `None`, as it
+    /// is from a kernel that sends none.
+    pub fn add_macvlan(&self, spec: &NewMacvlan) -> Result<Option<Link>> {
+        let echo = if spec.netns.is_none() { NLM_F_ECHO } else { 0 };
+        let answer = self
+            .socket
             .ack(
                 RouteNetlinkMessage::NewLink(macvlan_message(spec)),
-                NLM_F_CREATE | NLM_F_EXCL,
+                NLM_F_CREATE | NLM_F_EXCL | echo,
             )
-            .map(drop)
-            .map_err(|e| Error::new(format!("create macvlan {}", spec.name), e))
+            .map_err(|e| Error::new(format!("create macvlan {}", spec.name), e))?;
+        Ok(answer.iter().find_map(|m| match m {
+            RouteNetlinkMessage::NewLink(link) => Some(link_from(link)),
+            _ => None,
+        }))
     }
 
     /// The id this socket's namespace has for the namespace `peer`,
@@ -681,16 +694,20 @@ mod tests {
             let parent = nl.link_by_name("nsbq0").unwrap().unwrap();
             nl.set_up(parent.index).unwrap();
             for (name, len) in [("mvq0", 2345), ("mvq1", 77)] {
-                nl.add_macvlan(&NewMacvlan {
-                    name,
-                    parent_index: parent.index,
-                    mode: MACVLAN_MODE_BRIDGE,
-                    mac: [0x02, 0, 0, 0, 0x51, len as u8],
-                    mtu: None,
-                    netns: None,
-                    bc_queue_len: Some(len),
-                })
-                .unwrap();
+                let echoed = nl
+                    .add_macvlan(&NewMacvlan {
+                        name,
+                        parent_index: parent.index,
+                        mode: MACVLAN_MODE_BRIDGE,
+                        mac: [0x02, 0, 0, 0, 0x51, len as u8],
+                        mtu: None,
+                        netns: None,
+                        bc_queue_len: Some(len),
+                    })
+                    .unwrap();
+                // Made here, the kernel's echo is the link as a lookup sees it.
+                assert_eq!(echoed, nl.link_by_name(name).unwrap(), "{name}");
+                assert!(echoed.is_some(), "this kernel echoes RTM_NEWLINK");
             }
             let shim = nl.link_by_name("mvq1").unwrap().expect("made here");
             assert_eq!(shim.kind.as_deref(), Some("macvlan"));
@@ -740,16 +757,18 @@ mod tests {
 
             let peer = new_peer();
             let mac = [0x02, 0, 0, 0, 0, 0x42];
-            nl.add_macvlan(&NewMacvlan {
-                name: "mv0",
-                parent_index: parent.index,
-                mode: MACVLAN_MODE_PRIVATE,
-                mac,
-                mtu: Some(1400),
-                netns: Some(peer.fd()),
-                bc_queue_len: None,
-            })
-            .unwrap();
+            let echoed = nl
+                .add_macvlan(&NewMacvlan {
+                    name: "mv0",
+                    parent_index: parent.index,
+                    mode: MACVLAN_MODE_PRIVATE,
+                    mac,
+                    mtu: Some(1400),
+                    netns: Some(peer.fd()),
+                    bc_queue_len: None,
+                })
+                .unwrap();
+            assert_eq!(echoed, None, "no echo asked for across namespaces");
             assert_eq!(
                 nl.link_by_name("mv0").unwrap(),
                 None,
