@@ -90,7 +90,8 @@ pub trait HostNet {
     /// Creates a MACVLAN here; a failed create leaves nothing behind.
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link>;
     fn delete(&mut self, index: u32) -> Result<()>;
-    fn arp_notify(&mut self, ifname: &str) -> Result<()>;
+    /// Turns on `arp_notify` for link `index`, before it goes up.
+    fn arp_notify(&mut self, index: u32) -> Result<()>;
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()>;
     fn set_up(&mut self, index: u32) -> Result<()>;
     /// `destination dev index scope link`.
@@ -156,9 +157,8 @@ impl HostNet for RealHost {
         self.nl()?.delete(index)
     }
 
-    fn arp_notify(&mut self, ifname: &str) -> Result<()> {
-        // The hook runs in the host namespace: /proc/sys/net is the host's.
-        nsutil::sysctl::set_ipv4_interface(ifname, "arp_notify", "1")
+    fn arp_notify(&mut self, index: u32) -> Result<()> {
+        self.nl()?.set_arp_notify(index)
     }
 
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
@@ -649,7 +649,7 @@ fn make_steps(
         .step_on(Step::Shim(CreateLink), name)?;
     undo.push(Undo::DeleteLink(link.index));
     failpoint::hit("shim-arp-notify").step_on(Step::Shim(ArpNotify), name)?;
-    host.arp_notify(&wanted.ifname)
+    host.arp_notify(link.index)
         .step_on(Step::Shim(ArpNotify), name)?;
     failpoint::hit("shim-add-address").step_on(Step::Shim(AddAddress), name)?;
     host.add_address(link.index, record.address)
