@@ -58,13 +58,18 @@ pub trait Kernel {
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link>;
     fn rename(&mut self, index: u32, name: &str) -> Result<()>;
     fn delete(&mut self, index: u32) -> Result<()>;
-    /// Turns on `arp_notify`, so the switch learns the MAC when the link comes up.
-    fn arp_notify(&mut self, ifname: &str) -> Result<()>;
+    /// Turns on `arp_notify` for link `index`, so the switch learns the
+    /// MAC when the link comes up (a gratuitous ARP on the way up: call it
+    /// before `set_up`).
+    fn arp_notify(&mut self, index: u32) -> Result<()>;
     /// Makes sure IPv6 is on for the link (`disable_ipv6` may be the
     /// namespace's default: docker sets it in containers it gives no IPv6)
     /// and turns on `ndisc_notify`, so the link's addresses are announced
     /// with unsolicited neighbour advertisements when it comes up and the
-    /// switch learns the MAC, as `arp_notify` does for IPv4.
+    /// switch learns the MAC, as `arp_notify` does for IPv4. Through
+    /// `/proc/sys` (inside the namespace): inet6 takes no devconf through
+    /// netlink's `IFLA_AF_SPEC`, only a token and the address generation
+    /// mode.
     fn ndisc_notify(&mut self, ifname: &str) -> Result<()>;
     /// Adds an address; an IPv6 one without duplicate address detection
     /// (`IFA_F_NODAD`): the pool already guarantees it is unique, and a
@@ -267,7 +272,10 @@ impl Kernel for RealKernel {
             netns: Some(self.netns.fd()),
             bc_queue_len: spec.bc_queue_len,
         })?;
-        // The trait promises that a failed create leaves nothing behind.
+        // Made into the container's namespace, the link comes back without
+        // an echo (the kernel would send it to a port id there): look it up
+        // there. The trait promises that a failed create leaves nothing
+        // behind.
         let found = self.inner.link_by_name(&spec.name).and_then(|link| {
             link.ok_or_else(|| {
                 nsutil::Error::new(
@@ -290,9 +298,9 @@ impl Kernel for RealKernel {
         self.inner.delete(index)
     }
 
-    fn arp_notify(&mut self, ifname: &str) -> Result<()> {
-        self.netns
-            .run(|| sysctl::set_ipv4_interface(ifname, "arp_notify", "1"))?
+    fn arp_notify(&mut self, index: u32) -> Result<()> {
+        // Through netlink, not /proc/sys: see Netlink::set_arp_notify.
+        self.inner.set_arp_notify(index)
     }
 
     fn ndisc_notify(&mut self, ifname: &str) -> Result<()> {

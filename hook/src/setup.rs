@@ -602,7 +602,7 @@ fn wire(
 
     failpoint::hit("arp-notify").step_on(Step::ArpNotify, name)?;
     kernel
-        .arp_notify(&plan.ifname)
+        .arp_notify(made.index)
         .step_on(Step::ArpNotify, name)?;
     if network.ipv6.is_some() {
         failpoint::hit("ndisc-notify").step_on(Step::NdiscNotify, name)?;

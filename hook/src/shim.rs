@@ -90,7 +90,8 @@ pub trait HostNet {
     /// Creates a MACVLAN here; a failed create leaves nothing behind.
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link>;
     fn delete(&mut self, index: u32) -> Result<()>;
-    fn arp_notify(&mut self, ifname: &str) -> Result<()>;
+    /// Turns on `arp_notify` for link `index`, before it goes up.
+    fn arp_notify(&mut self, index: u32) -> Result<()>;
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()>;
     fn set_up(&mut self, index: u32) -> Result<()>;
     /// `destination dev index scope link`.
@@ -124,7 +125,7 @@ impl HostNet for RealHost {
 
     fn create_macvlan(&mut self, spec: &MacvlanSpec) -> Result<Link> {
         let nl = self.nl()?;
-        nl.add_macvlan(&NewMacvlan {
+        let echoed = nl.add_macvlan(&NewMacvlan {
             name: &spec.name,
             parent_index: spec.parent_index,
             mode: spec.mode.kernel_value(),
@@ -133,6 +134,11 @@ impl HostNet for RealHost {
             netns: None,
             bc_queue_len: spec.bc_queue_len,
         })?;
+        // Made here, the kernel echoes the new link; only a kernel that
+        // does not needs the lookup.
+        if let Some(link) = echoed {
+            return Ok(link);
+        }
         let found = nl.link_by_name(&spec.name).and_then(|link| {
             link.ok_or_else(|| {
                 nsutil::Error::new(
@@ -151,9 +157,8 @@ impl HostNet for RealHost {
         self.nl()?.delete(index)
     }
 
-    fn arp_notify(&mut self, ifname: &str) -> Result<()> {
-        // The hook runs in the host namespace: /proc/sys/net is the host's.
-        nsutil::sysctl::set_ipv4_interface(ifname, "arp_notify", "1")
+    fn arp_notify(&mut self, index: u32) -> Result<()> {
+        self.nl()?.set_arp_notify(index)
     }
 
     fn add_address(&mut self, index: u32, address: IpNet) -> Result<()> {
@@ -655,7 +660,7 @@ fn make_steps(
         .step_on(Step::Shim(CreateLink), name)?;
     undo.push(Undo::DeleteLink(link.index));
     failpoint::hit("shim-arp-notify").step_on(Step::Shim(ArpNotify), name)?;
-    host.arp_notify(&wanted.ifname)
+    host.arp_notify(link.index)
         .step_on(Step::Shim(ArpNotify), name)?;
     failpoint::hit("shim-add-address").step_on(Step::Shim(AddAddress), name)?;
     host.add_address(link.index, record.address)

@@ -178,8 +178,8 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn arp_notify(&mut self, ifname: &str) -> nsutil::Result<()> {
-        self.call(format!("arp_notify {ifname}"))
+    fn arp_notify(&mut self, index: u32) -> nsutil::Result<()> {
+        self.call(format!("arp_notify {index}"))
     }
 
     fn ndisc_notify(&mut self, ifname: &str) -> nsutil::Result<()> {
@@ -257,8 +257,8 @@ impl HostNet for FakeHost {
         Ok(())
     }
 
-    fn arp_notify(&mut self, ifname: &str) -> nsutil::Result<()> {
-        self.call(format!("host arp_notify {ifname}"))
+    fn arp_notify(&mut self, index: u32) -> nsutil::Result<()> {
+        self.call(format!("host arp_notify {index}"))
     }
 
     fn add_address(&mut self, _: u32, address: ipnet::IpNet) -> nsutil::Result<()> {
@@ -744,7 +744,7 @@ fn setup_wires_one_link_with_address_routes_and_records() {
         [
             "nsid".to_owned(),
             "create net1".into(),
-            "arp_notify net1".into(),
+            "arp_notify 11".into(),
             format!("address {address}"),
             "up 11".into(),
             "route 10.20.0.0/16 via 10.9.0.1".into(),
@@ -794,7 +794,7 @@ fn dual_stack_leases_records_and_configures_both_families() {
         [
             "nsid".to_owned(),
             "create net1".into(),
-            "arp_notify net1".into(),
+            "arp_notify 11".into(),
             "ndisc_notify net1".into(),
             format!("address {}", text[0]),
             format!("address {}", text[1]),
@@ -1827,7 +1827,7 @@ fn a_host_shim_comes_with_the_first_attachment_and_goes_with_the_last() {
         bed.calls()[..6],
         [
             format!("host create {ifname}"),
-            format!("host arp_notify {ifname}"),
+            format!("host arp_notify {index}"),
             format!("host address {}", record.address),
             format!("host up {index}"),
             "host route 10.7.0.10/31".into(),

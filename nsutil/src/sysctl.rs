@@ -1,14 +1,17 @@
 //! Per-interface sysctls. `/proc/sys/net` resolves against the calling
 //! thread's network namespace, so call these inside [`crate::ns::Netns::run`].
+//!
+//! Only IPv6 ones: IPv4's per-interface settings go through netlink
+//! ([`crate::netlink::Netlink::set_arp_notify`]), which needs no path
+//! lookup. A `/proc/sys/net/*/conf/<ifname>` lookup walks a dentry hash
+//! chain that every namespace's interface of that name shares (each
+//! container's `net1`), so it costs more the more containers are alive.
+//! inet6 takes no devconf through `IFLA_AF_SPEC` (only a token and the
+//! address generation mode), so `ndisc_notify` and `disable_ipv6` stay here.
 
 use std::path::PathBuf;
 
 use crate::{Error, Result};
-
-/// Sets `net.ipv4.conf.<ifname>.<key>` in the current namespace.
-pub fn set_ipv4_interface(ifname: &str, key: &str, value: &str) -> Result<()> {
-    set_interface("ipv4", ifname, key, value)
-}
 
 /// Sets `net.ipv6.conf.<ifname>.<key>` in the current namespace.
 pub fn set_ipv6_interface(ifname: &str, key: &str, value: &str) -> Result<()> {

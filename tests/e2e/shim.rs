@@ -77,9 +77,9 @@ fn host_pings(tb: &Testbed, address: Ipv4Addr) -> bool {
         .success()
 }
 
-/// Exactly one shim, up, in bridge mode, with its recorded /32 from the
-/// pool, leased to the shim, routes to the range through it. Returns its
-/// name.
+/// Exactly one shim, up, in bridge mode, `arp_notify` on, with its
+/// recorded /32 from the pool, leased to the shim, routes to the range
+/// through it. Returns its name.
 fn assert_one_shim(tb: &Testbed, when: &str) -> String {
     let found = shims(tb);
     assert_eq!(found.len(), 1, "{when}: {found:?}");
@@ -89,6 +89,9 @@ fn assert_one_shim(tb: &Testbed, when: &str) -> String {
         "{when}: {shim:?}"
     );
     assert_eq!(shim.mode, "bridge", "{when}");
+    let arp_notify = format!("/proc/sys/net/ipv4/conf/{}/arp_notify", shim.name);
+    let arp_notify = tb.in_host_ok(&["cat", &arp_notify]).unwrap();
+    assert_eq!(arp_notify.trim(), "1", "{when}: arp_notify");
     assert_eq!(shim.ipv4.len(), 1, "{when}: {shim:?}");
     let (address, prefix) = shim.ipv4[0].split_once('/').unwrap();
     assert_eq!(prefix, "32", "{when}");

@@ -4,11 +4,10 @@
 //! Kept apart from [`super::Link`] because only a diagnosis needs it; setup
 //! and teardown never look at these.
 
-use futures_util::TryStreamExt;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 
-use super::{errno_of, netlink_error, Netlink};
-use crate::Result;
+use super::{link_query, Netlink};
+use crate::{Error, Result};
 
 /// A link's health as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,12 +34,10 @@ pub struct LinkStatus {
 impl Netlink {
     /// The status of the link called `name`, or `None` if there is none.
     pub fn link_status(&self, name: &str) -> Result<Option<LinkStatus>> {
-        let mut request = std::pin::pin!(self.handle.link().get().match_name(name).execute());
-        match self.rt.block_on(request.try_next()) {
-            Ok(message) => Ok(message.map(|m| status_from(&m))),
-            Err(e) if errno_of(&e) == Some(libc::ENODEV) => Ok(None),
-            Err(e) => Err(netlink_error(format!("get link {name}"), e)),
-        }
+        let query = link_query(0, vec![LinkAttribute::IfName(name.to_owned())]);
+        self.get_link(query, &[libc::ENODEV])
+            .map(|m| m.as_ref().map(status_from))
+            .map_err(|e| Error::new(format!("get link {name}"), e))
     }
 }
 
