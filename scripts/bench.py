@@ -20,7 +20,10 @@ round, so load drifts hit every side; ratios are taken per round):
               (one etcd member on 127.0.0.1 of the testbed's host netns,
               started and killed by the bench) against the file store
   no-op       nsbypass hook createContainer </dev/null against /bin/true
-  rss         peak RSS of one prestart (GNU time %M), alone and at each scale level
+  concurrent  8 prestarts at once against 8 one after another (how much the
+              state lock and the kernel's RTNL serialise), and the share of
+              its time a prestart holds the lock
+  rss         peak RSS of one prestart (ru_maxrss through a static launcher), alone and at each scale level
   scale       prestart and poststop of one more container with N live
               attachments on the same parent, N = 10 ... 1000
   data path   sockperf UDP ping-pong (full RTT) and iperf3 TCP (-P1) between
@@ -845,6 +848,76 @@ class Bench:
               f"{img}\n\n{img2}")
         self.sections.append(("podman: what the hook adds", md))
 
+    def logged(self, ids):
+        """The hook's own `elapsed_us` and `locked_us` of the prestarts of `ids`."""
+        found = {}
+        with open(f"{self.dir}/nsbypass.log") as f:
+            for line in f:
+                if "setup done" not in line:
+                    continue
+                fields = dict(t.split("=", 1) for t in line.split() if "=" in t)
+                if fields.get("container") in ids:
+                    found[fields["container"]] = (int(fields["elapsed_us"]), int(fields["locked_us"]))
+        return [found[i] for i in ids if i in found]
+
+    def cmp_concurrent(self):
+        """PARALLEL prestarts at once against the same one after another.
+
+        Every setup on a host serialises on the state lock; the kernel
+        serialises most of what is done under it again on RTNL (creating the
+        link, addresses, link-up). The batch ratio says how much of that
+        survives: 1/PARALLEL would be perfect overlap, 1.0 none at all.
+        """
+        parallel = 8
+        config = self.write_config()
+        rounds = max(4, self.runs // 5)
+        batch = {"one after another": [], "all at once": []}
+        ids = {"one after another": [], "all at once": []}
+        for r in range(rounds):
+            order = list(batch)
+            self.rng.shuffle(order)
+            for how in order:
+                inits = [self.container_init() for _ in range(parallel)]
+                names = [f"cc{r}-{how[0]}{i}" for i in range(parallel)]
+                argv = [self.nsbypass, "--config", config, "hook", "prestart"]
+                start = time.perf_counter()
+                if how == "all at once":
+                    procs = []
+                    for name, init in zip(names, inits):
+                        p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.PIPE)
+                        procs.append((p, self.state(name, init.pid)))
+                    for p, state in procs:
+                        p.stdin.write(state)
+                        p.stdin.close()
+                    for p, _ in procs:
+                        if p.wait() != 0:
+                            raise BenchError(f"a concurrent prestart failed: {p.stderr.read().decode()[-300:]}")
+                else:
+                    for name, init in zip(names, inits):
+                        run(argv, stdin=self.state(name, init.pid))
+                batch[how].append(time.perf_counter() - start)
+                ids[how] += names
+                for name, init in zip(names, inits):
+                    self.reap(init)
+                    self.hook(config, "poststop", self.state(name, init.pid))
+        rat = ratios(batch["all at once"], batch["one after another"])
+        med = statistics.median(rat)
+        seq = self.logged(ids["one after another"])
+        share = statistics.median(l / e for e, l in seq) if seq else float("nan")
+        locked = statistics.median(l for _, l in seq) / 1000 if seq else float("nan")
+        rows = [(f"{parallel} prestarts {how}", xs) for how, xs in batch.items()]
+        img = self.bars("concurrent.svg", f"{parallel} prestarts at once against one after another", rows)
+        md = (f"{rounds} rounds, each running {parallel} prestarts (each into a fresh netns) one after "
+              f"another and {parallel} at once, in a random order; times are whole batches.\n\n"
+              f"{self.table(rows)}\n\n"
+              f"Batch ratio at once / one after another (median of per-round ratios): **{med:.2f}** "
+              f"(p10-p90 {quantile(rat, 0.1):.2f}-{quantile(rat, 0.9):.2f}; 1/{parallel} would be perfect "
+              f"overlap, 1.0 none). The hook's own log, for the prestarts one after another: it holds the "
+              f"state lock {locked:.2f} ms (median), {share:.0%} of its in-process time "
+              f"(`locked_us` / `elapsed_us`).\n\n{img}")
+        self.sections.append((f"{parallel} concurrent prestarts", md))
+
     def cmp_scale(self):
         levels = [10, 100, 500] if self.args.quick else [10, 100, 250, 500, 1000]
         k = max(10, self.runs // 2)
@@ -1146,7 +1219,8 @@ def main():
     parser.add_argument("--quick", action="store_true", help="a smoke run of about 2 minutes")
     parser.add_argument("--output", default=f"{ROOT}/docs/PERFORMANCE.md")
     parser.add_argument("--seed", type=int, default=10, help="seed of the per-round order")
-    parser.add_argument("--only", help="comma-separated subset: lifecycle,noop,runc,etcd,podman,datapath,scale,rss")
+    parser.add_argument("--only", help="comma-separated subset: "
+                        "lifecycle,noop,runc,concurrent,etcd,podman,datapath,scale,rss")
     target = os.environ.get("CARGO_TARGET_DIR", f"{ROOT}/target")
     parser.add_argument("--nsbypass", default=f"{target}/{TARGET}/release/nsbypass",
                         help="the hook binary (default: what scripts/build-release.sh builds)")
@@ -1175,7 +1249,8 @@ def main():
         print("bench: no gcc here; peak RSS is measured under GNU time", file=sys.stderr)
     try:
         bench.open()
-        steps = [("lifecycle", bench.cmp_lifecycle), ("noop", bench.cmp_noop), ("runc", bench.cmp_runc)]
+        steps = [("lifecycle", bench.cmp_lifecycle), ("noop", bench.cmp_noop), ("runc", bench.cmp_runc),
+                 ("concurrent", bench.cmp_concurrent)]
         if shutil.which("etcd"):
             steps.append(("etcd", bench.cmp_etcd))
         else:
