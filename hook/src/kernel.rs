@@ -105,6 +105,10 @@ pub trait Reach {
     /// engine that keeps a container's namespace past its poststop, as
     /// dockerd does).
     fn discover(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>>;
+    /// [`Reach::discover`] through bind mounts only (an engine's, like
+    /// dockerd's `/run/docker/netns/...`): one read of the mount table, not
+    /// a walk over every process and fd on the host.
+    fn discover_mounted(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>>;
 }
 
 /// Where a recorded namespace stands.
@@ -155,6 +159,20 @@ pub fn presence(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Presence>
         Some(kernel) => Ok(Presence::Reachable(kernel)),
         None => Ok(Presence::Unreachable),
     }
+}
+
+/// A kernel for `record`'s namespace through a recorded path or an
+/// engine's bind mount of it, or `None`: what a poststop needs to know, and
+/// all it looks at with the node-local lease store (see
+/// [`crate::teardown::Look::Quick`]).
+pub fn reachable(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Option<Box<dyn Kernel>>> {
+    let who = record.identity();
+    for path in record.netns_paths() {
+        if let Some(kernel) = reach.enter(path, &who)? {
+            return Ok(Some(kernel));
+        }
+    }
+    reach.discover_mounted(&who)
 }
 
 /// Whether `record`'s namespace is surely gone with its links: what
@@ -390,9 +408,8 @@ impl Reach for RealReach {
             .any(|m| nsutil::netlink::format_mac(m) == mac))
     }
 
-    fn discover(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>> {
-        let id = who.id;
-        let wanted = format!("net:[{}]", id.ino);
+    fn discover_mounted(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>> {
+        let wanted = format!("net:[{}]", who.id.ino);
         for mount in nsutil::mountinfo::read("self")? {
             if mount.fstype == "nsfs" && mount.root == wanted {
                 if let Some(kernel) = self.enter(&mount.point, who)? {
@@ -400,6 +417,15 @@ impl Reach for RealReach {
                 }
             }
         }
+        Ok(None)
+    }
+
+    fn discover(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>> {
+        if let Some(kernel) = self.discover_mounted(who)? {
+            return Ok(Some(kernel));
+        }
+        let id = who.id;
+        let wanted = format!("net:[{}]", id.ino);
         let Ok(processes) = std::fs::read_dir("/proc") else {
             return Ok(None);
         };

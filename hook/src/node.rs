@@ -22,7 +22,7 @@ use crate::reconcile::{self, Stores};
 use crate::records::{self, ContainerRecord, ProfilesRecord, Source, StateDir, LOCK_TIMEOUT};
 use crate::setup::{self, Wired};
 use crate::shim;
-use crate::teardown::{self, Leaving, Outcome};
+use crate::teardown::{self, Leaving, Look, Outcome};
 
 /// The file naming this host; mixed into MACs and written into every lease.
 const MACHINE_ID: &str = "/etc/machine-id";
@@ -322,8 +322,54 @@ impl Node {
 
     /// Tears `container` down, under the lock. A namespace the kernel is
     /// still destroying is not waited for: its leases drain (see
-    /// [`reconcile::await_draining`]).
+    /// [`reconcile::sweep_draining`]). With leases other nodes want (etcd),
+    /// it is looked at fully and then waited for, without the lock, so
+    /// that its addresses are free for the cluster at once.
     fn leave(&self, container: &str, leaving: Leaving) -> Result<Outcome, Failure> {
+        let look = match self.config.leases {
+            LeaseConfig::File => Look::Quick,
+            LeaseConfig::Etcd(_) => Look::Full,
+        };
+        let outcome = self.leave_locked(container, leaving, look)?;
+        if look == Look::Full && matches!(&outcome, Outcome::Left { kept, .. } if !kept.is_empty())
+        {
+            self.drain_now();
+        }
+        Ok(outcome)
+    }
+
+    /// Waits, without the lock and at most [`kernel::DYING_WAIT`], for the
+    /// links of draining namespaces to leave their parents, then takes the
+    /// lock again, which sweeps what drained (see [`Node::stores`]). Best
+    /// effort: what is not gone by then drains as it would have.
+    fn drain_now(&self) {
+        let macs = match self.with_stores(reconcile::draining_macs) {
+            Ok(macs) => macs,
+            Err(failure) => return tracing::warn!(%failure, "reading the namespaces that drain"),
+        };
+        let deadline = Instant::now() + kernel::DYING_WAIT;
+        let mut reach = RealReach::default();
+        while Instant::now() < deadline {
+            let up = macs.iter().any(|(parent, mac)| {
+                kernel::Reach::mac_up_on(&mut reach, parent, mac).unwrap_or(false)
+            });
+            if !up {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        if let Err(failure) = self.with_stores(|_| Ok(())) {
+            tracing::warn!(%failure, "sweeping the namespaces that drain");
+        }
+    }
+
+    /// [`Node::leave`] under the lock.
+    fn leave_locked(
+        &self,
+        container: &str,
+        leaving: Leaving,
+        look: Look,
+    ) -> Result<Outcome, Failure> {
         let state = self.lock()?;
         let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
@@ -334,7 +380,7 @@ impl Node {
             &mut shim::RealHost::default(),
             &mut stores,
             |stores| {
-                let outcome = teardown::leave(container, stores, leaving)?;
+                let outcome = teardown::leave(container, stores, leaving, look)?;
                 if outcome == Outcome::NotRecorded {
                     // A setup killed before its first record write leaves
                     // only leases; this is the one teardown that can know

@@ -215,6 +215,24 @@ pub fn sweep_draining(stores: &mut Stores) -> Result<usize, Failure> {
     Ok(swept)
 }
 
+/// The (parent, MAC) of every link of a draining namespace, passthru ones
+/// (which carry the parent's MAC) left out.
+pub fn draining_macs(stores: &mut Stores) -> Result<Vec<(String, String)>, Failure> {
+    let mut macs = Vec::new();
+    for (key, _) in stores.state.draining().step(Step::ReadRecords)? {
+        if let Some(record) = stores.state.netns(&key).step(Step::ReadRecords)? {
+            macs.extend(
+                record
+                    .links
+                    .iter()
+                    .filter(|l| !l.passthru)
+                    .map(|l| (l.parent.clone(), l.mac.clone())),
+            );
+        }
+    }
+    Ok(macs)
+}
+
 /// Waits, up to `wait`, until the links on `network` of namespaces the
 /// kernel is still destroying (records without members whose namespace is
 /// dying or out of reach) have left their parents, so that a reclaim

@@ -322,6 +322,10 @@ impl Reach for FakeReach {
             .collect())
     }
 
+    fn discover_mounted(&mut self, who: &Identity) -> nsutil::Result<Option<Box<dyn Kernel>>> {
+        self.discover(who)
+    }
+
     fn discover(&mut self, who: &Identity) -> nsutil::Result<Option<Box<dyn Kernel>>> {
         let found = self.0.borrow().discoverable.contains(&who.id) && self.is(who);
         Ok(found.then(|| {
@@ -1430,6 +1434,40 @@ fn a_full_pool_or_a_pin_waits_for_an_address_that_drains() {
 }
 
 #[test]
+fn a_quick_teardown_drains_what_no_path_or_bind_mount_reaches_and_cleans_what_one_does() {
+    // Look::Quick (the file store's poststop) does not ask the kernel
+    // about a namespace no recorded path reaches: gone or not, it drains,
+    // and the next run's sweep frees it. One an engine bind-mounts (dockerd)
+    // is found through the mount table and cleaned at once.
+    let bed = Bed::new();
+    bed.setup_in("q1", 1000, "fast", "").unwrap();
+    bed.setup_in("q2", 1001, "fast", "").unwrap();
+    bed.stop("q1");
+    bed.destroy(1000);
+    bed.stop("q2");
+    bed.unpin(1001);
+    bed.world.borrow_mut().discoverable.push(ns(1001));
+    let quick = |c: &str| {
+        bed.with_stores(HOST, |s| {
+            teardown::leave(c, s, teardown::Leaving::Stopped, teardown::Look::Quick).unwrap()
+        })
+    };
+    assert!(
+        matches!(quick("q1"), Outcome::Left { released, kept } if released.is_empty() && kept.len() == 1)
+    );
+    assert!(
+        matches!(quick("q2"), Outcome::Left { released, kept } if released.len() == 1 && kept.is_empty())
+    );
+    assert!(bed.link_names(1001).is_empty(), "deleted through the mount");
+    assert_eq!(bed.leases().len(), 1, "q1's drains");
+    bed.with_stores(HOST, |s| {
+        assert_eq!(reconcile::sweep_draining(s).unwrap(), 1)
+    });
+    assert!(bed.leases().is_empty());
+    assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
+}
+
+#[test]
 fn a_drained_namespace_is_swept_by_the_next_run_once_the_kernel_is_done() {
     let bed = Bed::new();
     bed.setup_in("c1", 1000, "fast", "").unwrap();
@@ -2141,7 +2179,7 @@ fn detach_removes_a_member_that_still_runs() {
     bed.setup_in("c1", 2001, "fast", "").unwrap();
     let outcome = bed
         .with_stores(HOST, |s| {
-            teardown::leave("c1", s, teardown::Leaving::Detached)
+            teardown::leave("c1", s, teardown::Leaving::Detached, teardown::Look::Full)
         })
         .unwrap();
     assert!(
