@@ -634,9 +634,11 @@ class Bench:
               f"Goal <= 0.07: {verdict(ok)}\n\n"
               f"The same ratio with poststop run 0.3 s after the container died (not the goal's "
               f"churn, a diagnosis): {statistics.median(ratios(res['settled'], res['cni'])):.3f}. A "
-              f"poststop right after the container's death waits for the kernel, which tears the "
-              f"dead netns (and its MACVLAN) down asynchronously under the RTNL lock; CNI's DEL "
-              f"deletes the link itself in a live netns and pays the same order of cost.\n\n{img}")
+              f"poststop right after the container's death does not wait for the kernel, which tears "
+              f"the dead netns (and its MACVLAN) down asynchronously under the RTNL lock: the address "
+              f"drains, and the next prestart's sweep frees it; but the kernel's teardown still "
+              f"competes with both for RTNL and the CPU. CNI's DEL deletes the link itself in a live "
+              f"netns and pays the same order of cost as the pod case.\n\n{img}")
         self.sections.append(("Hook lifecycle against CNI macvlan", md))
 
     def cmp_etcd(self):
@@ -718,13 +720,15 @@ class Bench:
               f"prestart+poststop with each store, and each again with poststop 0.3 s after the death "
               f"(so the kernel's teardown of the dead netns is out of the way). A prestart claims with "
               f"two round trips (a keys-only read of the network's prefix, one create transaction); a "
-              f"poststop releases with one (a delete that compares the value).\n\n{self.table(rows)}\n\n"
+              f"release is one (a delete that compares the value), made by the poststop, which with "
+              f"etcd waits (at most 1 s, without the lock) for the dying netns so that the cluster gets "
+              f"the address at once.\n\n{self.table(rows)}\n\n"
               f"Paired ratio etcd / file, prestart+poststop: **{med:.2f}x** (p10-p90 "
               f"{quantile(rat, 0.1):.2f}-{quantile(rat, 0.9):.2f}); prestart alone "
               f"{statistics.median(pre):.2f}x; with the settled poststop {statistics.median(quiet):.2f}x. "
               f"The claim costs {claim * 1000:.2f} ms more than a lease file here. A real cluster adds "
-              f"its network round trips and its disk's fsync to each. Peak RSS of one prestart (GNU "
-              f"time's %M, median of 5): file store {statistics.median(rss['file'])} KiB, etcd store "
+              f"its network round trips and its disk's fsync to each. Peak RSS of one prestart ("
+              f"{rss_method()}, median of 5): file store {statistics.median(rss['file'])} KiB, etcd store "
               f"{statistics.median(rss['etcd'])} KiB.\n\n{img}")
         self.sections.append(("Lease store: etcd against files", md))
 

@@ -111,7 +111,7 @@ impl Node {
             host: &self.lease_host,
             machine: &self.host_id,
         };
-        match reconcile::sweep_draining(&mut stores) {
+        match reconcile::sweep_draining(&mut stores, reconcile::Sweep::Recent) {
             Ok(0) => {}
             Ok(swept) => tracing::debug!(swept, "freed the addresses of namespaces that drained"),
             Err(failure) => tracing::warn!(%failure, "sweeping namespaces that drain"),
@@ -121,7 +121,50 @@ impl Node {
 
     /// The state directory, locked for the rest of the run.
     pub fn lock(&self) -> Result<StateDir, Failure> {
-        StateDir::lock(&self.config.state_dir, LOCK_TIMEOUT).step(Step::LockState)
+        let state = StateDir::lock(&self.config.state_dir, LOCK_TIMEOUT).step(Step::LockState)?;
+        self.check_store(&state)?;
+        Ok(state)
+    }
+
+    /// Refuses a lease store other than the one the records' leases are in
+    /// (see [`records::StoreStamp`]) while namespace records exist; with
+    /// none, this store becomes the records' store.
+    fn check_store(&self, state: &StateDir) -> Result<(), Failure> {
+        let want = match &self.config.leases {
+            LeaseConfig::File => records::StoreStamp {
+                store: "file".into(),
+                ..records::StoreStamp::default()
+            },
+            LeaseConfig::Etcd(etcd) => records::StoreStamp {
+                store: "etcd".into(),
+                prefix: Some(etcd.prefix.clone()),
+                node: Some(self.lease_host.clone()),
+            },
+        };
+        let stamp = state.store_stamp().step(Step::ReadRecords)?;
+        if stamp.as_ref() == Some(&want) {
+            return Ok(());
+        }
+        // State from before the stamp was written is the file store's.
+        let have = stamp.unwrap_or_else(|| records::StoreStamp {
+            store: "file".into(),
+            ..records::StoreStamp::default()
+        });
+        if have != want && !state.netns_keys().step(Step::ReadRecords)?.is_empty() {
+            let describe = |s: &records::StoreStamp| match (&s.prefix, &s.node) {
+                (Some(prefix), Some(node)) => format!("{} (prefix {prefix}, node {node})", s.store),
+                _ => s.store.clone(),
+            };
+            return Err(Failure::refuse(
+                Step::LoadConfig,
+                format!(
+                    "the lease store is now {} but recorded namespaces hold leases in {}: detach them, or stop their containers, with the old config first",
+                    describe(&want),
+                    describe(&have)
+                ),
+            ));
+        }
+        state.put_store_stamp(&want).step(Step::WriteRecord)
     }
 
     /// Runs `work` with the state locked and this host's stores, for the
@@ -306,18 +349,10 @@ impl Node {
         self.leave(id, Leaving::Detached).map(Detached::Done)
     }
 
-    /// Whether this host holds leases taken for `container`.
+    /// Whether a setup of `container` was killed while it held leases no
+    /// record names (its claim is left; see [`StateDir::put_claim`]).
     fn holds_leases(&self, state: &StateDir, container: &str) -> Result<bool, Failure> {
-        let leases = self.leases(state);
-        for name in self.pooled_networks() {
-            let held = leases.list(name).step_on(Step::ReadRecords, name)?;
-            if held.iter().any(|(_, h)| {
-                h.container == container && (h.host.is_empty() || h.host == self.lease_host)
-            }) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        state.has_claim(container).step(Step::ReadRecords)
     }
 
     /// Tears `container` down, under the lock. A namespace the kernel is
@@ -381,13 +416,22 @@ impl Node {
             &mut stores,
             |stores| {
                 let outcome = teardown::leave(container, stores, leaving, look)?;
-                if outcome == Outcome::NotRecorded {
-                    // A setup killed before its first record write leaves
-                    // only leases; this is the one teardown that can know
-                    // them.
+                // A setup killed between its first lease and its first
+                // record write leaves only leases, and its claim: this is
+                // the one teardown that can know them. Without a claim
+                // there is nothing to look for (listing every lease would
+                // cost a poststop of a container that was never wired one
+                // etcd read of the whole cluster per network).
+                if outcome != Outcome::StillRunning
+                    && stores.state.has_claim(container).step(Step::ReadRecords)?
+                {
                     for name in self.pooled_networks() {
                         reconcile::release_unaccounted(name, container, stores)?;
                     }
+                    stores
+                        .state
+                        .remove_claim(container)
+                        .step(Step::WriteRecord)?;
                 }
                 // Before the shims converge: whatever fails there, the
                 // container is detached.

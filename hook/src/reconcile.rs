@@ -176,8 +176,9 @@ pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
     free_unused(network, stores, |_| true)
 }
 
-/// How long a draining namespace (see [`sweep_draining`]) is looked at by
-/// every run; after that only `gc` and a setup that needs its address do.
+/// How long (seconds) a draining namespace (see [`sweep_draining`]) is
+/// looked at by every run; after that only `gc` and a setup that needs its
+/// address do.
 /// Normally the kernel is done in some tens of milliseconds; one that
 /// lives on out of reach (someone keeps it) would otherwise cost every run
 /// a few netlink requests forever.
@@ -185,34 +186,73 @@ pub const DRAINING_LOOK: u64 = 60;
 
 /// Frees the leases of draining namespaces the kernel has finished
 /// destroying, and forgets those records: what poststop left to drain
-/// rather than wait for (see [`crate::teardown`]). Runs at the start of
-/// every locked run; it reads only the draining index, so it costs one
-/// directory read when nothing drains. Returns how many namespaces went.
-pub fn sweep_draining(stores: &mut Stores) -> Result<usize, Failure> {
+/// rather than wait for (see [`crate::teardown`]). One still there a second
+/// after it began to drain is kept by someone (a process, an fd): its links
+/// are deleted there, as the poststop of its last member would have. Runs
+/// at the start of every locked run; it reads only the draining index, so
+/// it costs one directory read when nothing drains. Returns how many
+/// namespaces went.
+pub fn sweep_draining(stores: &mut Stores, sweep: Sweep) -> Result<usize, Failure> {
     let mut swept = 0;
     let now = crate::records::now();
     for (key, marker) in stores.state.draining().step(Step::ReadRecords)? {
+        let age = now.saturating_sub(marker.since);
         let record = stores.state.netns(&key).step(Step::ReadRecords)?;
         let done = match record {
             None => true,
             Some(record) if !record.members.is_empty() => true,
-            Some(_) if now.saturating_sub(marker.since) > DRAINING_LOOK => false,
-            Some(record) => {
-                if kernel::gone(stores.reach, &record).step(Step::OpenNamespace)? {
-                    let (record, _) = settle(record, Presence::Gone, stores)?;
-                    stores.state.put_netns(&record).step(Step::WriteRecord)?;
-                    swept += 1;
-                    true
-                } else {
-                    false
-                }
+            Some(_) if sweep == Sweep::Recent && age > DRAINING_LOOK => false,
+            Some(record) if kernel::gone(stores.reach, &record).step(Step::OpenNamespace)? => {
+                let (record, _) = settle(record, Presence::Gone, stores)?;
+                stores.state.put_netns(&record).step(Step::WriteRecord)?;
+                swept += 1;
+                true
             }
+            // Not gone a while after its last member left: someone keeps
+            // it. Look for it as a full teardown would (every process and
+            // fd) and remove the links there, which nobody wants.
+            Some(record) if sweep == Sweep::All || age >= kernel::DYING_WAIT.as_secs() => {
+                let presence = kernel::presence(stores.reach, &record).step(Step::OpenNamespace)?;
+                let emptied = empty_kept(record, presence, stores)?;
+                swept += usize::from(emptied);
+                emptied
+            }
+            Some(_) => false,
         };
         if done {
             stores.state.unmark_draining(&key).step(Step::WriteRecord)?;
         }
     }
     Ok(swept)
+}
+
+/// Which draining namespaces [`sweep_draining`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sweep {
+    /// Those that began to drain within [`DRAINING_LOOK`]: what every run
+    /// does.
+    Recent,
+    /// All of them: what `gc` does.
+    All,
+}
+
+/// Deletes the links of a memberless `record` in its namespace, if
+/// `presence` reaches it (or frees them if it is gone); returns whether the
+/// record is empty now.
+fn empty_kept(
+    record: NetnsRecord,
+    presence: Presence,
+    stores: &mut Stores,
+) -> Result<bool, Failure> {
+    let key = record.key();
+    let (mut record, kernel) = settle(record, presence, stores)?;
+    if let Some(mut kernel) = kernel {
+        for link in std::mem::take(&mut record.links) {
+            crate::teardown::remove_link(&link, kernel.as_mut(), stores, &key)?;
+        }
+    }
+    stores.state.put_netns(&record).step(Step::WriteRecord)?;
+    Ok(record.is_empty())
 }
 
 /// The (parent, MAC) of every link of a draining namespace, passthru ones
@@ -446,6 +486,11 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
     pooled.extend(stores.leases.networks().step(Step::LeaseAddress)?);
     let leases_before = all_leases(stores, &pooled)?;
 
+    // Namespaces whose last member left while they were out of reach:
+    // their links go wherever someone keeps them.
+    if let Err(failure) = sweep_draining(stores, Sweep::All) {
+        collected.failures.push(failure);
+    }
     for key in stores.state.netns_keys().step(Step::ReadRecords)? {
         let record = match stores.state.netns(&key).step(Step::ReadRecords) {
             Ok(Some(record)) => record,
@@ -477,6 +522,21 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
                 Err(failure) => collected.failures.push(failure),
             },
             Err(failure) => collected.failures.push(failure),
+        }
+    }
+
+    // Every lease nothing accounts for is free now: the claims of killed
+    // setups (see StateDir::put_claim) have nothing left to find.
+    for id in stores.state.claim_ids().step(Step::ReadRecords)? {
+        if stores
+            .state
+            .container(&id)
+            .step(Step::ReadRecords)?
+            .is_none()
+        {
+            if let Err(failure) = stores.state.remove_claim(&id).step(Step::WriteRecord) {
+                collected.failures.push(failure);
+            }
         }
     }
 

@@ -82,14 +82,29 @@ pub struct ContainerRecord {
     pub detached: Option<u64>,
 }
 
-/// A namespace whose links drain: its last member left while the kernel was
-/// still destroying it (or it was out of reach), so its links and leases
-/// stay recorded until a later run finds it gone. `draining/<key>.json`
-/// indexes these records, so that every run can look at just them.
+/// A marker with its time: `draining/<key>.json` for a namespace whose
+/// links drain (its last member left while the kernel was still destroying
+/// it, or it was out of reach), so that every run can look at just those
+/// records; `claims/<container>.json` for a setup about to lease (see
+/// [`StateDir::put_claim`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Draining {
     /// When it began to drain (seconds since the epoch).
     pub since: u64,
+}
+
+/// Which lease store the records' leases are in (`<state_dir>/store.json`):
+/// records name leases by network and address only, so a config that
+/// moves to another store, prefix or node name while records hold links
+/// would lose those leases, and hand their addresses out again.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreStamp {
+    /// `file` or `etcd`.
+    pub store: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 /// How an attachment was made: by the OCI hook, or by `nsbypass attach`.
@@ -331,6 +346,8 @@ pub struct StateDir {
     leases: Dir,
     shims: Dir,
     draining: Dir,
+    claims: Dir,
+    root: Dir,
     _lock: LockGuard,
 }
 
@@ -355,6 +372,8 @@ impl StateDir {
             leases: root.subdir("leases")?,
             shims: root.subdir("shims")?,
             draining: root.subdir("draining")?,
+            claims: root.subdir("claims")?,
+            root,
             tmp,
             _lock: lock,
         })
@@ -441,6 +460,16 @@ impl StateDir {
         Ok(self.shims.remove(format!("{network}.json"))?)
     }
 
+    /// The lease store the records were written with (see [`StoreStamp`]);
+    /// `None` before the first run of a version that writes it.
+    pub fn store_stamp(&self) -> Result<Option<StoreStamp>, RecordError> {
+        read_json(&self.root, "store.json")
+    }
+
+    pub fn put_store_stamp(&self, stamp: &StoreStamp) -> Result<(), RecordError> {
+        write_json(&self.root, "store.json", stamp, &self.tmp)
+    }
+
     /// Indexes namespace `key` as draining (see [`Draining`]).
     pub fn mark_draining(&self, key: &str) -> Result<(), RecordError> {
         let marker = Draining { since: now() };
@@ -460,6 +489,34 @@ impl StateDir {
             }
         }
         Ok(out)
+    }
+
+    /// Notes that `container`'s setup is about to lease addresses that no
+    /// record names until its pointer is written: should it be killed in
+    /// between, its poststop (which finds no record) knows to look for
+    /// them, and only then (listing every lease is one etcd read of the
+    /// whole cluster's keys per network).
+    pub fn put_claim(&self, container: &str) -> Result<(), RecordError> {
+        let marker = Draining { since: now() };
+        write_json(
+            &self.claims,
+            &format!("{container}.json"),
+            &marker,
+            &self.tmp,
+        )
+    }
+
+    pub fn remove_claim(&self, container: &str) -> Result<(), RecordError> {
+        Ok(self.claims.remove(format!("{container}.json"))?)
+    }
+
+    pub fn has_claim(&self, container: &str) -> Result<bool, RecordError> {
+        Ok(read_json::<Draining>(&self.claims, &format!("{container}.json"))?.is_some())
+    }
+
+    /// The containers with a claim (see [`StateDir::put_claim`]).
+    pub fn claim_ids(&self) -> Result<Vec<String>, RecordError> {
+        json_names(&self.claims)
     }
 
     /// The networks that have a shim record, sorted.

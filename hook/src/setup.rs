@@ -97,6 +97,7 @@ struct Plan<'a> {
 
 /// What to undo if a later step fails, newest last.
 enum Undo {
+    RemoveClaim,
     Release { network: String, address: IpAddr },
     DeleteLink { network: String, index: u32 },
     RestoreContainer(Option<ContainerRecord>),
@@ -250,6 +251,14 @@ impl Prepared<'_> {
             failpoint::hit("assign-nsid").step(Step::AssignNsid)?;
             record.nsid = Some(kernel.assign_nsid().step(Step::AssignNsid)?);
         }
+        let leasing = plans.iter().any(|p| p.network.has_pool());
+        if leasing {
+            undo.push(Undo::RemoveClaim);
+            stores
+                .state
+                .put_claim(ctx.container)
+                .step(Step::WriteRecord)?;
+        }
         for plan in &plans {
             let name = plan.network.name.as_str();
             // One address per family the network has a pool for, IPv4 first.
@@ -302,6 +311,13 @@ impl Prepared<'_> {
             .state
             .put_container(ctx.container, &new_pointer)
             .step(Step::WriteRecord)?;
+        // Poststop starts from the pointer: it finds the leases now.
+        if leasing {
+            stores
+                .state
+                .remove_claim(ctx.container)
+                .step(Step::WriteRecord)?;
+        }
 
         // Effects.
         for plan in &plans {
@@ -718,6 +734,13 @@ fn roll_back(
     let mut problems = Vec::new();
     for action in undo.into_iter().rev() {
         let result = match &action {
+            // Last: kept while a lease could not be released, so that the
+            // container's poststop still looks for it.
+            Undo::RemoveClaim if !problems.is_empty() => Ok(()),
+            Undo::RemoveClaim => stores
+                .state
+                .remove_claim(ctx.container)
+                .step(Step::WriteRecord),
             Undo::Release { network, address } => stores
                 .leases
                 .release(network, *address, &stores.holder(&key, ctx.container))

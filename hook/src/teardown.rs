@@ -46,11 +46,12 @@ pub enum Outcome {
 /// How hard teardown looks for a namespace no recorded path reaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Look {
-    /// Through an engine's bind mount only; otherwise it drains, whether
-    /// it is dying, gone or kept out of reach: with node-local leases, a
-    /// later run on this host frees what is gone, and a poststop right
-    /// after the container's death (the usual case) skips the walk over
-    /// every process and fd on the host (about 2 ms here).
+    /// Through an engine's bind mount only, then whether it is gone (its
+    /// id and its links' MACs, a few netlink requests); otherwise it
+    /// drains, dying or kept out of reach alike: with node-local leases, a
+    /// later run on this host frees it, and a poststop right after the
+    /// container's death (the usual case) skips the walk over every
+    /// process and fd on the host (about 2 ms here).
     Quick,
     /// Through the host's namespace ids, the links' MACs and every process
     /// and fd ([`kernel::presence`]): with leases other nodes want (etcd),
@@ -120,8 +121,17 @@ pub fn leave(
     // pod it may be the only one still valid.
     let presence = match look {
         Look::Full => kernel::presence(stores.reach, &record),
-        Look::Quick => kernel::reachable(stores.reach, &record)
-            .map(|k| k.map_or(Presence::Unreachable, Presence::Reachable)),
+        Look::Quick => match kernel::reachable(stores.reach, &record) {
+            Ok(Some(kernel)) => Ok(Presence::Reachable(kernel)),
+            Ok(None) => kernel::gone(stores.reach, &record).map(|gone| {
+                if gone {
+                    Presence::Gone
+                } else {
+                    Presence::Unreachable
+                }
+            }),
+            Err(e) => Err(e),
+        },
     };
     let presence = match presence.step(Step::OpenNamespace) {
         Ok(p) => p,
@@ -246,7 +256,7 @@ fn released_of(link: &LinkRecord) -> Released {
 
 /// Deletes one link (found by its index, which survives renames and MAC
 /// changes) and frees its addresses, only once the link is surely gone.
-fn remove_link(
+pub(crate) fn remove_link(
     link: &LinkRecord,
     kernel: &mut dyn Kernel,
     stores: &mut Stores,

@@ -1435,15 +1435,16 @@ fn a_full_pool_or_a_pin_waits_for_an_address_that_drains() {
 
 #[test]
 fn a_quick_teardown_drains_what_no_path_or_bind_mount_reaches_and_cleans_what_one_does() {
-    // Look::Quick (the file store's poststop) does not ask the kernel
-    // about a namespace no recorded path reaches: gone or not, it drains,
-    // and the next run's sweep frees it. One an engine bind-mounts (dockerd)
-    // is found through the mount table and cleaned at once.
+    // Look::Quick (the file store's poststop) does not look through every
+    // process and fd for a namespace no recorded path reaches: one still
+    // dying drains, and the next run's sweep frees it. One an engine
+    // bind-mounts (dockerd) is found through the mount table and cleaned
+    // at once.
     let bed = Bed::new();
     bed.setup_in("q1", 1000, "fast", "").unwrap();
     bed.setup_in("q2", 1001, "fast", "").unwrap();
     bed.stop("q1");
-    bed.destroy(1000);
+    bed.dying(1000, std::time::Duration::from_millis(40));
     bed.stop("q2");
     bed.unpin(1001);
     bed.world.borrow_mut().discoverable.push(ns(1001));
@@ -1460,8 +1461,12 @@ fn a_quick_teardown_drains_what_no_path_or_bind_mount_reaches_and_cleans_what_on
     );
     assert!(bed.link_names(1001).is_empty(), "deleted through the mount");
     assert_eq!(bed.leases().len(), 1, "q1's drains");
+    std::thread::sleep(std::time::Duration::from_millis(50));
     bed.with_stores(HOST, |s| {
-        assert_eq!(reconcile::sweep_draining(s).unwrap(), 1)
+        assert_eq!(
+            reconcile::sweep_draining(s, reconcile::Sweep::Recent).unwrap(),
+            1
+        )
     });
     assert!(bed.leases().is_empty());
     assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());
@@ -1481,12 +1486,18 @@ fn a_drained_namespace_is_swept_by_the_next_run_once_the_kernel_is_done() {
     );
     // Still dying: the sweep keeps it, and its lease.
     bed.with_stores(HOST, |s| {
-        assert_eq!(reconcile::sweep_draining(s).unwrap(), 0)
+        assert_eq!(
+            reconcile::sweep_draining(s, reconcile::Sweep::Recent).unwrap(),
+            0
+        )
     });
     assert_eq!(bed.leases().len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(50));
     bed.with_stores(HOST, |s| {
-        assert_eq!(reconcile::sweep_draining(s).unwrap(), 1)
+        assert_eq!(
+            reconcile::sweep_draining(s, reconcile::Sweep::Recent).unwrap(),
+            1
+        )
     });
     assert!(bed.leases().is_empty());
     assert!(bed.state_files().is_empty(), "{:?}", bed.state_files());

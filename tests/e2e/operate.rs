@@ -780,3 +780,40 @@ fn list_shows_both_families_of_a_dual_stack_attachment() {
     ok(&tb, &config, &["detach", "--id", "dx"]);
     assert!(list_json(&tb, &config).is_empty());
 }
+
+/// Records name their leases by network and address only: a config that
+/// moves them to another store (here from the files to etcd) while a
+/// namespace holds an address is refused with one line, and changes
+/// nothing; once nothing is attached, the new store is taken.
+#[test]
+fn a_new_lease_store_is_refused_while_records_hold_leases() {
+    let Some(tb) = testbed() else { return };
+    let config = pool_config(&tb, 100, 199);
+    let pinned = PinnedNetns::new(&tb, "st");
+    ok(&tb, &config, &strs(&attach_netns(&pinned.path, "st")));
+    let before = leases_on(&tb);
+
+    let text = std::fs::read_to_string(&config).unwrap();
+    let moved = tb.dir.join("config-etcd.toml");
+    std::fs::write(
+        &moved,
+        format!("{text}\n[leases]\nstore = \"etcd\"\nendpoints = [\"http://127.0.0.1:9\"]\nnode = \"st-node\"\n"),
+    )
+    .unwrap();
+    let line = fails(&tb, &moved, &["list"]);
+    assert!(
+        line.contains("the lease store is now etcd (prefix /nsbypass, node st-node)")
+            && line.contains("hold leases in file"),
+        "{line}"
+    );
+    assert_eq!(leases_on(&tb), before, "nothing changed");
+    assert_eq!(net1(&pinned.path).1.len(), 1, "the attachment is intact");
+
+    ok(&tb, &config, &["detach", "--id", "st"]);
+    let out = run(&tb, &moved, &["list"]);
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("the lease store is now"),
+        "taken once nothing is attached: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

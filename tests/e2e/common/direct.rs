@@ -653,7 +653,7 @@ pub fn state_files(tb: &Testbed, sub: &str) -> Vec<String> {
 /// namespace record and lease is such a draining one; then, once the
 /// kernel is done, one locked nsbypass run leaves nothing.
 pub fn assert_state_empty(tb: &Testbed, when: &str) {
-    for sub in ["containers", "tmp"] {
+    for sub in ["containers", "tmp", "claims"] {
         let files = state_files(tb, sub);
         assert!(files.is_empty(), "{when}: {sub}/ holds {files:?}");
     }
@@ -691,6 +691,28 @@ pub fn assert_state_empty(tb: &Testbed, when: &str) {
             "{when}: {sub}/ holds {files:?} once drained"
         );
     }
+}
+
+/// Runs `nsbypass gc` with `config` in the testbed's host namespace;
+/// panics unless it succeeds.
+pub fn gc(tb: &Testbed, config: &Path) {
+    let out = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", tb.host_ns))
+        .arg("--")
+        .arg(super::nsbypass())
+        .arg("--config")
+        .arg(config)
+        .arg("gc")
+        .env_clear()
+        .env("PATH", HOOK_PATH)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running nsbypass gc");
+    assert!(
+        out.status.success(),
+        "nsbypass gc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits until the links of every draining namespace record are off the
