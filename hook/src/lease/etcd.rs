@@ -17,11 +17,13 @@
 //! connection per run (see [`super::http`]). A claim is a keys-only range
 //! read of the network's prefix and one create: two round trips.
 //!
-//! Every operation is bounded by `timeout_ms`: endpoints are tried in turn
-//! (a member that is down refuses at once; one that hangs gets half the
-//! budget) until one answers or time is up. Once the store has been
-//! unreachable for a whole budget, the rest of the run fails at once rather
-//! than wait again: a hook must give up well inside its runtime's timeout.
+//! A run (one hook call, attach, detach or gc) has `timeout_ms` for all of
+//! its requests together: the first starts the clock, each later one gets
+//! what is left, and once nothing is, they fail at once. Within that,
+//! endpoints are tried in turn (a member that is down refuses at once; one
+//! that hangs gets about `timeout_ms` / the number of endpoints), pass
+//! after pass, until one answers or time is up. A hook must give up well
+//! inside its runtime's timeout, however many requests it makes.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -45,6 +47,9 @@ pub enum EtcdError {
     /// Earlier in this run the store was unreachable.
     #[error("etcd: unreachable earlier in this run ({0})")]
     StillUnavailable(String),
+    /// This run's requests took its whole budget.
+    #[error("etcd: this run's timeout_ms ({timeout_ms} ms) is used up by its earlier requests")]
+    Spent { timeout_ms: u128 },
     /// An endpoint refused the request itself (a 4xx: not worth retrying).
     #[error("etcd {endpoint}: {message} (HTTP {status})")]
     Refused {
@@ -112,9 +117,15 @@ pub struct Client {
     conn: Option<(usize, Conn)>,
     /// The endpoint to try first: the one that answered last.
     next: usize,
-    /// Set once the store was unreachable for a whole budget.
+    /// When this run's budget ends; its first request sets it.
+    deadline: Option<Instant>,
+    /// Set once the store was unreachable for the rest of a budget.
     unavailable: Option<String>,
 }
+
+/// The least time one attempt at one endpoint gets, however many endpoints
+/// share the budget: a connect, a TLS handshake and an answer, on a LAN.
+const MIN_SHARE: Duration = Duration::from_millis(100);
 
 /// How one attempt at one endpoint went wrong.
 enum Attempt {
@@ -148,8 +159,23 @@ impl Client {
             conn: None,
             // Nodes spread their first attempts over the members.
             next: std::process::id() as usize % n.max(1),
+            deadline: None,
             unavailable: None,
         }
+    }
+
+    /// Gives the next request a budget of its own, for a command that
+    /// makes progress request by request however long it takes in all
+    /// (`gc --node`, run by a person, not by a runtime).
+    pub fn fresh_budget(&mut self) {
+        self.deadline = None;
+    }
+
+    /// How long one attempt at one endpoint may take: the budget shared
+    /// among the endpoints, so hung members cannot use all of it while
+    /// others would answer (2 of 5 blackholed cost 2/5 of it at most).
+    fn share(&self) -> Duration {
+        (self.timeout / self.endpoints.len().max(1) as u32).max(MIN_SHARE)
     }
 
     fn tls(&mut self) -> Result<Option<Arc<rustls::ClientConfig>>, EtcdError> {
@@ -163,15 +189,22 @@ impl Client {
     }
 
     /// POSTs `body` to `path` on the first endpoint that answers, within
-    /// the budget.
+    /// what is left of the run's budget (the first request starts it).
     pub fn call(&mut self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         if let Some(earlier) = &self.unavailable {
             return Err(EtcdError::StillUnavailable(earlier.clone()));
         }
         let tls = self.tls()?;
         let body = serde_json::to_vec(body).expect("a request serialises");
-        let started = Instant::now();
-        let deadline = started + self.timeout;
+        let timeout = self.timeout;
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + timeout);
+        if Instant::now() >= deadline {
+            return Err(EtcdError::Spent {
+                timeout_ms: self.timeout.as_millis(),
+            });
+        }
         let n = self.endpoints.len();
         let mut said: Vec<Option<String>> = vec![None; n];
         let mut pause = Duration::from_millis(10);
@@ -234,12 +267,11 @@ impl Client {
         tls: Option<&Arc<rustls::ClientConfig>>,
         deadline: Instant,
     ) -> Result<Value, Attempt> {
+        // A member that accepts and then hangs (stopped, or no quorum
+        // behind it) or a blackholed one gets its share, so the others get
+        // a turn.
+        let until = deadline.min(Instant::now() + self.share());
         let endpoint = &self.endpoints[index];
-        // A member that accepts and then hangs (no quorum behind it) gets
-        // half the budget, so the others get a turn.
-        let now = Instant::now();
-        let share = (self.timeout / 2).max(Duration::from_millis(50));
-        let until = deadline.min(now + share);
         let mut conn = match self.conn.take() {
             Some((i, conn)) if i == index && !conn.closing() => conn,
             _ => Conn::open(endpoint, tls, until).map_err(Attempt::from)?,
@@ -284,7 +316,8 @@ impl Client {
         }
     }
 
-    /// One endpoint alone, with the whole budget (for doctor): its status.
+    /// One endpoint alone, with a budget of its own (for doctor, which
+    /// asks each in turn): its status.
     pub fn status_of(&mut self, index: usize) -> Result<Value, String> {
         let tls = self.tls().map_err(|e| e.to_string())?;
         let endpoint = &self.endpoints[index];
@@ -603,7 +636,8 @@ impl EtcdLeases {
 
     /// Every lease of `node` (another node, gone for good): released, then
     /// its name's registration. Returns them as (network, address,
-    /// container).
+    /// container). Each request has a budget of its own: this is an
+    /// operator's command, and each delete is progress.
     pub fn release_node(&self, node: &str) -> Result<Vec<(String, IpAddr, String)>, LeaseError> {
         let root = self.leases_root();
         let kvs = self.client.borrow_mut().range(
@@ -620,11 +654,15 @@ impl EtcdLeases {
             if holder.host != node {
                 continue;
             }
+            // A node's hundreds of leases may take longer than one budget:
+            // each delete gets its own (see `Client::fresh_budget`).
+            self.client.borrow_mut().fresh_budget();
             if self.delete_if_unchanged(&kv.key, &kv.mod_revision)? {
                 freed.push((network, address, holder.container));
             }
         }
         let key = self.node_key(node);
+        self.client.borrow_mut().fresh_budget();
         self.client.borrow_mut().txn(&json!({
             "success": [{"request_delete_range": {"key": b64(key.as_bytes())}}],
         }))?;
@@ -811,27 +849,42 @@ mod tests {
     use super::*;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
 
-    /// A member that answers every request on every connection with
-    /// `status` and `body`, counting the requests; its endpoint.
-    fn member(status: u16, body: &'static str) -> (Endpoint, Arc<std::sync::atomic::AtomicUsize>) {
+    /// What a fake member does with a request (its path and JSON body):
+    /// answer with a status and body, or `None`: never answer (the
+    /// connection stays open, unread, until the client closes it).
+    type Handler = dyn FnMut(&str, &Value) -> Option<(u16, String)> + Send;
+
+    /// A member on 127.0.0.1 that hands every request on every connection
+    /// to `handler`, counting the requests; its endpoint.
+    fn serve(
+        handler: impl FnMut(&str, &Value) -> Option<(u16, String)> + Send + 'static,
+    ) -> (Endpoint, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
-        let count = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = Arc::new(AtomicUsize::new(0));
         let seen = count.clone();
+        let handler: Arc<Mutex<Box<Handler>>> = Arc::new(Mutex::new(Box::new(handler)));
         std::thread::spawn(move || {
             for sock in listener.incoming() {
                 let Ok(sock) = sock else { return };
                 let seen = seen.clone();
+                let handler = handler.clone();
                 std::thread::spawn(move || {
                     let mut reader = BufReader::new(sock.try_clone().unwrap());
                     let mut writer = sock;
                     loop {
                         let mut length = 0;
+                        let mut path = String::new();
                         loop {
                             let mut line = String::new();
                             if reader.read_line(&mut line).unwrap_or(0) == 0 {
                                 return;
+                            }
+                            if let Some(rest) = line.strip_prefix("POST ") {
+                                path = rest.split(' ').next().unwrap().to_owned();
                             }
                             if let Some(v) = line.strip_prefix("Content-Length: ") {
                                 length = v.trim().parse().unwrap();
@@ -842,7 +895,13 @@ mod tests {
                         }
                         let mut request = vec![0; length];
                         reader.read_exact(&mut request).unwrap();
-                        seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        seen.fetch_add(1, Ordering::SeqCst);
+                        let body: Value = serde_json::from_slice(&request).unwrap();
+                        let answer = handler.lock().unwrap()(&path, &body);
+                        let Some((status, body)) = answer else {
+                            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+                            return;
+                        };
                         let answer = format!(
                             "HTTP/1.1 {status} X\r\nContent-Length: {}\r\n\r\n{body}",
                             body.len()
@@ -860,6 +919,24 @@ mod tests {
             port,
         };
         (endpoint, count)
+    }
+
+    /// A member that answers every request with `status` and `body`.
+    fn member(status: u16, body: &'static str) -> (Endpoint, Arc<AtomicUsize>) {
+        serve(move |_, _| Some((status, body.to_owned())))
+    }
+
+    /// A member that accepts connections (the kernel does, from its
+    /// backlog) and never reads or answers, as a stopped etcd; keep the
+    /// listener while it is to stay so.
+    fn silent() -> (Endpoint, TcpListener) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = Endpoint {
+            tls: false,
+            host: "127.0.0.1".into(),
+            port: listener.local_addr().unwrap().port(),
+        };
+        (endpoint, listener)
     }
 
     fn config(endpoints: Vec<Endpoint>, timeout_ms: u64) -> EtcdConfig {
@@ -893,7 +970,7 @@ mod tests {
                 "the one that answered is asked first next time"
             );
         }
-        assert!(sick_count.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+        assert!(sick_count.load(Ordering::SeqCst) >= 1);
 
         let (wrong, wrong_count) = member(
             400,
@@ -906,11 +983,7 @@ mod tests {
             e.to_string(),
             format!("etcd {wrong}: etcdserver: key is not provided (HTTP 400)")
         );
-        assert_eq!(
-            wrong_count.load(std::sync::atomic::Ordering::SeqCst),
-            1,
-            "not retried"
-        );
+        assert_eq!(wrong_count.load(Ordering::SeqCst), 1, "not retried");
     }
 
     #[test]
@@ -951,6 +1024,89 @@ mod tests {
                 .starts_with("etcd: unreachable earlier in this run (etcd: no endpoint answered"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_run_has_one_budget_for_all_its_requests() {
+        // The first request is answered after 250 ms of the 400; then the
+        // member goes silent. The second request gets the 150 ms left, not
+        // a budget of its own, and the run fails by 400 ms.
+        let mut answered = false;
+        let (slow, count) = serve(move |_, _| {
+            if std::mem::replace(&mut answered, true) {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(250));
+            Some((200, RANGE.to_owned()))
+        });
+        let mut client = Client::new(&config(vec![slow.clone()], 400));
+        let started = Instant::now();
+        client
+            .range(b"/t/leases/fast/10.0.0.5", None, false)
+            .unwrap();
+        let e = client
+            .range(b"/t/leases/fast/10.0.0.5", None, false)
+            .unwrap_err();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(390) && took < Duration::from_millis(500),
+            "{took:?}"
+        );
+        assert_eq!(
+            e.to_string(),
+            format!("etcd: no endpoint answered within 400 ms ({slow}: timed out)")
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 2);
+
+        // Then every later request of the run fails at once.
+        let started = Instant::now();
+        let e = client.range(b"/t/x", None, false).unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(20));
+        assert!(
+            e.to_string()
+                .starts_with("etcd: unreachable earlier in this run (etcd: no endpoint answered"),
+            "{e}"
+        );
+
+        // A budget spent between answers: the next request fails at once,
+        // one line naming the store, without a word to any member.
+        let (fine, count) = member(200, RANGE);
+        let mut client = Client::new(&config(vec![fine], 100));
+        client.range(b"/t/x", None, false).unwrap();
+        std::thread::sleep(Duration::from_millis(110));
+        let started = Instant::now();
+        let e = client.range(b"/t/x", None, false).unwrap_err();
+        assert!(started.elapsed() < Duration::from_millis(20));
+        assert_eq!(
+            e.to_string(),
+            "etcd: this run's timeout_ms (100 ms) is used up by its earlier requests"
+        );
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn hung_members_get_a_share_of_the_budget_so_the_quorum_answers() {
+        // Five members, the first two tried stopped (they accept, never
+        // answer): each costs a fifth of the budget, the third answers.
+        let (a, _keep_a) = silent();
+        let (b, _keep_b) = silent();
+        let (c, count) = member(200, RANGE);
+        let (d, _) = member(200, RANGE);
+        let (e, _) = member(200, RANGE);
+        let mut client = Client::new(&config(vec![a, b, c, d, e], 1000));
+        client.next = 0;
+        let started = Instant::now();
+        client.range(b"/t/x", None, false).unwrap();
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(390) && took < Duration::from_millis(600),
+            "{took:?}"
+        );
+        assert_eq!(client.next, 2);
+        assert_eq!(count.load(Ordering::SeqCst), 1);
+        // The rest of the run starts at the member that answered.
+        client.range(b"/t/x", None, false).unwrap();
+        assert_eq!(count.load(Ordering::SeqCst), 2);
     }
 
     #[test]
