@@ -59,6 +59,13 @@ pub enum EtcdError {
     },
     #[error("etcd {endpoint}: unexpected answer: {what}")]
     BadAnswer { endpoint: String, what: String },
+    /// A lease key whose value is no holder (written by hand, or by
+    /// something else): named, never guessed at.
+    #[error("etcd: {key}: not a lease value ({source})")]
+    BadValue {
+        key: String,
+        source: serde_json::Error,
+    },
     #[error("etcd: node {node:?} is used by another host (machine id {theirs}, not this host's {ours}); give this host its own [leases] node, or if that host is gone for good, nsbypass gc --node {node}")]
     NodeTaken {
         node: String,
@@ -71,12 +78,26 @@ pub enum EtcdError {
     NodeName(String),
 }
 
-/// The value of a lease key.
+/// The value of a lease key. Its node is never empty: an empty host is
+/// the file store's legacy "this host's" (`Holder::same_host`), which in
+/// a store shared by nodes would make the lease every node's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Value_ {
+    #[serde(deserialize_with = "some_node")]
     node: String,
     netns: String,
     container: String,
+}
+
+fn some_node<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let node = String::deserialize(d)?;
+    if node.is_empty() {
+        return Err(serde::de::Error::invalid_value(
+            serde::de::Unexpected::Str(""),
+            &"a node name",
+        ));
+    }
+    Ok(node)
 }
 
 impl From<&Holder> for Value_ {
@@ -449,6 +470,8 @@ enum Created {
     Yes,
     /// Somebody holds the address.
     Held(Holder),
+    /// The key came and went under every attempt.
+    Changing,
 }
 
 /// Leases in etcd (see the module's doc). Connects at the first operation.
@@ -499,13 +522,15 @@ impl EtcdLeases {
         serde_json::to_vec(&Value_::from(holder)).expect("a holder serialises")
     }
 
+    /// The holder a lease key's value names; a value that is none (not
+    /// JSON, a field missing, an empty node) is an error naming the key.
     fn decode(&self, key: &[u8], value: &[u8]) -> Result<Holder, LeaseError> {
         serde_json::from_slice::<Value_>(value)
             .map(Holder::from)
-            .map_err(|e| {
-                LeaseError::Etcd(EtcdError::BadAnswer {
-                    endpoint: "(value)".into(),
-                    what: format!("{}: {e}", String::from_utf8_lossy(key)),
+            .map_err(|source| {
+                LeaseError::Etcd(EtcdError::BadValue {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    source,
                 })
             })
     }
@@ -577,11 +602,7 @@ impl EtcdLeases {
                 None => continue,
             }
         }
-        Ok(Created::Held(Holder {
-            host: String::new(),
-            netns: String::new(),
-            container: "(changing)".into(),
-        }))
+        Ok(Created::Changing)
     }
 
     fn node_taken(&self, theirs: &[u8]) -> LeaseError {
@@ -705,6 +726,10 @@ impl LeaseStore for EtcdLeases {
                 Created::Held(h) => Err(LeaseError::Taken {
                     address,
                     container: h.container,
+                }),
+                Created::Changing => Err(LeaseError::Taken {
+                    address,
+                    container: "(changing)".into(),
                 }),
             };
         }
@@ -1107,6 +1132,42 @@ mod tests {
         // The rest of the run starts at the member that answered.
         client.range(b"/t/x", None, false).unwrap();
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_lease_value_without_a_node_is_an_error_naming_its_key() {
+        let store = EtcdLeases::new(&config(vec![], 100), "n", "m");
+        let key = b"/t/leases/fast/10.0.0.5";
+        assert_eq!(
+            store
+                .decode(key, br#"{"node":"n1","netns":"1-2","container":"c"}"#)
+                .unwrap(),
+            Holder {
+                host: "n1".into(),
+                netns: "1-2".into(),
+                container: "c".into()
+            }
+        );
+        for (value, why) in [
+            (
+                r#"{"node":"","netns":"1-2","container":"c"}"#,
+                "invalid value: string \"\", expected a node name",
+            ),
+            (r#"{"netns":"1-2","container":"c"}"#, "missing field `node`"),
+            ("junk", "expected value"),
+        ] {
+            let e = store.decode(key, value.as_bytes()).unwrap_err();
+            assert!(
+                matches!(e, LeaseError::Etcd(EtcdError::BadValue { .. })),
+                "{e:?}"
+            );
+            let e = e.to_string();
+            assert!(
+                e.starts_with("etcd: /t/leases/fast/10.0.0.5: not a lease value (")
+                    && e.contains(why),
+                "{e}"
+            );
+        }
     }
 
     #[test]
