@@ -290,6 +290,14 @@ impl Drop for Cluster {
     }
 }
 
+/// This host's id as `<prefix>/nodes/<node>` holds it: hex SHA-256 of
+/// `nsbypass-node-id:` and the machine id (README's key table).
+fn host_id() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("nsbypass-node-id:{}", common::direct::machine_id()));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// A node: a config with its own state_dir and node name.
 struct NodeConfig {
     name: String,
@@ -509,6 +517,14 @@ fn two_nodes_share_a_pool_through_etcd_and_survive_a_member_but_not_quorum_loss(
             format!("{PREFIX}/nodes/node-b")
         ]
     );
+    // Registered by an id of nsbypass's own, never the machine id itself.
+    let value = cluster.etcdctl(&[
+        "get",
+        "--print-value-only",
+        &format!("{PREFIX}/nodes/node-a"),
+    ]);
+    assert_eq!(value.trim(), host_id(), "{value}");
+    assert!(!value.contains(&common::direct::machine_id()), "{value}");
 
     // One member down (whichever leads or not): attaches go on.
     cluster.kill(0);
@@ -723,7 +739,7 @@ fn gc_frees_only_its_own_nodes_leases_and_gc_node_releases_a_dead_nodes() {
         ],
     );
     assert!(
-        line.starts_with("nsbypass: attach z: network fast: lease address: etcd: node \"node-c\" is used by another host (machine id 0123456789abcdef0123456789abcdef, not this host's "),
+        line.starts_with(&format!("nsbypass: attach z: network fast: lease address: etcd: node \"node-c\" is used by another host (host id 0123456789abcdef0123456789abcdef, not this host's {}); ", host_id())),
         "{line}"
     );
     assert_eq!(address_in(&z.path), None);
@@ -740,9 +756,16 @@ fn gc_frees_only_its_own_nodes_leases_and_gc_node_releases_a_dead_nodes() {
     let lines = doctor(&c.path);
     assert!(
         lines.iter().any(|l| l.starts_with(&format!(
-            "FAIL leases etcd node node-c: {PREFIX}/nodes/node-c names another host"
+            "FAIL leases etcd node node-c: {PREFIX}/nodes/node-c names another host (host id 0123456789abcdef0123456789abcdef; this host's is {}), so this host cannot lease",
+            host_id()
         ))),
         "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(&common::direct::machine_id())),
+        "doctor never prints the machine id: {lines:#?}"
     );
     let lines = doctor(&a.path);
     assert_eq!(lines.len(), 4, "{lines:#?}");

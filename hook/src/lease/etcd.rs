@@ -8,9 +8,11 @@
 //!   created only if absent (`create_revision == 0`), deleted only while it
 //!   still holds the releasing holder (its value, or its `mod_revision`
 //!   once read).
-//! - `<prefix>/nodes/<node>`: the machine id of the host that uses the node
-//!   name, written by that host's first claim. Every claim compares it in
-//!   the same transaction, so two hosts given one name cannot both lease.
+//! - `<prefix>/nodes/<node>`: the host id ([`host_id`]: derived from the
+//!   machine id, which itself never leaves the host) of the host that uses
+//!   the node name, written by that host's first claim. Every claim
+//!   compares it in the same transaction, so two hosts given one name
+//!   cannot both lease.
 //!
 //! etcd is reached through its gRPC gateway (JSON over HTTP/1.1: `POST
 //! /v3/kv/range`, `/v3/kv/txn`; keys and values base64), on one blocking
@@ -66,7 +68,7 @@ pub enum EtcdError {
         key: String,
         source: serde_json::Error,
     },
-    #[error("etcd: node {node:?} is used by another host (machine id {theirs}, not this host's {ours}); give this host its own [leases] node, or if that host is gone for good, nsbypass gc --node {node}")]
+    #[error("etcd: node {node:?} is used by another host (host id {theirs}, not this host's {ours}); give this host its own [leases] node, or if that host is gone for good, nsbypass gc --node {node}")]
     NodeTaken {
         node: String,
         theirs: String,
@@ -465,6 +467,20 @@ pub fn node_name(config: &EtcdConfig) -> Result<String, EtcdError> {
     Ok(host)
 }
 
+/// The id `<prefix>/nodes/<node>` names the host with `machine_id` by:
+/// hex SHA-256 of `nsbypass-node-id:` and the machine id. systemd advises
+/// against exposing the machine id itself (it is a secret of the host's,
+/// from which other ids are derived); this one is nsbypass's own, the same
+/// for the host every time, and tells nothing of the machine id.
+pub fn host_id(machine_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(b"nsbypass-node-id:")
+        .chain_update(machine_id.as_bytes())
+        .finalize();
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// What a create found.
 enum Created {
     Yes,
@@ -479,21 +495,28 @@ pub struct EtcdLeases {
     client: std::cell::RefCell<Client>,
     prefix: String,
     node: String,
-    machine_id: String,
+    /// [`host_id`] of this host's machine id.
+    host_id: String,
     /// [`MAX_PROBES`], lowered by tests.
     probes: u128,
 }
 
 impl EtcdLeases {
-    /// The store for `config`, as node `node` on the host `machine_id`.
+    /// The store for `config`, as node `node` on the host with
+    /// `machine_id` (kept only as its [`host_id`]).
     pub fn new(config: &EtcdConfig, node: &str, machine_id: &str) -> EtcdLeases {
         EtcdLeases {
             client: std::cell::RefCell::new(Client::new(config)),
             prefix: config.prefix.clone(),
             node: node.to_owned(),
-            machine_id: machine_id.to_owned(),
+            host_id: host_id(machine_id),
             probes: MAX_PROBES,
         }
+    }
+
+    /// What this host registers its node name with (see [`host_id`]).
+    pub fn host_id(&self) -> &str {
+        &self.host_id
     }
 
     /// The connection, for checks that talk to etcd directly (doctor).
@@ -571,7 +594,7 @@ impl EtcdLeases {
             let txn = json!({
                 "compare": [
                     {"key": b64(key.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
-                    {"key": b64(node_key.as_bytes()), "target": "VALUE", "result": "EQUAL", "value": b64(self.machine_id.as_bytes())},
+                    {"key": b64(node_key.as_bytes()), "target": "VALUE", "result": "EQUAL", "value": b64(self.host_id.as_bytes())},
                 ],
                 "success": [{"request_put": {"key": b64(key.as_bytes()), "value": b64(&value)}}],
                 "failure": [
@@ -590,7 +613,7 @@ impl EtcdLeases {
                     self.register()?;
                     continue;
                 }
-                Some(kv) if kv.value != self.machine_id.as_bytes() => {
+                Some(kv) if kv.value != self.host_id.as_bytes() => {
                     return Err(self.node_taken(&kv.value));
                 }
                 Some(_) => {}
@@ -609,17 +632,17 @@ impl EtcdLeases {
         LeaseError::Etcd(EtcdError::NodeTaken {
             node: self.node.clone(),
             theirs: String::from_utf8_lossy(theirs).into_owned(),
-            ours: self.machine_id.clone(),
+            ours: self.host_id.clone(),
         })
     }
 
-    /// Writes `<prefix>/nodes/<node>` = this host's machine id, unless the
+    /// Writes `<prefix>/nodes/<node>` = this host's host id, unless the
     /// key exists; fails if it names another host.
     fn register(&self) -> Result<(), LeaseError> {
         let key = self.node_key(&self.node);
         let txn = json!({
             "compare": [{"key": b64(key.as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"}],
-            "success": [{"request_put": {"key": b64(key.as_bytes()), "value": b64(self.machine_id.as_bytes())}}],
+            "success": [{"request_put": {"key": b64(key.as_bytes()), "value": b64(self.host_id.as_bytes())}}],
             "failure": [{"request_range": {"key": b64(key.as_bytes())}}],
         });
         let (succeeded, found) = self.client.borrow_mut().txn(&txn)?;
@@ -628,7 +651,7 @@ impl EtcdLeases {
             return Ok(());
         }
         match found.first().and_then(|kvs| kvs.first()) {
-            Some(kv) if kv.value != self.machine_id.as_bytes() => Err(self.node_taken(&kv.value)),
+            Some(kv) if kv.value != self.host_id.as_bytes() => Err(self.node_taken(&kv.value)),
             _ => Ok(()),
         }
     }
@@ -1168,6 +1191,22 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn the_host_id_is_derived_from_the_machine_id_and_is_not_it() {
+        let machine = "0123456789abcdef0123456789abcdef";
+        // printf 'nsbypass-node-id:0123456789abcdef0123456789abcdef' | sha256sum
+        let id = "4c9b9c73642d61989c7851fba1c936902390ccb05c8b82a832ca3a4fe9adf15b";
+        assert_eq!(host_id(machine), id);
+        let store = EtcdLeases::new(&config(vec![], 100), "n", machine);
+        assert_eq!(store.host_id(), id);
+        let e = store.node_taken(b"feed").to_string();
+        assert!(!e.contains(machine), "{e}");
+        assert!(
+            e.contains(&format!("(host id feed, not this host's {id})")),
+            "{e}"
+        );
     }
 
     #[test]
