@@ -895,6 +895,8 @@ pub fn unb64(text: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use runtime_config::Ipv4Pool;
+    use std::collections::BTreeMap;
     use std::io::{BufRead, BufReader, Read, Write};
     use std::net::TcpListener;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -985,6 +987,141 @@ mod tests {
             port: listener.local_addr().unwrap().port(),
         };
         (endpoint, listener)
+    }
+
+    /// Enough of etcd's KV API, as its JSON gateway speaks it, to hold the
+    /// store to its contract: ranges (a key, or up to `range_end`, with or
+    /// without values) and transactions whose compares (CREATE, MOD and
+    /// VALUE revisions and values, EQUAL) decide which ops run. Revisions
+    /// count every write, as etcd's do. Every request is kept.
+    #[derive(Default)]
+    struct Fake {
+        /// key -> (value, create_revision, mod_revision)
+        kvs: BTreeMap<Vec<u8>, (Vec<u8>, i64, i64)>,
+        revision: i64,
+        /// Path and body of every request, in order.
+        seen: Vec<(String, Value)>,
+        /// Writes by someone else, made just before request N is answered.
+        meanwhile: BTreeMap<usize, Vec<(String, String)>>,
+    }
+
+    impl Fake {
+        fn put(&mut self, key: &[u8], value: &[u8]) {
+            self.revision += 1;
+            let create = self.kvs.get(key).map_or(self.revision, |kv| kv.1);
+            self.kvs
+                .insert(key.to_vec(), (value.to_vec(), create, self.revision));
+        }
+
+        fn get(&self, key: &str) -> Option<String> {
+            self.kvs
+                .get(key.as_bytes())
+                .map(|kv| String::from_utf8(kv.0.clone()).unwrap())
+        }
+
+        fn range(&self, op: &Value) -> Value {
+            let bytes = |name: &str| {
+                op.get(name)
+                    .and_then(Value::as_str)
+                    .map(|t| unb64(t).unwrap())
+            };
+            let key = bytes("key").unwrap();
+            let end = bytes("range_end");
+            let keys_only = op.get("keys_only").and_then(Value::as_bool) == Some(true);
+            let kvs: Vec<Value> = self
+                .kvs
+                .iter()
+                .filter(|(k, _)| match &end {
+                    None => **k == key,
+                    Some(end) => **k >= key && (end == b"\0" || *k < end),
+                })
+                .map(|(k, (v, create, modified))| {
+                    let mut kv = json!({
+                        "key": b64(k),
+                        "create_revision": create.to_string(),
+                        "mod_revision": modified.to_string(),
+                    });
+                    if !keys_only {
+                        kv["value"] = b64(v).into();
+                    }
+                    kv
+                })
+                .collect();
+            // The gateway leaves out what is empty (proto3 JSON).
+            let mut answer = json!({"header": {"revision": self.revision.to_string()}});
+            if !kvs.is_empty() {
+                answer["count"] = kvs.len().to_string().into();
+                answer["kvs"] = kvs.into();
+            }
+            answer
+        }
+
+        fn holds(&self, compare: &Value) -> bool {
+            let key = unb64(compare["key"].as_str().unwrap()).unwrap();
+            let kv = self.kvs.get(&key);
+            assert_eq!(compare["result"], "EQUAL", "{compare}");
+            let field = |name: &str| compare[name].as_str().unwrap().to_owned();
+            match compare["target"].as_str().unwrap() {
+                "CREATE" => kv.map_or(0, |kv| kv.1).to_string() == field("create_revision"),
+                "MOD" => kv.map_or(0, |kv| kv.2).to_string() == field("mod_revision"),
+                "VALUE" => kv.is_some_and(|kv| b64(&kv.0) == field("value")),
+                other => panic!("compare target {other}"),
+            }
+        }
+
+        fn answer(&mut self, path: &str, body: &Value) -> (u16, String) {
+            let n = self.seen.len();
+            self.seen.push((path.to_owned(), body.clone()));
+            for (key, value) in self.meanwhile.remove(&n).unwrap_or_default() {
+                self.put(key.as_bytes(), value.as_bytes());
+            }
+            let answer = match path {
+                "/v3/kv/range" => self.range(body),
+                "/v3/kv/txn" => {
+                    let compares = body.get("compare").and_then(Value::as_array);
+                    let succeeded = compares.into_iter().flatten().all(|c| self.holds(c));
+                    let branch = if succeeded { "success" } else { "failure" };
+                    let ops = body.get(branch).and_then(Value::as_array).cloned();
+                    let mut responses = Vec::new();
+                    for op in ops.into_iter().flatten() {
+                        let key = |op: &Value| unb64(op["key"].as_str().unwrap()).unwrap();
+                        if let Some(put) = op.get("request_put") {
+                            let value = unb64(put["value"].as_str().unwrap()).unwrap();
+                            self.put(&key(put), &value);
+                            responses.push(json!({"response_put": {}}));
+                        } else if let Some(delete) = op.get("request_delete_range") {
+                            assert!(delete.get("range_end").is_none());
+                            let deleted = self.kvs.remove(&key(delete)).is_some();
+                            if deleted {
+                                self.revision += 1;
+                            }
+                            let deleted = u8::from(deleted).to_string();
+                            responses.push(json!({"response_delete_range": {"deleted": deleted}}));
+                        } else if let Some(range) = op.get("request_range") {
+                            responses.push(json!({"response_range": self.range(range)}));
+                        } else {
+                            panic!("txn op {op}");
+                        }
+                    }
+                    let mut answer = json!({
+                        "header": {"revision": self.revision.to_string()},
+                        "responses": responses,
+                    });
+                    if succeeded {
+                        answer["succeeded"] = true.into();
+                    }
+                    answer
+                }
+                other => panic!("path {other}"),
+            };
+            (200, answer.to_string())
+        }
+    }
+
+    /// A member serving `fake`.
+    fn fake_member(fake: &Arc<Mutex<Fake>>) -> Endpoint {
+        let fake = fake.clone();
+        serve(move |path, body| Some(fake.lock().unwrap().answer(path, body))).0
     }
 
     fn config(endpoints: Vec<Endpoint>, timeout_ms: u64) -> EtcdConfig {
@@ -1155,6 +1292,201 @@ mod tests {
         // The rest of the run starts at the member that answered.
         client.range(b"/t/x", None, false).unwrap();
         assert_eq!(count.load(Ordering::SeqCst), 2);
+    }
+
+    const MACHINE: &str = "0123456789abcdef0123456789abcdef";
+
+    fn pool8() -> Ipv4Pool {
+        Ipv4Pool {
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            first: "10.9.0.1".parse().unwrap(),
+            last: "10.9.0.8".parse().unwrap(),
+            gateway: None,
+            routes: vec![],
+        }
+    }
+
+    fn ours(container: &str) -> Holder {
+        Holder {
+            host: "n".into(),
+            netns: "1-2".into(),
+            container: container.into(),
+        }
+    }
+
+    fn value(node: &str, netns: &str, container: &str) -> String {
+        format!(r#"{{"node":"{node}","netns":"{netns}","container":"{container}"}}"#)
+    }
+
+    /// A fake cluster where node `n` is registered to this host (of
+    /// [`MACHINE`]), and the store of node `n` on it.
+    fn registered_fake() -> (Arc<Mutex<Fake>>, EtcdLeases) {
+        let fake = Arc::new(Mutex::new(Fake::default()));
+        fake.lock()
+            .unwrap()
+            .put(b"/t/nodes/n", host_id(MACHINE).as_bytes());
+        let store = EtcdLeases::new(&config(vec![fake_member(&fake)], 2000), "n", MACHINE);
+        (fake, store)
+    }
+
+    fn paths(fake: &Arc<Mutex<Fake>>) -> Vec<String> {
+        let fake = fake.lock().unwrap();
+        fake.seen.iter().map(|(p, _)| p.clone()).collect()
+    }
+
+    #[test]
+    fn a_claim_is_a_read_and_a_create_and_one_lost_to_another_node_moves_on() {
+        let pool = pool8();
+        let holder = ours("c1");
+        let start = start_slot(Pool::V4(&pool), "c1", "fast");
+        let slot = |i: u128| IpAddr::V4(pool.nth(((start + i) % 8) as u32));
+        let key = |a: IpAddr| format!("/t/leases/fast/{a}");
+
+        // The common case: two requests, a keys-only read of the network
+        // and the create, which compares the key's absence and this
+        // node's registration.
+        let (fake, mut store) = registered_fake();
+        let got = store
+            .acquire("fast", Pool::V4(&pool), &holder, None)
+            .unwrap();
+        assert_eq!(got, slot(0));
+        assert_eq!(paths(&fake), ["/v3/kv/range", "/v3/kv/txn"]);
+        {
+            let fake = fake.lock().unwrap();
+            let range = &fake.seen[0].1;
+            assert_eq!(range["key"], b64(b"/t/leases/fast/"));
+            assert_eq!(range["keys_only"], true);
+            let txn = &fake.seen[1].1;
+            assert_eq!(
+                txn["compare"],
+                json!([
+                    {"key": b64(key(got).as_bytes()), "target": "CREATE", "result": "EQUAL", "create_revision": "0"},
+                    {"key": b64(b"/t/nodes/n"), "target": "VALUE", "result": "EQUAL", "value": b64(host_id(MACHINE).as_bytes())},
+                ])
+            );
+            assert_eq!(fake.get(&key(got)).unwrap(), value("n", "1-2", "c1"));
+        }
+
+        // The read says the slot is free; another node takes it before our
+        // create, which fails on its compare and finds the other holder:
+        // the search goes on to the next slot, and the other's key stays.
+        let (fake, mut store) = registered_fake();
+        let theirs = value("m", "7-8", "other");
+        fake.lock()
+            .unwrap()
+            .meanwhile
+            .insert(1, vec![(key(slot(0)), theirs.clone())]);
+        let got = store
+            .acquire("fast", Pool::V4(&pool), &holder, None)
+            .unwrap();
+        assert_eq!(got, slot(1));
+        assert_eq!(paths(&fake), ["/v3/kv/range", "/v3/kv/txn", "/v3/kv/txn"]);
+        {
+            let fake = fake.lock().unwrap();
+            assert_eq!(fake.get(&key(slot(0))).unwrap(), theirs);
+            assert_eq!(fake.get(&key(slot(1))).unwrap(), value("n", "1-2", "c1"));
+        }
+
+        // An address the read shows taken is not even tried.
+        let (fake, mut store) = registered_fake();
+        fake.lock()
+            .unwrap()
+            .put(key(slot(0)).as_bytes(), theirs.as_bytes());
+        let got = store
+            .acquire("fast", Pool::V4(&pool), &holder, None)
+            .unwrap();
+        assert_eq!(got, slot(1));
+        assert_eq!(paths(&fake), ["/v3/kv/range", "/v3/kv/txn"]);
+
+        // A node's first claim registers it (create-if-absent), then
+        // claims; a name registered to another host is refused, nothing
+        // written.
+        let fake = Arc::new(Mutex::new(Fake::default()));
+        let mut store = EtcdLeases::new(&config(vec![fake_member(&fake)], 2000), "n", MACHINE);
+        let got = store
+            .acquire("fast", Pool::V4(&pool), &holder, None)
+            .unwrap();
+        assert_eq!(got, slot(0));
+        assert_eq!(
+            paths(&fake),
+            ["/v3/kv/range", "/v3/kv/txn", "/v3/kv/txn", "/v3/kv/txn"]
+        );
+        assert_eq!(
+            fake.lock().unwrap().get("/t/nodes/n").unwrap(),
+            host_id(MACHINE)
+        );
+        let fake = Arc::new(Mutex::new(Fake::default()));
+        fake.lock().unwrap().put(b"/t/nodes/n", b"feed");
+        let mut store = EtcdLeases::new(&config(vec![fake_member(&fake)], 2000), "n", MACHINE);
+        let e = store
+            .acquire("fast", Pool::V4(&pool), &holder, None)
+            .unwrap_err();
+        assert!(
+            matches!(e, LeaseError::Etcd(EtcdError::NodeTaken { .. })),
+            "{e}"
+        );
+        assert_eq!(fake.lock().unwrap().kvs.len(), 1, "no lease written");
+    }
+
+    #[test]
+    fn a_release_deletes_only_while_the_key_still_names_our_namespace() {
+        let address: IpAddr = "10.9.0.5".parse().unwrap();
+        let key = "/t/leases/fast/10.9.0.5";
+
+        // Our own: one request, and it is gone.
+        let (fake, mut store) = registered_fake();
+        fake.lock()
+            .unwrap()
+            .put(key.as_bytes(), value("n", "1-2", "c1").as_bytes());
+        store.release("fast", address, &ours("c1")).unwrap();
+        assert_eq!(paths(&fake), ["/v3/kv/txn"]);
+        assert_eq!(fake.lock().unwrap().get(key), None);
+
+        // Another holder's (another node with the same namespace key,
+        // another namespace of ours): never deleted, one request.
+        for theirs in [value("m", "1-2", "c1"), value("n", "3-4", "c9")] {
+            let (fake, mut store) = registered_fake();
+            fake.lock().unwrap().put(key.as_bytes(), theirs.as_bytes());
+            store.release("fast", address, &ours("c1")).unwrap();
+            assert_eq!(fake.lock().unwrap().get(key).unwrap(), theirs);
+            assert_eq!(paths(&fake), ["/v3/kv/txn"], "{theirs}");
+        }
+        // A value without a node: an error naming the key, and kept.
+        let (fake, mut store) = registered_fake();
+        let nobody = value("", "1-2", "c1");
+        fake.lock().unwrap().put(key.as_bytes(), nobody.as_bytes());
+        let e = store.release("fast", address, &ours("c1")).unwrap_err();
+        assert!(
+            e.to_string().starts_with(&format!(
+                "etcd: {key}: not a lease value (invalid value: string \"\""
+            )),
+            "{e}"
+        );
+        assert_eq!(fake.lock().unwrap().get(key).unwrap(), nobody);
+
+        // Our namespace under a pod member's name: deleted if unchanged
+        // since the release read it, and left if it changed meanwhile.
+        let member = value("n", "1-2", "pod-member");
+        let (fake, mut store) = registered_fake();
+        fake.lock().unwrap().put(key.as_bytes(), member.as_bytes());
+        store.release("fast", address, &ours("c1")).unwrap();
+        assert_eq!(paths(&fake), ["/v3/kv/txn", "/v3/kv/txn"]);
+        assert_eq!(fake.lock().unwrap().get(key), None);
+        let (fake, mut store) = registered_fake();
+        let now = value("m", "5-6", "new");
+        {
+            let mut fake = fake.lock().unwrap();
+            fake.put(key.as_bytes(), member.as_bytes());
+            fake.meanwhile
+                .insert(1, vec![(key.to_owned(), now.clone())]);
+        }
+        store.release("fast", address, &ours("c1")).unwrap();
+        assert_eq!(fake.lock().unwrap().get(key).unwrap(), now);
+
+        // Nothing there: one request, nothing done.
+        let (fake, mut store) = registered_fake();
+        store.release("fast", address, &ours("c1")).unwrap();
+        assert_eq!(paths(&fake), ["/v3/kv/txn"]);
     }
 
     #[test]
