@@ -541,6 +541,23 @@ impl EtcdLeases {
         format!("{}/nodes/{node}", self.prefix)
     }
 
+    /// Every key under `prefix`, values too unless `keys_only`.
+    fn under(&self, prefix: &str, keys_only: bool) -> Result<Vec<Kv>, EtcdError> {
+        let prefix = prefix.as_bytes();
+        self.client
+            .borrow_mut()
+            .range(prefix, Some(&prefix_end(prefix)), keys_only)
+    }
+
+    /// `key`, with its value, if it exists.
+    fn get(&self, key: &str) -> Result<Option<Kv>, EtcdError> {
+        let kvs = self
+            .client
+            .borrow_mut()
+            .range(key.as_bytes(), None, false)?;
+        Ok(kvs.into_iter().next())
+    }
+
     fn encode(holder: &Holder) -> Vec<u8> {
         serde_json::to_vec(&Value_::from(holder)).expect("a holder serialises")
     }
@@ -561,19 +578,10 @@ impl EtcdLeases {
     /// The addresses leased on `network`, by anyone.
     fn taken(&self, network: &str) -> Result<BTreeSet<IpAddr>, LeaseError> {
         let prefix = self.network_prefix(network);
-        let kvs = self.client.borrow_mut().range(
-            prefix.as_bytes(),
-            Some(&prefix_end(prefix.as_bytes())),
-            true,
-        )?;
+        let kvs = self.under(&prefix, true)?;
         Ok(kvs
             .iter()
-            .filter_map(|kv| {
-                std::str::from_utf8(kv.key.strip_prefix(prefix.as_bytes())?)
-                    .ok()?
-                    .parse()
-                    .ok()
-            })
+            .filter_map(|kv| address_of(&kv.key, &prefix))
             .collect())
     }
 
@@ -658,13 +666,8 @@ impl EtcdLeases {
 
     /// Who `<prefix>/nodes/<node>` says uses `node`, if anyone.
     pub fn registered(&self, node: &str) -> Result<Option<String>, EtcdError> {
-        let key = self.node_key(node);
-        let kvs = self
-            .client
-            .borrow_mut()
-            .range(key.as_bytes(), None, false)?;
-        Ok(kvs
-            .first()
+        Ok(self
+            .get(&self.node_key(node))?
             .map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
     }
 
@@ -684,11 +687,7 @@ impl EtcdLeases {
     /// operator's command, and each delete is progress.
     pub fn release_node(&self, node: &str) -> Result<Vec<(String, IpAddr, String)>, LeaseError> {
         let root = self.leases_root();
-        let kvs = self.client.borrow_mut().range(
-            root.as_bytes(),
-            Some(&prefix_end(root.as_bytes())),
-            false,
-        )?;
+        let kvs = self.under(&root, false)?;
         let mut freed = Vec::new();
         for kv in kvs {
             let Some((network, address)) = split_lease_key(&kv.key, &root) else {
@@ -714,6 +713,15 @@ impl EtcdLeases {
     }
 }
 
+/// The address of a key `<network prefix><address>`; `None` for a key
+/// that is no lease (nothing else is put there, but admins may).
+fn address_of(key: &[u8], network_prefix: &str) -> Option<IpAddr> {
+    std::str::from_utf8(key.strip_prefix(network_prefix.as_bytes())?)
+        .ok()?
+        .parse()
+        .ok()
+}
+
 /// `(network, address)` of a key `<root><network>/<address>`.
 fn split_lease_key(key: &[u8], root: &str) -> Option<(String, IpAddr)> {
     let rest = std::str::from_utf8(key.strip_prefix(root.as_bytes())?).ok()?;
@@ -723,12 +731,7 @@ fn split_lease_key(key: &[u8], root: &str) -> Option<(String, IpAddr)> {
 
 impl LeaseStore for EtcdLeases {
     fn holder(&self, network: &str, address: IpAddr) -> Result<Option<Holder>, LeaseError> {
-        let key = self.key(network, address);
-        let kvs = self
-            .client
-            .borrow_mut()
-            .range(key.as_bytes(), None, false)?;
-        match kvs.first() {
+        match self.get(&self.key(network, address))? {
             Some(kv) => Ok(Some(self.decode(&kv.key, &kv.value)?)),
             None => Ok(None),
         }
@@ -816,17 +819,9 @@ impl LeaseStore for EtcdLeases {
 
     fn list(&self, network: &str) -> Result<Vec<(IpAddr, Holder)>, LeaseError> {
         let prefix = self.network_prefix(network);
-        let kvs = self.client.borrow_mut().range(
-            prefix.as_bytes(),
-            Some(&prefix_end(prefix.as_bytes())),
-            false,
-        )?;
         let mut leases = Vec::new();
-        for kv in kvs {
-            let Some(address) = std::str::from_utf8(&kv.key[prefix.len()..])
-                .ok()
-                .and_then(|a| a.parse().ok())
-            else {
+        for kv in self.under(&prefix, false)? {
+            let Some(address) = address_of(&kv.key, &prefix) else {
                 continue;
             };
             leases.push((address, self.decode(&kv.key, &kv.value)?));
@@ -837,12 +832,8 @@ impl LeaseStore for EtcdLeases {
 
     fn networks(&self) -> Result<Vec<String>, LeaseError> {
         let root = self.leases_root();
-        let kvs = self.client.borrow_mut().range(
-            root.as_bytes(),
-            Some(&prefix_end(root.as_bytes())),
-            true,
-        )?;
-        let names: BTreeSet<String> = kvs
+        let names: BTreeSet<String> = self
+            .under(&root, true)?
             .iter()
             .filter_map(|kv| split_lease_key(&kv.key, &root).map(|(n, _)| n))
             .collect();
@@ -1574,5 +1565,18 @@ mod tests {
         );
         assert_eq!(split_lease_key(b"/n/leases/fast/junk", "/n/leases/"), None);
         assert_eq!(split_lease_key(b"/n/nodes/x", "/n/leases/"), None);
+        // A network's own keys, as list and a claim's read take them.
+        assert_eq!(
+            address_of(b"/n/leases/fast/10.0.0.5", "/n/leases/fast/"),
+            Some("10.0.0.5".parse().unwrap())
+        );
+        for other in [
+            &b"/n/leases/fast/10.0.0.5/x"[..],
+            b"/n/leases/fast/",
+            b"/n/leases/fas",
+            b"/n/leases/fast/\xff",
+        ] {
+            assert_eq!(address_of(other, "/n/leases/fast/"), None);
+        }
     }
 }
