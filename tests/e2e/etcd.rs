@@ -13,7 +13,10 @@
 //! and `gc --node` releases a dead node's; a node name another host uses
 //! is refused, and doctor says so. Over TLS (client certificates
 //! required) leases work, and an untrusted server or a missing client
-//! certificate fails at once with one line.
+//! certificate fails at once with one line. With every member killed, a
+//! prestart and a poststop of a container that asks for nothing succeed
+//! at once; with a member SIGSTOPped (it accepts, never answers), attaches
+//! and detaches still succeed within the timeout.
 //!
 //! Needs `etcd`, `etcdctl` and `openssl` (Debian's etcd-server, etcd-client
 //! and openssl, which scripts/setup.sh installs): without them the tests skip, saying so,
@@ -27,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::direct::{PinnedNetns, HOOK_PATH};
+use common::direct::{HookRun, PinnedNetns, Sleeper, HOOK_PATH};
 use common::ifaces_in;
 use nsbypass_testbed::Testbed;
 use serde_json::Value;
@@ -182,6 +185,23 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGSTOPs member `i` by its pid: it keeps its sockets and answers
+    /// nothing.
+    fn stop(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONTs member `i`.
+    fn cont(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
     }
 
     /// Starts member `i` again on its data.
@@ -923,4 +943,124 @@ fn leases_over_tls_with_a_client_certificate_and_one_line_when_trust_fails() {
     }
     ok(&tb, &good.path, &["detach", "--id", "t"]);
     assert_eq!(cluster.leases(), BTreeMap::new());
+}
+
+/// A bundle whose spec mentions nothing of nsbypass (no annotation, no
+/// `NSBYPASS_` variable), as most containers on a node have.
+fn plain_bundle(tb: &Testbed, name: &str) -> PathBuf {
+    let dir = tb.dir.join("direct").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["sleep", "600"], "env": ["PATH=/usr/bin:/bin"]},
+        "annotations": {"io.kubernetes.pod.namespace": "default"},
+    });
+    std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn hooks_that_ask_for_nothing_need_no_etcd() {
+    let Some(tb) = testbed() else { return };
+    let mut cluster = Cluster::start(&tb, 1);
+    let a = node_config(&tb, "node-a", &cluster.endpoints());
+    cluster.kill(0);
+    // Every member is gone: a prestart and a poststop of a container that
+    // asks for nothing succeed at once, without a word to etcd.
+    let bundle = plain_bundle(&tb, "plain");
+    let init = Sleeper::own_netns(&tb);
+    for run in [
+        HookRun::prestart(&tb, &a.path, "plain", init.pid, &bundle),
+        HookRun::poststop(&tb, &a.path, "plain", &bundle),
+    ] {
+        let result = run.run();
+        result.assert_ok();
+        assert!(
+            result.elapsed < Duration::from_millis(TIMEOUT_MS / 3),
+            "{} took {:?}",
+            result.what,
+            result.elapsed
+        );
+    }
+    assert!(init.links().is_empty());
+    // The store is really out of reach: a hook that asks does fail.
+    let asks = common::direct::bundle(&tb, "asks", None);
+    let line = HookRun::prestart(&tb, &a.path, "asks", init.pid, &asks)
+        .run()
+        .error_line()
+        .to_owned();
+    assert!(
+        line.contains("lease address: etcd: no endpoint answered within"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_stopped_member_costs_an_attach_its_share_of_the_timeout_not_the_attach() {
+    let Some(tb) = testbed() else { return };
+    let mut cluster = Cluster::start(&tb, 3);
+    let endpoints = cluster.endpoints();
+    let a = node_config(&tb, "node-a", &endpoints);
+    // SIGSTOP: the member's sockets stay, the kernel accepts connections
+    // to it, nothing ever answers (a hung machine, from the network).
+    cluster.stop(0);
+    cluster.wait_healthy(&[1, 2]);
+    let log = tb.dir.join("node-a.log");
+    let stalls = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("etcd endpoint did not answer")
+                    && l.contains(&endpoints[0])
+                    && l.contains("timed out")
+            })
+            .count()
+    };
+    // The first endpoint a run tries follows from its pid: attach until
+    // some runs have met the stopped member first.
+    let namespaces: Vec<PinnedNetns> = (0..15)
+        .map(|i| PinnedNetns::new(&tb, &format!("s{i}")))
+        .collect();
+    let mut attached = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (i, ns) in namespaces.iter().enumerate() {
+        let id = format!("s{i}");
+        let started = Instant::now();
+        let path = ns.path.to_str().unwrap();
+        ok(
+            &tb,
+            &a.path,
+            &["attach", "--netns", path, "--id", &id, "--network", "fast"],
+        );
+        slowest = slowest.max(started.elapsed());
+        attached.push((&a, id, ns));
+        if stalls() >= 2 {
+            break;
+        }
+    }
+    assert!(
+        stalls() >= 1,
+        "no attach of {} met the stopped member",
+        attached.len()
+    );
+    assert!(
+        slowest < Duration::from_millis(TIMEOUT_MS),
+        "an attach took {slowest:?}, its timeout is {TIMEOUT_MS} ms"
+    );
+    eprintln!(
+        "{} attaches, {} met the stopped member first, slowest {slowest:?}",
+        attached.len(),
+        stalls()
+    );
+    assert_unique_and_one_key_each(&cluster, &attached);
+    for (_, id, _) in &attached {
+        let started = Instant::now();
+        ok(&tb, &a.path, &["detach", "--id", id]);
+        assert!(started.elapsed() < Duration::from_millis(TIMEOUT_MS));
+    }
+    cluster.cont(0);
+    cluster.kill(0);
+    assert_eq!(cluster.leases(), BTreeMap::new(), "no lease key is left");
 }
