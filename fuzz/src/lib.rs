@@ -81,8 +81,8 @@ fn check_pool(name: &str, pool: Pool<'_>) {
 
 /// What the etcd store builds keys and connections from: a prefix that
 /// joins to keys, a node name that is one key component, endpoints that
-/// print and re-parse to themselves, a bounded timeout, TLS exactly when
-/// some endpoint is https.
+/// print and re-parse to themselves, all of one scheme, a bounded timeout,
+/// TLS exactly when the endpoints are https.
 fn check_leases(leases: &LeaseConfig) {
     let LeaseConfig::Etcd(etcd) = leases else {
         return;
@@ -109,4 +109,8 @@ fn check_leases(leases: &LeaseConfig) {
         "timeout {ms}"
     );
     assert_eq!(etcd.tls.is_some(), etcd.endpoints.iter().any(|e| e.tls));
+    assert!(
+        etcd.endpoints.iter().all(|e| e.tls == etcd.endpoints[0].tls),
+        "mixed http and https endpoints"
+    );
 }

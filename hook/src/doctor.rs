@@ -249,15 +249,15 @@ fn lease_checks(config: &Config, report: &mut Report) {
             report.add(match registered {
                 None => Check::ok(
                     format!("leases etcd node {node}"),
-                    format!("{key} is not there yet: this host's first lease writes its machine id there"),
+                    format!("{key} is not there yet: this host's first lease writes its host id there"),
                 ),
-                Some(id) if id == machine => Check::ok(
+                Some(id) if id == store.host_id() => Check::ok(
                     format!("leases etcd node {node}"),
                     format!("{key} names this host"),
                 ),
                 Some(other) => Check::fail(
                     format!("leases etcd node {node}"),
-                    format!("{key} names another host (machine id {other}; this host's is {machine}), so this host cannot lease"),
+                    format!("{key} names another host (host id {other}; this host's is {}), so this host cannot lease", store.host_id()),
                     format!("give this host its own [leases] node; if that host is gone for good, nsbypass gc --node {node}"),
                 ),
             });

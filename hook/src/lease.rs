@@ -25,13 +25,16 @@ use crate::derive;
 /// Lease files are a few dozen bytes.
 const MAX_LEASE_BYTES: u64 = 4096;
 
-/// Who holds a lease: the host (its machine id), the network namespace the
-/// address is configured in (a pod's containers share it; its key repeats
-/// across hosts) and the container that asked for it.
+/// Who holds a lease: the host (its machine id in the file store, its node
+/// name in etcd), the network namespace the address is configured in (a
+/// pod's containers share it; its key repeats across hosts) and the
+/// container that asked for it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Holder {
-    /// Leases written before holders named their host have none: they are
-    /// this host's, since the file store is node-local.
+    /// Lease files written before holders named their host have none: they
+    /// are this host's, since the file store is node-local. The etcd store
+    /// never yields an empty one (it refuses such a value), so no lease in
+    /// a store shared by nodes counts as every node's.
     #[serde(default)]
     pub host: String,
     pub netns: String,
@@ -45,7 +48,8 @@ impl Holder {
         self.netns == other.netns && self.same_host(other)
     }
 
-    /// Whether both name one host (a holder without a host is local).
+    /// Whether both name one host (a holder without a host is a legacy
+    /// lease file's: local).
     pub fn same_host(&self, other: &Holder) -> bool {
         self.host == other.host || self.host.is_empty() || other.host.is_empty()
     }

@@ -131,6 +131,14 @@ impl RawLeases {
             .map(|e| parse_endpoint(e))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| ("endpoints", m))?;
+        // One scheme for the whole cluster: a member reached in clear text
+        // beside others behind TLS is a typo or a downgrade, never a plan.
+        if endpoints.iter().any(|e| e.tls) && endpoints.iter().any(|e| !e.tls) {
+            return Err((
+                "endpoints",
+                "mixes http:// and https:// URLs; reach every member the same way (all https, with ca_file, or all http)".into(),
+            ));
+        }
         let prefix = match self.prefix {
             Some(p) => check_prefix(&p).map_err(|m| ("prefix", m))?,
             None => DEFAULT_PREFIX.to_owned(),
@@ -382,6 +390,10 @@ key_file = "/etc/nsbypass/k.pem""#)
         assert_eq!(
             raw("store = \"etcd\"\nendpoints = [\"https://127.0.0.1\"]").unwrap_err(),
             "ca_file: https endpoints need the CA that signed the etcd servers' certificates"
+        );
+        assert_eq!(
+            raw("store = \"etcd\"\nendpoints = [\"https://10.0.0.5\", \"http://10.0.0.6\"]\nca_file = \"/ca.pem\"").unwrap_err(),
+            "endpoints: mixes http:// and https:// URLs; reach every member the same way (all https, with ca_file, or all http)"
         );
         assert!(raw("store = \"consul\"")
             .unwrap_err()

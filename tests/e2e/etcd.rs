@@ -13,7 +13,10 @@
 //! and `gc --node` releases a dead node's; a node name another host uses
 //! is refused, and doctor says so. Over TLS (client certificates
 //! required) leases work, and an untrusted server or a missing client
-//! certificate fails at once with one line.
+//! certificate fails at once with one line. With every member killed, a
+//! prestart and a poststop of a container that asks for nothing succeed
+//! at once; with a member SIGSTOPped (it accepts, never answers), attaches
+//! and detaches still succeed within the timeout.
 //!
 //! Needs `etcd`, `etcdctl` and `openssl` (Debian's etcd-server, etcd-client
 //! and openssl, which scripts/setup.sh installs): without them the tests skip, saying so,
@@ -27,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::direct::{PinnedNetns, HOOK_PATH};
+use common::direct::{HookRun, PinnedNetns, Sleeper, HOOK_PATH};
 use common::ifaces_in;
 use nsbypass_testbed::Testbed;
 use serde_json::Value;
@@ -184,6 +187,23 @@ impl Cluster {
         }
     }
 
+    /// SIGSTOPs member `i` by its pid: it keeps its sockets and answers
+    /// nothing.
+    fn stop(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// SIGCONTs member `i`.
+    fn cont(&self, i: usize) {
+        self.signal(i, nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let child = self.members[i].child.as_ref().expect("a running member");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap();
+    }
+
     /// Starts member `i` again on its data.
     fn restart(&mut self, i: usize) {
         assert!(self.members[i].child.is_none());
@@ -288,6 +308,14 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// This host's id as `<prefix>/nodes/<node>` holds it: hex SHA-256 of
+/// `nsbypass-node-id:` and the machine id (README's key table).
+fn host_id() -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("nsbypass-node-id:{}", common::direct::machine_id()));
+    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// A node: a config with its own state_dir and node name.
@@ -509,6 +537,14 @@ fn two_nodes_share_a_pool_through_etcd_and_survive_a_member_but_not_quorum_loss(
             format!("{PREFIX}/nodes/node-b")
         ]
     );
+    // Registered by an id of nsbypass's own, never the machine id itself.
+    let value = cluster.etcdctl(&[
+        "get",
+        "--print-value-only",
+        &format!("{PREFIX}/nodes/node-a"),
+    ]);
+    assert_eq!(value.trim(), host_id(), "{value}");
+    assert!(!value.contains(&common::direct::machine_id()), "{value}");
 
     // One member down (whichever leads or not): attaches go on.
     cluster.kill(0);
@@ -723,7 +759,7 @@ fn gc_frees_only_its_own_nodes_leases_and_gc_node_releases_a_dead_nodes() {
         ],
     );
     assert!(
-        line.starts_with("nsbypass: attach z: network fast: lease address: etcd: node \"node-c\" is used by another host (machine id 0123456789abcdef0123456789abcdef, not this host's "),
+        line.starts_with(&format!("nsbypass: attach z: network fast: lease address: etcd: node \"node-c\" is used by another host (host id 0123456789abcdef0123456789abcdef, not this host's {}); ", host_id())),
         "{line}"
     );
     assert_eq!(address_in(&z.path), None);
@@ -740,9 +776,16 @@ fn gc_frees_only_its_own_nodes_leases_and_gc_node_releases_a_dead_nodes() {
     let lines = doctor(&c.path);
     assert!(
         lines.iter().any(|l| l.starts_with(&format!(
-            "FAIL leases etcd node node-c: {PREFIX}/nodes/node-c names another host"
+            "FAIL leases etcd node node-c: {PREFIX}/nodes/node-c names another host (host id 0123456789abcdef0123456789abcdef; this host's is {}), so this host cannot lease",
+            host_id()
         ))),
         "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.contains(&common::direct::machine_id())),
+        "doctor never prints the machine id: {lines:#?}"
     );
     let lines = doctor(&a.path);
     assert_eq!(lines.len(), 4, "{lines:#?}");
@@ -900,4 +943,124 @@ fn leases_over_tls_with_a_client_certificate_and_one_line_when_trust_fails() {
     }
     ok(&tb, &good.path, &["detach", "--id", "t"]);
     assert_eq!(cluster.leases(), BTreeMap::new());
+}
+
+/// A bundle whose spec mentions nothing of nsbypass (no annotation, no
+/// `NSBYPASS_` variable), as most containers on a node have.
+fn plain_bundle(tb: &Testbed, name: &str) -> PathBuf {
+    let dir = tb.dir.join("direct").join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = serde_json::json!({
+        "ociVersion": "1.0.2",
+        "root": {"path": "rootfs"},
+        "process": {"args": ["sleep", "600"], "env": ["PATH=/usr/bin:/bin"]},
+        "annotations": {"io.kubernetes.pod.namespace": "default"},
+    });
+    std::fs::write(dir.join("config.json"), spec.to_string()).unwrap();
+    dir
+}
+
+#[test]
+fn hooks_that_ask_for_nothing_need_no_etcd() {
+    let Some(tb) = testbed() else { return };
+    let mut cluster = Cluster::start(&tb, 1);
+    let a = node_config(&tb, "node-a", &cluster.endpoints());
+    cluster.kill(0);
+    // Every member is gone: a prestart and a poststop of a container that
+    // asks for nothing succeed at once, without a word to etcd.
+    let bundle = plain_bundle(&tb, "plain");
+    let init = Sleeper::own_netns(&tb);
+    for run in [
+        HookRun::prestart(&tb, &a.path, "plain", init.pid, &bundle),
+        HookRun::poststop(&tb, &a.path, "plain", &bundle),
+    ] {
+        let result = run.run();
+        result.assert_ok();
+        assert!(
+            result.elapsed < Duration::from_millis(TIMEOUT_MS / 3),
+            "{} took {:?}",
+            result.what,
+            result.elapsed
+        );
+    }
+    assert!(init.links().is_empty());
+    // The store is really out of reach: a hook that asks does fail.
+    let asks = common::direct::bundle(&tb, "asks", None);
+    let line = HookRun::prestart(&tb, &a.path, "asks", init.pid, &asks)
+        .run()
+        .error_line()
+        .to_owned();
+    assert!(
+        line.contains("lease address: etcd: no endpoint answered within"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_stopped_member_costs_an_attach_its_share_of_the_timeout_not_the_attach() {
+    let Some(tb) = testbed() else { return };
+    let mut cluster = Cluster::start(&tb, 3);
+    let endpoints = cluster.endpoints();
+    let a = node_config(&tb, "node-a", &endpoints);
+    // SIGSTOP: the member's sockets stay, the kernel accepts connections
+    // to it, nothing ever answers (a hung machine, from the network).
+    cluster.stop(0);
+    cluster.wait_healthy(&[1, 2]);
+    let log = tb.dir.join("node-a.log");
+    let stalls = || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| {
+                l.contains("etcd endpoint did not answer")
+                    && l.contains(&endpoints[0])
+                    && l.contains("timed out")
+            })
+            .count()
+    };
+    // The first endpoint a run tries follows from its pid: attach until
+    // some runs have met the stopped member first.
+    let namespaces: Vec<PinnedNetns> = (0..15)
+        .map(|i| PinnedNetns::new(&tb, &format!("s{i}")))
+        .collect();
+    let mut attached = Vec::new();
+    let mut slowest = Duration::ZERO;
+    for (i, ns) in namespaces.iter().enumerate() {
+        let id = format!("s{i}");
+        let started = Instant::now();
+        let path = ns.path.to_str().unwrap();
+        ok(
+            &tb,
+            &a.path,
+            &["attach", "--netns", path, "--id", &id, "--network", "fast"],
+        );
+        slowest = slowest.max(started.elapsed());
+        attached.push((&a, id, ns));
+        if stalls() >= 2 {
+            break;
+        }
+    }
+    assert!(
+        stalls() >= 1,
+        "no attach of {} met the stopped member",
+        attached.len()
+    );
+    assert!(
+        slowest < Duration::from_millis(TIMEOUT_MS),
+        "an attach took {slowest:?}, its timeout is {TIMEOUT_MS} ms"
+    );
+    eprintln!(
+        "{} attaches, {} met the stopped member first, slowest {slowest:?}",
+        attached.len(),
+        stalls()
+    );
+    assert_unique_and_one_key_each(&cluster, &attached);
+    for (_, id, _) in &attached {
+        let started = Instant::now();
+        ok(&tb, &a.path, &["detach", "--id", id]);
+        assert!(started.elapsed() < Duration::from_millis(TIMEOUT_MS));
+    }
+    cluster.cont(0);
+    cluster.kill(0);
+    assert_eq!(cluster.leases(), BTreeMap::new(), "no lease key is left");
 }

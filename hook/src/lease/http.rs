@@ -9,9 +9,15 @@
 //! chunked encoding (Go's net/http chunks bodies larger than its buffer).
 //! One connection is kept open for the run (keep-alive), so a claim's read
 //! and create share it.
+//!
+//! Bounded means every step: the name lookup (in a child process, see
+//! [`resolve`]), the connect, and each read and write of the socket
+//! (through [`Timed`], which also bounds what rustls reads and writes in
+//! its handshake and for each record).
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -65,16 +71,62 @@ pub struct Response {
     pub body: Vec<u8>,
 }
 
+/// A TCP stream bounded by a deadline: before every read and write the
+/// socket's timeout is set to what remains of it, and once nothing does,
+/// the call fails with `TimedOut` without touching the socket. A socket
+/// timeout alone bounds one system call, not a sequence of them: rustls
+/// makes many in one handshake, and a server that trickles bytes would
+/// stretch a response's reads past any deadline set once.
+struct Timed {
+    tcp: TcpStream,
+    deadline: Instant,
+}
+
+impl Timed {
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"));
+        }
+        Ok(left)
+    }
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.tcp.set_read_timeout(Some(self.left()?))?;
+        self.tcp.read(buf)
+    }
+}
+
+impl Write for Timed {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.tcp.set_write_timeout(Some(self.left()?))?;
+        self.tcp.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.tcp.flush()
+    }
+}
+
 enum Stream {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
+    Plain(Timed),
+    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, Timed>>),
 }
 
 impl Stream {
-    fn tcp(&self) -> &TcpStream {
+    fn timed(&self) -> &Timed {
         match self {
             Stream::Plain(s) => s,
             Stream::Tls(s) => s.get_ref(),
+        }
+    }
+
+    /// Bounds every read and write from now on by `deadline`.
+    fn bound(&mut self, deadline: Instant) {
+        match self {
+            Stream::Plain(s) => s.deadline = deadline,
+            Stream::Tls(s) => s.get_mut().deadline = deadline,
         }
     }
 }
@@ -131,14 +183,7 @@ impl Conn {
         deadline: Instant,
     ) -> Result<Conn, HttpError> {
         let authority = endpoint.authority();
-        // An IP address is taken as it is; a name goes to the resolver.
-        let addrs: Vec<SocketAddr> = match authority.parse::<SocketAddr>() {
-            Ok(addr) => vec![addr],
-            Err(_) => authority
-                .to_socket_addrs()
-                .map_err(HttpError::Resolve)?
-                .collect(),
-        };
+        let addrs = resolve(&authority, deadline)?;
         let mut last = None;
         let mut tcp = None;
         for addr in addrs {
@@ -163,6 +208,7 @@ impl Conn {
         };
         // Small requests, each waited for: never hold one back.
         tcp.set_nodelay(true).map_err(HttpError::Connect)?;
+        let tcp = Timed { tcp, deadline };
         let stream = match endpoint.tls {
             false => Stream::Plain(tcp),
             true => {
@@ -188,23 +234,16 @@ impl Conn {
         self.closing
     }
 
-    fn bound(&self, deadline: Instant) -> Result<(), HttpError> {
-        let left = remaining(deadline)?;
-        let tcp = self.stream.tcp();
-        tcp.set_read_timeout(Some(left)).map_err(HttpError::Io)?;
-        tcp.set_write_timeout(Some(left)).map_err(HttpError::Io)?;
-        Ok(())
-    }
-
     /// POSTs `body` (JSON) to `path` and reads the whole response, all by
-    /// `deadline`.
+    /// `deadline` (a TLS handshake not yet done included).
     pub fn post(
         &mut self,
         path: &str,
         body: &[u8],
         deadline: Instant,
     ) -> Result<Response, HttpError> {
-        self.bound(deadline)?;
+        remaining(deadline)?;
+        self.stream.bound(deadline);
         let mut request = format!(
             "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
@@ -222,7 +261,7 @@ impl Conn {
     fn fill(&mut self, want: usize, deadline: Instant) -> Result<(), HttpError> {
         let mut chunk = [0u8; 16 << 10];
         while self.buffer.len() < want {
-            self.bound(deadline)?;
+            remaining(deadline)?;
             let n = self.stream.read(&mut chunk)?;
             if n == 0 {
                 return Err(HttpError::Closed);
@@ -322,7 +361,99 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        let _ = self.stream.tcp().shutdown(Shutdown::Both);
+        let _ = self.stream.timed().tcp.shutdown(Shutdown::Both);
+    }
+}
+
+/// `authority`'s socket addresses, by `deadline`. An IP address is taken
+/// as it is; a name goes to the system's resolver (getaddrinfo, which has
+/// no timeout of its own and may wait out several name servers) in a child
+/// process that is killed if it has not answered by the deadline. Not a
+/// thread: a thread left behind would make the hook multithreaded, and
+/// entering a container's mount namespace (a profile's undo after a failed
+/// lease) needs a single-threaded process.
+pub fn resolve(authority: &str, deadline: Instant) -> Result<Vec<SocketAddr>, HttpError> {
+    if let Ok(addr) = authority.parse::<SocketAddr>() {
+        return Ok(vec![addr]);
+    }
+    let name = authority.to_owned();
+    let answer = in_child(deadline, move || match name.to_socket_addrs() {
+        Ok(addrs) => addrs.map(|a| format!("{a}\n")).collect(),
+        Err(e) => format!("!{e}\n"),
+    })?;
+    let mut addrs = Vec::new();
+    for line in answer.lines() {
+        if let Some(why) = line.strip_prefix('!') {
+            return Err(HttpError::Resolve(io::Error::other(why.to_owned())));
+        }
+        let addr = line
+            .parse()
+            .map_err(|_| HttpError::Resolve(io::Error::other("the lookup said nonsense")))?;
+        addrs.push(addr);
+    }
+    Ok(addrs)
+}
+
+/// Runs `f` in a forked child and returns what it said, if it said it by
+/// `deadline`; a child that has not is killed (by its pid) and reaped. The
+/// child dies with this process too (`PR_SET_PDEATHSIG`): it holds copies
+/// of every descriptor, the state lock's included.
+fn in_child(deadline: Instant, f: impl FnOnce() -> String) -> Result<String, HttpError> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::waitpid;
+    use nix::unistd::{fork, getpid, getppid, ForkResult};
+    let timed_out = || HttpError::Resolve(io::Error::new(io::ErrorKind::TimedOut, "timed out"));
+    if remaining(deadline).is_err() {
+        return Err(timed_out());
+    }
+    let (mut ours, mut theirs) = UnixStream::pair().map_err(HttpError::Resolve)?;
+    let parent = getpid();
+    // SAFETY: the hook is single-threaded, so the child may do what the
+    // parent could; it only runs `f`, writes and _exits. (Unit tests run
+    // threads beside it: glibc's allocator and resolver are fork-safe.)
+    match unsafe { fork() }.map_err(|e| HttpError::Resolve(e.into()))? {
+        ForkResult::Child => {
+            drop(ours);
+            let _ = nix::sys::prctl::set_pdeathsig(Signal::SIGKILL);
+            if getppid() == parent {
+                let _ = theirs.write_all(f().as_bytes());
+            }
+            // SAFETY: ends the child at once: no destructor, no atexit
+            // handler, no flush of buffers that are the parent's.
+            unsafe { nix::libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            drop(theirs);
+            let mut answer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            let said = loop {
+                let Ok(left) = remaining(deadline) else {
+                    break Err(timed_out());
+                };
+                if let Err(e) = ours.set_read_timeout(Some(left)) {
+                    break Err(HttpError::Resolve(e));
+                }
+                match ours.read(&mut chunk) {
+                    Ok(0) => break Ok(()),
+                    Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                        ) =>
+                    {
+                        break Err(timed_out())
+                    }
+                    Err(e) => break Err(HttpError::Resolve(e)),
+                }
+            };
+            if said.is_err() {
+                let _ = kill(child, Signal::SIGKILL);
+            }
+            let _ = waitpid(child, None);
+            said.map(|()| String::from_utf8_lossy(&answer).into_owned())
+        }
     }
 }
 
@@ -482,6 +613,97 @@ mod tests {
         server.join().unwrap();
         // The server thread ended, closing its end.
         assert!(matches!(e, Err(HttpError::Closed)), "{e:?}");
+    }
+
+    /// A TLS client configuration that trusts nothing: enough to start a
+    /// handshake.
+    fn untrusting() -> Arc<rustls::ClientConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+        )
+    }
+
+    #[test]
+    fn a_tls_server_that_trickles_its_handshake_is_cut_at_the_deadline() {
+        // It reads the ClientHello, then announces a 16 KiB handshake
+        // record and sends it a byte every 20 ms: every read returns well
+        // inside any one socket timeout, the handshake never ends.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut hello = [0u8; 512];
+            let _ = sock.read(&mut hello);
+            let _ = sock.write_all(&[0x16, 0x03, 0x03, 0x40, 0x00]);
+            for _ in 0..100 {
+                std::thread::sleep(Duration::from_millis(20));
+                if sock.write_all(&[0]).is_err() {
+                    return;
+                }
+            }
+        });
+        let endpoint = Endpoint {
+            tls: true,
+            host: "127.0.0.1".into(),
+            port,
+        };
+        let tls = untrusting();
+        let started = Instant::now();
+        let deadline = started + Duration::from_millis(300);
+        let mut conn = Conn::open(&endpoint, Some(&tls), deadline).unwrap();
+        let e = conn.post("/v3/kv/range", b"{}", deadline).unwrap_err();
+        let took = started.elapsed();
+        assert!(matches!(e, HttpError::TimedOut), "{e}");
+        assert!(
+            took >= Duration::from_millis(290) && took < Duration::from_millis(600),
+            "{took:?}"
+        );
+        drop(conn);
+        server.join().unwrap();
+    }
+
+    #[test]
+    fn a_name_is_resolved_within_the_deadline_or_not_at_all() {
+        let soon = Instant::now() + Duration::from_secs(5);
+        let addrs = resolve("localhost:2379", soon).unwrap();
+        assert!(!addrs.is_empty());
+        assert!(addrs
+            .iter()
+            .all(|a| a.ip().is_loopback() && a.port() == 2379));
+        assert_eq!(
+            resolve("10.0.0.5:2379", soon).unwrap(),
+            ["10.0.0.5:2379".parse().unwrap()]
+        );
+
+        // A resolver that hangs (here: a child that sleeps): given up at
+        // the deadline, the child killed.
+        let started = Instant::now();
+        let e = in_child(started + Duration::from_millis(200), || {
+            std::thread::sleep(Duration::from_secs(30));
+            "127.0.0.1:1\n".into()
+        })
+        .unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(e.to_string(), "resolve: timed out");
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_millis(500),
+            "{took:?}"
+        );
+        // A name nobody has: an error by the deadline, whatever the
+        // machine's resolver does with it.
+        let started = Instant::now();
+        let e = resolve(
+            "no-such-host.invalid:2379",
+            started + Duration::from_millis(500),
+        )
+        .unwrap_err();
+        assert!(matches!(e, HttpError::Resolve(_)), "{e}");
+        assert!(started.elapsed() < Duration::from_millis(800));
     }
 
     #[test]
