@@ -69,7 +69,7 @@ impl Node {
         let host_id = machine_id(Path::new(MACHINE_ID))?;
         let lease_host = match &config.leases {
             LeaseConfig::File => host_id.clone(),
-            LeaseConfig::Etcd(etcd) => etcd::node_name(etcd).step(Step::ReadMachineId)?,
+            LeaseConfig::Etcd(etcd) => etcd::node_name(etcd).step(Step::Validate)?,
         };
         Ok(Node {
             config,
