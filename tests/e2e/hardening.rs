@@ -422,7 +422,9 @@ fn fill(state: &Path, free_inodes: Option<u64>, free_bytes: Option<u64>) {
 fn state_files(state: &Path) -> Vec<String> {
     files_under(state)
         .into_iter()
-        .filter(|f| f != "lock" && !f.starts_with("filler/"))
+        // The lock, and store.json (which lease store the records use),
+        // are the directory's own, not anything a container left.
+        .filter(|f| f != "lock" && f != "store.json" && !f.starts_with("filler/"))
         .collect()
 }
 

@@ -590,6 +590,8 @@ fn gc_after_killed_attaches_and_hooks_and_deleted_namespaces_makes_the_pool_whol
     HookRun::poststop(&tb, &config, "podc", &pod_bundle)
         .run()
         .assert_ok();
+    // running's namespace drains until the kernel is done with it.
+    sweep_drained(&tb, "after the poststops");
     ok(&tb, &config, &["gc"]);
     assert!(leases_on(&tb).is_empty(), "{:?}", leases_on(&tb));
     for sub in ["netns", "tmp"] {
