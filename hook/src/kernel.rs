@@ -97,9 +97,13 @@ pub trait Reach {
     /// The links of the namespace that has id `nsid` now (ids are reused:
     /// not necessarily the one that had it when it was recorded).
     fn links_in(&mut self, nsid: i32) -> Result<Vec<Link>>;
-    /// Whether a MACVLAN child with `mac` (`aa:bb:...`) is up on host link
-    /// `parent`, in whatever namespace it lives.
-    fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool>;
+    /// The MACs (`aa:bb:...`) of the MACVLAN children up on host link
+    /// `parent`, in whatever namespace they live: its unicast list.
+    fn macs_on(&mut self, parent: &str) -> Result<Vec<String>>;
+    /// Whether a MACVLAN child with `mac` is up on host link `parent`.
+    fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool> {
+        Ok(self.macs_on(parent)?.iter().any(|m| m == mac))
+    }
     /// A kernel for the namespace `who` found without a recorded path:
     /// through a bind mount of it, a process in it, or an fd to it (an
     /// engine that keeps a container's namespace past its poststop, as
@@ -173,6 +177,49 @@ pub fn reachable(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Option<B
         }
     }
     reach.discover_mounted(&who)
+}
+
+/// What checking many draining records needs from the kernel, asked for
+/// once: the live namespace ids and each parent's unicast list (a dump
+/// that grows with every MACVLAN on the parent). [`kernel::gone`] per
+/// record would ask again for each.
+pub struct Census<'a> {
+    reach: &'a mut dyn Reach,
+    nsids: Option<Vec<i32>>,
+    macs: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl<'a> Census<'a> {
+    pub fn new(reach: &'a mut dyn Reach) -> Census<'a> {
+        Census {
+            reach,
+            nsids: None,
+            macs: Default::default(),
+        }
+    }
+
+    /// [`gone`], from the census.
+    pub fn gone(&mut self, record: &NetnsRecord) -> Result<bool> {
+        if let Some(nsid) = record.nsid {
+            if self.nsids.is_none() {
+                self.nsids = Some(self.reach.live_nsids()?);
+            }
+            let live = self.nsids.as_ref().is_some_and(|ids| ids.contains(&nsid));
+            if live && holds_a_link(self.reach, nsid, record)? {
+                return Ok(false);
+            }
+        }
+        for link in record.links.iter().filter(|l| !l.passthru) {
+            if !self.macs.contains_key(&link.parent) {
+                let macs = self.reach.macs_on(&link.parent)?;
+                self.macs.insert(link.parent.clone(), macs);
+            }
+            if self.macs[&link.parent].contains(&link.mac) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
 }
 
 /// Whether `record`'s namespace is surely gone with its links: what
@@ -396,16 +443,17 @@ impl Reach for RealReach {
         self.host()?.links_in(nsid)
     }
 
-    fn mac_up_on(&mut self, parent: &str, mac: &str) -> Result<bool> {
+    fn macs_on(&mut self, parent: &str) -> Result<Vec<String>> {
         let host = self.host()?;
         let Some(parent) = host.link_by_name(parent)? else {
             // No parent, no children.
-            return Ok(false);
+            return Ok(Vec::new());
         };
         Ok(host
             .unicast_macs(parent.index)?
             .iter()
-            .any(|m| nsutil::netlink::format_mac(m) == mac))
+            .map(nsutil::netlink::format_mac)
+            .collect())
     }
 
     fn discover_mounted(&mut self, who: &Identity) -> Result<Option<Box<dyn Kernel>>> {

@@ -103,6 +103,7 @@ impl Node {
         state: &'a StateDir,
         leases: &'a mut dyn LeaseStore,
         reach: &'a mut RealReach,
+        sweep: reconcile::Sweep,
     ) -> Stores<'a> {
         let mut stores = Stores {
             state,
@@ -111,7 +112,7 @@ impl Node {
             host: &self.lease_host,
             machine: &self.host_id,
         };
-        match reconcile::sweep_draining(&mut stores, reconcile::Sweep::Recent) {
+        match reconcile::sweep_draining(&mut stores, sweep) {
             Ok(0) => {}
             Ok(swept) => tracing::debug!(swept, "freed the addresses of namespaces that drained"),
             Err(failure) => tracing::warn!(%failure, "sweeping namespaces that drain"),
@@ -168,7 +169,8 @@ impl Node {
     }
 
     /// Runs `work` with the state locked and this host's stores, for the
-    /// commands that read or repair state as a whole (`list`, `gc`).
+    /// commands that read or repair state as a whole (`list`, `gc`): they
+    /// sweep every draining namespace first, however young or old.
     pub fn with_stores<T>(
         &self,
         work: impl FnOnce(&mut Stores) -> Result<T, Failure>,
@@ -176,7 +178,7 @@ impl Node {
         let state = self.lock()?;
         let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach, reconcile::Sweep::All);
         work(&mut stores)
     }
 
@@ -214,7 +216,7 @@ impl Node {
         tracing::debug!("state locked");
         let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach, reconcile::Sweep::Due);
 
         let ctx = network.as_ref().map(|n| n.context(target, self, request));
         let prepared = match (&ctx, &mut network) {
@@ -408,7 +410,7 @@ impl Node {
         let state = self.lock()?;
         let mut leases = self.leases(&state);
         let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, leases.as_mut(), &mut reach);
+        let mut stores = self.stores(&state, leases.as_mut(), &mut reach, reconcile::Sweep::Due);
         shim::around_teardown(
             &self.config,
             container,

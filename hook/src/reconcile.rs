@@ -176,9 +176,21 @@ pub fn reclaim(network: &str, stores: &mut Stores) -> Result<usize, Failure> {
     free_unused(network, stores, |_| true)
 }
 
-/// How long (seconds) a draining namespace (see [`sweep_draining`]) is
-/// looked at by every run; after that only `gc` and a setup that needs its
-/// address do.
+/// A hook run looks at a draining namespace (see [`sweep_draining`]) only
+/// once it began to drain at least this many seconds ago: the kernel is
+/// normally done in some tens of milliseconds, and looking sooner would
+/// have nearly every prestart of a churning host pay a dump of the
+/// parent's unicast list (which grows with every MACVLAN on it) for the
+/// poststop just before. A second later one run looks at all that are due
+/// at once, with one dump.
+pub const DRAINING_AFTER: u64 = 1;
+
+/// A namespace still there this many seconds after it began to drain is
+/// kept by someone; see [`sweep_draining`].
+pub const DRAINING_KEPT: u64 = 2;
+
+/// How long (seconds) a draining namespace is looked at by every hook run;
+/// after that only `list`, `gc` and a setup that needs its address do.
 /// Normally the kernel is done in some tens of milliseconds; one that
 /// lives on out of reach (someone keeps it) would otherwise cost every run
 /// a few netlink requests forever.
@@ -193,34 +205,55 @@ pub const DRAINING_LOOK: u64 = 60;
 /// it costs one directory read when nothing drains. Returns how many
 /// namespaces went.
 pub fn sweep_draining(stores: &mut Stores, sweep: Sweep) -> Result<usize, Failure> {
-    let mut swept = 0;
     let now = crate::records::now();
+    let mut due = Vec::new();
     for (key, marker) in stores.state.draining().step(Step::ReadRecords)? {
         let age = now.saturating_sub(marker.since);
-        let record = stores.state.netns(&key).step(Step::ReadRecords)?;
-        let done = match record {
-            None => true,
-            Some(record) if !record.members.is_empty() => true,
-            Some(_) if sweep == Sweep::Recent && age > DRAINING_LOOK => false,
-            Some(record) if kernel::gone(stores.reach, &record).step(Step::OpenNamespace)? => {
+        let look = match sweep {
+            Sweep::All => true,
+            Sweep::Due => (DRAINING_AFTER..=DRAINING_LOOK).contains(&age),
+        };
+        if look {
+            due.push((key, age));
+        }
+    }
+    if due.is_empty() {
+        return Ok(0);
+    }
+    let mut swept = 0;
+    let mut kept = Vec::new();
+    {
+        // One dump of the ids and of each parent's unicast list for all
+        // of them.
+        let mut census = kernel::Census::new(stores.reach);
+        let mut gone = Vec::new();
+        for (key, age) in due {
+            match stores.state.netns(&key).step(Step::ReadRecords)? {
+                None => gone.push((key, None)),
+                Some(record) if !record.members.is_empty() => gone.push((key, None)),
+                Some(record) if census.gone(&record).step(Step::OpenNamespace)? => {
+                    gone.push((key, Some(record)))
+                }
+                Some(record) => kept.push((key, age, record)),
+            }
+        }
+        drop(census);
+        for (key, record) in gone {
+            if let Some(record) = record {
                 let (record, _) = settle(record, Presence::Gone, stores)?;
                 stores.state.put_netns(&record).step(Step::WriteRecord)?;
                 swept += 1;
-                true
             }
-            // Not gone a while after its last member left: someone keeps
-            // it. Look for it as a full teardown would (every process and
-            // fd) and remove the links there, which nobody wants.
-            Some(record) if sweep == Sweep::All || age >= kernel::DYING_WAIT.as_secs() => {
-                let presence = kernel::presence(stores.reach, &record).step(Step::OpenNamespace)?;
-                let emptied = empty_kept(record, presence, stores)?;
-                swept += usize::from(emptied);
-                emptied
-            }
-            Some(_) => false,
-        };
-        if done {
             stores.state.unmark_draining(&key).step(Step::WriteRecord)?;
+        }
+    }
+    // Not gone a while after its last member left: someone keeps it. Look
+    // for it as a full teardown would (every process and fd) and remove the
+    // links there, which nobody wants.
+    for (_, age, record) in kept {
+        if sweep == Sweep::All || age >= DRAINING_KEPT {
+            let presence = kernel::presence(stores.reach, &record).step(Step::OpenNamespace)?;
+            swept += usize::from(empty_kept(record, presence, stores)?);
         }
     }
     Ok(swept)
@@ -229,10 +262,10 @@ pub fn sweep_draining(stores: &mut Stores, sweep: Sweep) -> Result<usize, Failur
 /// Which draining namespaces [`sweep_draining`] looks at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sweep {
-    /// Those that began to drain within [`DRAINING_LOOK`]: what every run
-    /// does.
-    Recent,
-    /// All of them: what `gc` does.
+    /// Those that began to drain between [`DRAINING_AFTER`] and
+    /// [`DRAINING_LOOK`] seconds ago: what every hook run does.
+    Due,
+    /// All of them: what `list` and `gc` do.
     All,
 }
 

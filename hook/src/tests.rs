@@ -345,7 +345,7 @@ impl Reach for FakeReach {
             .unwrap_or_default())
     }
 
-    fn mac_up_on(&mut self, _parent: &str, mac: &str) -> nsutil::Result<bool> {
+    fn macs_on(&mut self, _parent: &str) -> nsutil::Result<Vec<String>> {
         let mut w = self.0.borrow_mut();
         let now = std::time::Instant::now();
         let gone: Vec<NetnsId> = w
@@ -358,10 +358,12 @@ impl Reach for FakeReach {
             w.dies_at.remove(&id);
             w.namespaces.remove(&id);
         }
-        Ok(w.namespaces.values().flat_map(|n| &n.links).any(|l| {
-            l.up && l.kind.as_deref() == Some("macvlan")
-                && l.mac.map(|m| format_mac(&m)).as_deref() == Some(mac)
-        }))
+        Ok(w.namespaces
+            .values()
+            .flat_map(|n| &n.links)
+            .filter(|l| l.up && l.kind.as_deref() == Some("macvlan"))
+            .filter_map(|l| l.mac.map(|m| format_mac(&m)))
+            .collect())
     }
 }
 
@@ -1464,7 +1466,7 @@ fn a_quick_teardown_drains_what_no_path_or_bind_mount_reaches_and_cleans_what_on
     std::thread::sleep(std::time::Duration::from_millis(50));
     bed.with_stores(HOST, |s| {
         assert_eq!(
-            reconcile::sweep_draining(s, reconcile::Sweep::Recent).unwrap(),
+            reconcile::sweep_draining(s, reconcile::Sweep::All).unwrap(),
             1
         )
     });
@@ -1487,7 +1489,7 @@ fn a_drained_namespace_is_swept_by_the_next_run_once_the_kernel_is_done() {
     // Still dying: the sweep keeps it, and its lease.
     bed.with_stores(HOST, |s| {
         assert_eq!(
-            reconcile::sweep_draining(s, reconcile::Sweep::Recent).unwrap(),
+            reconcile::sweep_draining(s, reconcile::Sweep::All).unwrap(),
             0
         )
     });
@@ -1495,7 +1497,7 @@ fn a_drained_namespace_is_swept_by_the_next_run_once_the_kernel_is_done() {
     std::thread::sleep(std::time::Duration::from_millis(50));
     bed.with_stores(HOST, |s| {
         assert_eq!(
-            reconcile::sweep_draining(s, reconcile::Sweep::Recent).unwrap(),
+            reconcile::sweep_draining(s, reconcile::Sweep::All).unwrap(),
             1
         )
     });
