@@ -260,6 +260,38 @@ pub fn macs_up(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
     Ok(false)
 }
 
+/// The (parent, MAC) of `record`'s links, passthru ones (which carry the
+/// parent's MAC, so give no sign there) left out.
+pub fn parent_macs(record: &NetnsRecord) -> impl Iterator<Item = (String, String)> + '_ {
+    record
+        .links
+        .iter()
+        .filter(|l| !l.passthru)
+        .map(|l| (l.parent.clone(), l.mac.clone()))
+}
+
+/// Waits until none of `macs` is up on its parent, or `wait` passed;
+/// checks every 5 ms (the kernel destroys a namespace in some tens of
+/// milliseconds).
+pub fn await_macs_gone(
+    reach: &mut dyn Reach,
+    macs: &[(String, String)],
+    wait: Duration,
+) -> Result<()> {
+    let deadline = std::time::Instant::now() + wait;
+    while !macs.is_empty() && std::time::Instant::now() < deadline {
+        let mut up = false;
+        for (parent, mac) in macs {
+            up |= reach.mac_up_on(parent, mac)?;
+        }
+        if !up {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
 /// Whether `member` still runs in namespace `id`: its init's
 /// `/proc/<pid>/ns/net` still leads there, and the pid is still that init.
 pub fn alive(reach: &mut dyn Reach, member: &Member, id: NetnsId) -> bool {

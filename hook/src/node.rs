@@ -384,16 +384,9 @@ impl Node {
             Ok(macs) => macs,
             Err(failure) => return tracing::warn!(%failure, "reading the namespaces that drain"),
         };
-        let deadline = Instant::now() + kernel::DYING_WAIT;
-        let mut reach = RealReach::default();
-        while Instant::now() < deadline {
-            let up = macs.iter().any(|(parent, mac)| {
-                kernel::Reach::mac_up_on(&mut reach, parent, mac).unwrap_or(false)
-            });
-            if !up {
-                break;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(5));
+        let waited = kernel::await_macs_gone(&mut RealReach::default(), &macs, kernel::DYING_WAIT);
+        if let Err(e) = waited {
+            tracing::warn!(error = %e, "waiting for the namespaces that drain");
         }
         if let Err(failure) = self.with_stores(|_| Ok(())) {
             tracing::warn!(%failure, "sweeping the namespaces that drain");

@@ -14,7 +14,7 @@
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::failure::{Failure, Step, StepExt};
 use crate::kernel::{self, Kernel, Presence, Reach};
@@ -288,19 +288,13 @@ fn empty_kept(
     Ok(record.is_empty())
 }
 
-/// The (parent, MAC) of every link of a draining namespace, passthru ones
-/// (which carry the parent's MAC) left out.
+/// The (parent, MAC) of every link of a draining namespace (see
+/// [`kernel::parent_macs`]).
 pub fn draining_macs(stores: &mut Stores) -> Result<Vec<(String, String)>, Failure> {
     let mut macs = Vec::new();
     for (key, _) in stores.state.draining().step(Step::ReadRecords)? {
         if let Some(record) = stores.state.netns(&key).step(Step::ReadRecords)? {
-            macs.extend(
-                record
-                    .links
-                    .iter()
-                    .filter(|l| !l.passthru)
-                    .map(|l| (l.parent.clone(), l.mac.clone())),
-            );
+            macs.extend(kernel::parent_macs(&record));
         }
     }
     Ok(macs)
@@ -336,30 +330,10 @@ pub fn await_draining(network: &str, stores: &mut Stores, wait: Duration) -> Res
         let presence =
             kernel::presence(stores.reach, &record).step_on(Step::OpenNamespace, network)?;
         if matches!(presence, Presence::Dying | Presence::Unreachable) {
-            macs.extend(
-                record
-                    .links
-                    .iter()
-                    .filter(|l| !l.passthru)
-                    .map(|l| (l.parent.clone(), l.mac.clone())),
-            );
+            macs.extend(kernel::parent_macs(&record));
         }
     }
-    let deadline = Instant::now() + wait;
-    while !macs.is_empty() && Instant::now() < deadline {
-        let mut up = false;
-        for (parent, mac) in &macs {
-            up |= stores
-                .reach
-                .mac_up_on(parent, mac)
-                .step_on(Step::OpenNamespace, network)?;
-        }
-        if !up {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    Ok(())
+    kernel::await_macs_gone(stores.reach, &macs, wait).step_on(Step::OpenNamespace, network)
 }
 
 /// Frees this host's leases on `network` taken for `container` that no

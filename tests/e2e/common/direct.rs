@@ -696,21 +696,27 @@ pub fn assert_state_empty(tb: &Testbed, when: &str) {
 /// Runs `nsbypass gc` with `config` in the testbed's host namespace;
 /// panics unless it succeeds.
 pub fn gc(tb: &Testbed, config: &Path) {
+    run_ok(tb, config, "gc", "");
+}
+
+/// Runs `nsbypass --config CONFIG COMMAND` in the testbed's host namespace
+/// with the hook's environment; panics (saying `when`) unless it succeeds.
+fn run_ok(tb: &Testbed, config: &Path, command: &str, when: &str) {
     let out = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", tb.host_ns))
         .arg("--")
         .arg(super::nsbypass())
         .arg("--config")
         .arg(config)
-        .arg("gc")
+        .arg(command)
         .env_clear()
         .env("PATH", HOOK_PATH)
         .stdin(Stdio::null())
         .output()
-        .expect("running nsbypass gc");
+        .expect("running nsbypass");
     assert!(
         out.status.success(),
-        "nsbypass gc: {}",
+        "{when}: nsbypass {command}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }
@@ -743,23 +749,7 @@ pub fn sweep_drained_in(tb: &Testbed, state: &Path, when: &str) {
     let config = tb.dir.join("sweep.toml");
     std::fs::write(&config, format!("state_dir = \"{}\"\n", state.display()))
         .expect("writing the sweep config");
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", tb.host_ns))
-        .arg("--")
-        .arg(super::nsbypass())
-        .arg("--config")
-        .arg(&config)
-        .arg("list")
-        .env_clear()
-        .env("PATH", HOOK_PATH)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running nsbypass list");
-    assert!(
-        out.status.success(),
-        "{when}: nsbypass list: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(tb, &config, "list", when);
 }
 
 /// This machine's id, as nsbypass names its host in leases.
