@@ -110,7 +110,9 @@ fn check_leases(leases: &LeaseConfig) {
     );
     assert_eq!(etcd.tls.is_some(), etcd.endpoints.iter().any(|e| e.tls));
     assert!(
-        etcd.endpoints.iter().all(|e| e.tls == etcd.endpoints[0].tls),
+        etcd.endpoints
+            .iter()
+            .all(|e| e.tls == etcd.endpoints[0].tls),
         "mixed http and https endpoints"
     );
 }
