@@ -209,33 +209,8 @@ impl LeaseStore for FileLeases<'_> {
                 }),
             };
         }
-        let len = pool.size();
-        let start = start_slot(pool, &holder.container, network);
-        let tried = len.min(self.probes);
-        for step in 0..tried {
-            // (start + step) % len, without overflowing a huge range.
-            let slot = if step < len - start {
-                start + step
-            } else {
-                step - (len - start)
-            };
-            let address = pool.nth(slot);
-            if Some(address) == pool.gateway() {
-                continue;
-            }
-            if self.try_create(&dir, address, holder)? {
-                return Ok(address);
-            }
-        }
-        if tried < len {
-            return Err(LeaseError::NoneFree {
-                tried,
-                from: pool.nth(start),
-                range: pool.range_text(),
-            });
-        }
-        Err(LeaseError::Exhausted {
-            range: pool.range_text(),
+        search(pool, network, holder, self.probes, |address| {
+            self.try_create(&dir, address, holder)
         })
     }
 
@@ -287,6 +262,46 @@ impl LeaseStore for FileLeases<'_> {
 /// Where in `pool` the search for `container`'s address starts: derived,
 /// so a restarted container tends to get its address back; per family, so
 /// its IPv6 slot is not its IPv4 one.
+/// The search every store shares: from `holder`'s derived slot on
+/// `network` (see [`start_slot`]), at most `probes` slots of `pool`, the
+/// gateway skipped, until `take` takes one. Starting where the container's
+/// id and the network point, rather than at the first free address, keeps
+/// a just-freed address from being handed out again at once while the
+/// pool has others, on one node and across nodes.
+pub fn search(
+    pool: Pool<'_>,
+    network: &str,
+    holder: &Holder,
+    probes: u128,
+    mut take: impl FnMut(IpAddr) -> Result<bool, LeaseError>,
+) -> Result<IpAddr, LeaseError> {
+    let len = pool.size();
+    let start = start_slot(pool, &holder.container, network);
+    let tried = len.min(probes);
+    for step in 0..tried {
+        // (start + step) % len, without overflowing a huge range.
+        let slot = if step < len - start {
+            start + step
+        } else {
+            step - (len - start)
+        };
+        let address = pool.nth(slot);
+        if Some(address) != pool.gateway() && take(address)? {
+            return Ok(address);
+        }
+    }
+    if tried < len {
+        return Err(LeaseError::NoneFree {
+            tried,
+            from: pool.nth(start),
+            range: pool.range_text(),
+        });
+    }
+    Err(LeaseError::Exhausted {
+        range: pool.range_text(),
+    })
+}
+
 pub fn start_slot(pool: Pool<'_>, container: &str, network: &str) -> u128 {
     let seed = match pool {
         Pool::V4(_) => u128::from(derive::address_seed(container, network)),

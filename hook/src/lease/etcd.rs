@@ -38,7 +38,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::http::{self, Conn, HttpError};
-use super::{check_assignable, start_slot, Holder, LeaseError, LeaseStore, MAX_PROBES};
+use super::{check_assignable, search, Holder, LeaseError, LeaseStore, MAX_PROBES};
 
 /// Why etcd could not do what was asked. Each names the store.
 #[derive(Debug, thiserror::Error)]
@@ -760,33 +760,11 @@ impl LeaseStore for EtcdLeases {
             };
         }
         let taken = self.taken(network)?;
-        let len = pool.size();
-        let start = start_slot(pool, &holder.container, network);
-        let tried = len.min(self.probes);
-        for step in 0..tried {
-            let slot = if step < len - start {
-                start + step
-            } else {
-                step - (len - start)
-            };
-            let address = pool.nth(slot);
-            if Some(address) == pool.gateway() || taken.contains(&address) {
-                continue;
-            }
+        let probes = self.probes;
+        search(pool, network, holder, probes, |address| {
             // Another node may have claimed it since the read: then on.
-            if let Created::Yes = self.create(network, address, holder)? {
-                return Ok(address);
-            }
-        }
-        if tried < len {
-            return Err(LeaseError::NoneFree {
-                tried,
-                from: pool.nth(start),
-                range: pool.range_text(),
-            });
-        }
-        Err(LeaseError::Exhausted {
-            range: pool.range_text(),
+            Ok(!taken.contains(&address)
+                && matches!(self.create(network, address, holder)?, Created::Yes))
         })
     }
 
@@ -1329,7 +1307,7 @@ mod tests {
     fn a_claim_is_a_read_and_a_create_and_one_lost_to_another_node_moves_on() {
         let pool = pool8();
         let holder = ours("c1");
-        let start = start_slot(Pool::V4(&pool), "c1", "fast");
+        let start = crate::lease::start_slot(Pool::V4(&pool), "c1", "fast");
         let slot = |i: u128| IpAddr::V4(pool.nth(((start + i) % 8) as u32));
         let key = |a: IpAddr| format!("/t/leases/fast/{a}");
 
