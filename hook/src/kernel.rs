@@ -181,8 +181,8 @@ pub fn reachable(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<Option<B
 
 /// What checking many draining records needs from the kernel, asked for
 /// once: the live namespace ids and each parent's unicast list (a dump
-/// that grows with every MACVLAN on the parent). [`kernel::gone`] per
-/// record would ask again for each.
+/// that grows with every MACVLAN on the parent), so that checking each
+/// does not ask again.
 pub struct Census<'a> {
     reach: &'a mut dyn Reach,
     nsids: Option<Vec<i32>>,
@@ -227,7 +227,7 @@ impl<'a> Census<'a> {
 /// paths or discovery (for a namespace known to have lost its last
 /// process: a draining one).
 pub fn gone(reach: &mut dyn Reach, record: &NetnsRecord) -> Result<bool> {
-    Ok(!alive_by_id(reach, record)? && !macs_up(reach, record)?)
+    Census::new(reach).gone(record)
 }
 
 /// Whether the namespace the recorded id names now still holds one of

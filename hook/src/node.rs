@@ -337,9 +337,10 @@ impl Node {
             match state.container(id).step(Step::ReadRecords)? {
                 Some(r) if r.detached.is_some() => return Ok(Detached::Already),
                 Some(_) => {}
-                // A killed attach may have leased before its first record
-                // write: those leases are this id's, and teardown frees them.
-                None if self.holds_leases(&state, id)? => {}
+                // An attach killed between its first lease and its
+                // pointer leaves its claim: those leases are this id's,
+                // and teardown frees them.
+                None if state.has_claim(id).step(Step::ReadRecords)? => {}
                 None => {
                     return Err(Failure::refuse(
                         Step::ReadRecords,
@@ -349,12 +350,6 @@ impl Node {
             }
         }
         self.leave(id, Leaving::Detached).map(Detached::Done)
-    }
-
-    /// Whether a setup of `container` was killed while it held leases no
-    /// record names (its claim is left; see [`StateDir::put_claim`]).
-    fn holds_leases(&self, state: &StateDir, container: &str) -> Result<bool, Failure> {
-        state.has_claim(container).step(Step::ReadRecords)
     }
 
     /// Tears `container` down, under the lock. A namespace the kernel is

@@ -88,7 +88,7 @@ pub struct ContainerRecord {
 /// records; `claims/<container>.json` for a setup about to lease (see
 /// [`StateDir::put_claim`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Draining {
+pub struct Marker {
     /// When it began to drain (seconds since the epoch).
     pub since: u64,
 }
@@ -470,9 +470,10 @@ impl StateDir {
         write_json(&self.root, "store.json", stamp, &self.tmp)
     }
 
-    /// Indexes namespace `key` as draining (see [`Draining`]).
+    /// Indexes namespace `key` as draining (see [`Marker`]): its record
+    /// drains (see [`crate::reconcile::sweep_draining`]).
     pub fn mark_draining(&self, key: &str) -> Result<(), RecordError> {
-        let marker = Draining { since: now() };
+        let marker = Marker { since: now() };
         write_json(&self.draining, &format!("{key}.json"), &marker, &self.tmp)
     }
 
@@ -481,7 +482,7 @@ impl StateDir {
     }
 
     /// The keys of the draining namespaces, with their markers.
-    pub fn draining(&self) -> Result<Vec<(String, Draining)>, RecordError> {
+    pub fn draining(&self) -> Result<Vec<(String, Marker)>, RecordError> {
         let mut out = Vec::new();
         for key in json_names(&self.draining)? {
             if let Some(marker) = read_json(&self.draining, &format!("{key}.json"))? {
@@ -497,7 +498,7 @@ impl StateDir {
     /// them, and only then (listing every lease is one etcd read of the
     /// whole cluster's keys per network).
     pub fn put_claim(&self, container: &str) -> Result<(), RecordError> {
-        let marker = Draining { since: now() };
+        let marker = Marker { since: now() };
         write_json(
             &self.claims,
             &format!("{container}.json"),
@@ -511,7 +512,7 @@ impl StateDir {
     }
 
     pub fn has_claim(&self, container: &str) -> Result<bool, RecordError> {
-        Ok(read_json::<Draining>(&self.claims, &format!("{container}.json"))?.is_some())
+        Ok(read_json::<Marker>(&self.claims, &format!("{container}.json"))?.is_some())
     }
 
     /// The containers with a claim (see [`StateDir::put_claim`]).
