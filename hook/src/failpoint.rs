@@ -26,6 +26,8 @@ pub const ALL: &[&str] = &[
     "arp-notify",
     "ndisc-notify",
     "add-address",
+    "guard-link",
+    "guard-parent",
     "link-up",
     "add-route",
     "write-final",

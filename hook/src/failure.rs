@@ -36,6 +36,12 @@ pub enum Step {
     ArpNotify,
     NdiscNotify,
     AddAddress,
+    /// The address guard's filter in the container's namespace.
+    GuardLink,
+    /// The address guard's keys on the parent, in the host's namespace.
+    GuardParent,
+    /// Removing either.
+    Unguard,
     LinkUp,
     AddRoute,
     WriteRecord,
@@ -71,6 +77,9 @@ impl fmt::Display for Step {
             Step::ArpNotify => "set arp_notify",
             Step::NdiscNotify => "enable IPv6 and ndisc_notify",
             Step::AddAddress => "add address",
+            Step::GuardLink => "guard link",
+            Step::GuardParent => "guard parent",
+            Step::Unguard => "remove guard",
             Step::LinkUp => "set link up",
             Step::AddRoute => "add route",
             Step::WriteRecord => "write record",

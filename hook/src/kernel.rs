@@ -12,10 +12,12 @@ use std::time::{Duration, Instant};
 
 use ipnet::IpNet;
 use nsutil::netlink::{Link, Netlink, NewMacvlan};
+use nsutil::nftables::{Batch, Nftables};
 use nsutil::ns::{self, Netns, NetnsId};
 use nsutil::sysctl;
 use runtime_config::MacvlanMode;
 
+use crate::guard::{self, Guard};
 use crate::records::{Identity, Member, NetnsRecord};
 
 pub type Result<T> = nsutil::Result<T>;
@@ -60,8 +62,9 @@ pub trait Kernel {
     fn delete(&mut self, index: u32) -> Result<()>;
     /// Turns on `arp_notify` for link `index`, so the switch learns the
     /// MAC when the link comes up (a gratuitous ARP on the way up: call it
-    /// before `set_up`).
-    fn arp_notify(&mut self, index: u32) -> Result<()>;
+    /// before `set_up`); with `eui64`, also IPv6 address generation from
+    /// the MAC, so the link-local address is the one the guard allows.
+    fn arp_notify(&mut self, index: u32, eui64: bool) -> Result<()>;
     /// Makes sure IPv6 is on for the link (`disable_ipv6` may be the
     /// namespace's default: docker sets it in containers it gives no IPv6)
     /// and turns on `ndisc_notify`, so the link's addresses are announced
@@ -79,6 +82,13 @@ pub trait Kernel {
     fn set_up(&mut self, index: u32) -> Result<()>;
     /// Adds `destination via gateway`; both of one family.
     fn add_route(&mut self, index: u32, destination: IpNet, gateway: IpAddr) -> Result<()>;
+    /// Makes (or remakes) the guard's filter on link `ifname` inside the
+    /// container's namespace (see [`crate::guard`]).
+    fn guard_link(&mut self, ifname: &str, guard: &Guard) -> Result<()>;
+    /// Removes that filter; nothing if there is none.
+    fn unguard_link(&mut self, ifname: &str) -> Result<()>;
+    /// Whether that filter is there.
+    fn has_guard(&mut self, ifname: &str) -> Result<bool>;
 }
 
 /// Finds recorded namespaces again, when there is no pid to go by.
@@ -324,13 +334,21 @@ pub struct RealKernel {
     netns: Netns,
     host: Netlink,
     inner: Netlink,
+    /// A netfilter socket in the container's namespace, opened on first
+    /// use (only guarded links need one).
+    nft: Option<Nftables>,
 }
 
 impl RealKernel {
     pub fn new(netns: Netns) -> Result<RealKernel> {
         let host = Netlink::connect()?;
         let inner = netns.run(|| host.connect_here())??;
-        Ok(RealKernel { netns, host, inner })
+        Ok(RealKernel {
+            netns,
+            host,
+            inner,
+            nft: None,
+        })
     }
 }
 
@@ -395,9 +413,13 @@ impl Kernel for RealKernel {
         self.inner.delete(index)
     }
 
-    fn arp_notify(&mut self, index: u32) -> Result<()> {
+    fn arp_notify(&mut self, index: u32, eui64: bool) -> Result<()> {
         // Through netlink, not /proc/sys: see Netlink::set_arp_notify.
-        self.inner.set_arp_notify(index)
+        if eui64 {
+            self.inner.set_arp_notify_eui64(index)
+        } else {
+            self.inner.set_arp_notify(index)
+        }
     }
 
     fn ndisc_notify(&mut self, ifname: &str) -> Result<()> {
@@ -435,6 +457,36 @@ impl Kernel for RealKernel {
 
     fn add_route(&mut self, index: u32, destination: IpNet, gateway: IpAddr) -> Result<()> {
         self.inner.add_route(index, destination, gateway)
+    }
+
+    fn guard_link(&mut self, ifname: &str, guard: &Guard) -> Result<()> {
+        let batch = guard.inner(ifname);
+        self.nft()?.apply(
+            &batch,
+            &format!("make the guard's nftables table on {ifname}"),
+        )
+    }
+
+    fn unguard_link(&mut self, ifname: &str) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.destroy_table(&guard::inner_table(ifname));
+        self.nft()?.apply(
+            &batch,
+            &format!("remove the guard's nftables table on {ifname}"),
+        )
+    }
+
+    fn has_guard(&mut self, ifname: &str) -> Result<bool> {
+        self.nft()?.has_table(&guard::inner_table(ifname))
+    }
+}
+
+impl RealKernel {
+    fn nft(&mut self) -> Result<&Nftables> {
+        if self.nft.is_none() {
+            self.nft = Some(self.netns.run(Nftables::connect)??);
+        }
+        Ok(self.nft.as_ref().expect("just opened"))
     }
 }
 

@@ -7,6 +7,7 @@ mod doctor;
 mod failpoint;
 mod failure;
 mod fast;
+mod guard;
 mod hook;
 mod install;
 mod kernel;

@@ -13,6 +13,7 @@ use runtime_config::{Config, Request};
 
 use crate::failpoint;
 use crate::failure::{Failure, Step, StepExt};
+use crate::guard::RealHostGuard;
 use crate::kernel::{self, RealKernel, RealReach};
 use crate::lease::etcd::{self, EtcdLeases};
 use crate::lease::LeaseStore;
@@ -59,6 +60,13 @@ pub struct Done {
     pub locked: Duration,
 }
 
+/// The host-side mechanisms a locked run's [`Stores`] work through.
+#[derive(Default)]
+struct Host {
+    reach: RealReach,
+    guards: RealHostGuard,
+}
+
 impl Node {
     /// Config, logging, privileges and identity: what every working run
     /// needs first.
@@ -102,15 +110,16 @@ impl Node {
         &'a self,
         state: &'a StateDir,
         leases: &'a mut dyn LeaseStore,
-        reach: &'a mut RealReach,
+        host: &'a mut Host,
         sweep: reconcile::Sweep,
     ) -> Stores<'a> {
         let mut stores = Stores {
             state,
             leases,
-            reach,
+            reach: &mut host.reach,
             host: &self.lease_host,
             machine: &self.host_id,
+            guards: &mut host.guards,
         };
         match reconcile::sweep_draining(&mut stores, sweep) {
             Ok(0) => {}
@@ -177,8 +186,8 @@ impl Node {
     ) -> Result<T, Failure> {
         let state = self.lock()?;
         let mut leases = self.leases(&state);
-        let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, leases.as_mut(), &mut reach, reconcile::Sweep::All);
+        let mut host = Host::default();
+        let mut stores = self.stores(&state, leases.as_mut(), &mut host, reconcile::Sweep::All);
         work(&mut stores)
     }
 
@@ -215,8 +224,8 @@ impl Node {
         let locked_at = Instant::now();
         tracing::debug!("state locked");
         let mut leases = self.leases(&state);
-        let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, leases.as_mut(), &mut reach, reconcile::Sweep::Due);
+        let mut host = Host::default();
+        let mut stores = self.stores(&state, leases.as_mut(), &mut host, reconcile::Sweep::Due);
 
         let ctx = network.as_ref().map(|n| n.context(target, self, request));
         let prepared = match (&ctx, &mut network) {
@@ -397,8 +406,8 @@ impl Node {
     ) -> Result<Outcome, Failure> {
         let state = self.lock()?;
         let mut leases = self.leases(&state);
-        let mut reach = RealReach::default();
-        let mut stores = self.stores(&state, leases.as_mut(), &mut reach, reconcile::Sweep::Due);
+        let mut host = Host::default();
+        let mut stores = self.stores(&state, leases.as_mut(), &mut host, reconcile::Sweep::Due);
         shim::around_teardown(
             &self.config,
             container,

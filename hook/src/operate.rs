@@ -13,10 +13,12 @@ use serde::Serialize;
 use runtime_config::leases::LeaseConfig;
 
 use crate::failure::{Failure, Step, StepExt};
-use crate::kernel::{self, Presence};
+use crate::guard::Guard;
+use crate::kernel::{self, Kernel, Presence};
 use crate::node::{Detached, Node, Target};
 use crate::profile;
-use crate::records::Source;
+use crate::reconcile::Stores;
+use crate::records::{LinkRecord, Source};
 use crate::setup::addresses;
 use crate::teardown::{Outcome, Released};
 
@@ -170,6 +172,14 @@ pub struct Row {
     /// `reachable`, or `unreachable` for a namespace that lives on where
     /// no recorded path leads (its address stays leased).
     pub state: &'static str,
+    /// Whether the link was made with the address guard (the network's
+    /// `guard`).
+    pub guarded: bool,
+    /// What of the guard is in place now: `on` (every filter the link
+    /// needs), `off` (made without one), or `partial: ...` naming what is
+    /// missing: a container with CAP_NET_ADMIN can delete the filter in
+    /// its namespace; the parent's stays.
+    pub guard: String,
 }
 
 /// Prints every live attachment on this host, as a table or as JSON.
@@ -181,10 +191,15 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             let Some(record) = stores.state.netns(&key).step(Step::ReadRecords)? else {
                 continue;
             };
-            let state = match kernel::presence(stores.reach, &record).step(Step::OpenNamespace)? {
-                Presence::Reachable(_) => "reachable",
-                Presence::Unreachable => "unreachable",
-                Presence::Dying | Presence::Gone => continue,
+            let mut inside =
+                match kernel::presence(stores.reach, &record).step(Step::OpenNamespace)? {
+                    Presence::Reachable(kernel) => Some(kernel),
+                    Presence::Unreachable => None,
+                    Presence::Dying | Presence::Gone => continue,
+                };
+            let state = match inside {
+                Some(_) => "reachable",
+                None => "unreachable",
             };
             let netns = record
                 .netns_paths()
@@ -193,6 +208,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             for link in record.links.iter().filter(|l| !l.pending) {
+                let guard = guard_state(link, inside.as_mut(), stores);
                 rows.push(Row {
                     id: link.created_by.clone(),
                     ids: record
@@ -211,6 +227,8 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
                     source: link.source.name(),
                     since: link.since.map(rfc3339).unwrap_or_default(),
                     state,
+                    guarded: link.guard.is_some(),
+                    guard,
                 });
             }
         }
@@ -234,7 +252,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             false => r.addresses.join(","),
         };
         println!(
-            "{:<20} {:<10} {:<8} {:<22} {:<17} {:<7} {:<20} {}{}",
+            "{:<20} {:<10} {:<8} {:<22} {:<17} {:<7} {:<20} {}{}{}",
             r.ids.join(",").chars().take(20).collect::<String>(),
             r.network,
             r.ifname,
@@ -247,6 +265,11 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
                 ""
             } else {
                 " (out of reach)"
+            },
+            match r.guard.as_str() {
+                "on" => String::new(),
+                "off" => " (unguarded)".to_owned(),
+                other => format!(" (guard {other})"),
             }
         );
     }
@@ -254,6 +277,37 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+/// What of `link`'s guard is in place (see [`Row::guard`]); `inside` is
+/// a kernel for its namespace when a recorded path reaches it.
+pub(crate) fn guard_state(
+    link: &LinkRecord,
+    inside: Option<&mut Box<dyn Kernel>>,
+    stores: &mut Stores,
+) -> String {
+    let Some(guard) = Guard::of(link) else {
+        return "off".into();
+    };
+    let mut missing = Vec::new();
+    match inside.map(|k| k.has_guard(&link.ifname)) {
+        Some(Ok(true)) => {}
+        Some(Ok(false)) => missing.push("the filter in the namespace is gone"),
+        Some(Err(_)) | None => missing.push("the filter in the namespace cannot be read"),
+    }
+    if guard.on_parent()
+        && !stores
+            .guards
+            .holds(&link.parent, guard.mac)
+            .unwrap_or(false)
+    {
+        missing.push("the parent's filter lacks the link");
+    }
+    if missing.is_empty() {
+        "on".into()
+    } else {
+        format!("partial: {}", missing.join("; "))
+    }
 }
 
 /// The lease store, as `list` ends its table with it: for etcd only (the

@@ -17,6 +17,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::failure::{Failure, Step, StepExt};
+use crate::guard::{Guard, HostGuard};
 use crate::kernel::{self, Kernel, Presence, Reach};
 use crate::lease::{Holder, LeaseStore};
 use crate::records::{LinkRecord, NetnsRecord, StateDir};
@@ -33,6 +34,8 @@ pub struct Stores<'a> {
     pub host: &'a str,
     /// This host's machine id, mixed into the host shims' MACs.
     pub machine: &'a str,
+    /// The address guard's filters on the parents (see [`crate::guard`]).
+    pub guards: &'a mut dyn HostGuard,
 }
 
 impl Stores<'_> {
@@ -45,8 +48,15 @@ impl Stores<'_> {
         }
     }
 
-    /// Frees every address of `link`, which is gone or never was.
+    /// Frees every address of `link`, which is gone or never was, once
+    /// its guard's keys are off the parent: a lease outlives its guard
+    /// never, so a retry after a failure here finds both.
     pub fn release_link(&mut self, key: &str, link: &LinkRecord) -> Result<(), Failure> {
+        if let Some(guard) = Guard::of(link).filter(Guard::on_parent) {
+            self.guards
+                .remove(&link.parent, &guard)
+                .step_on(Step::Unguard, &link.network)?;
+        }
         let holder = self.holder(key, &link.created_by);
         for address in &link.addresses {
             self.leases
@@ -102,6 +112,15 @@ pub fn reconcile_in(
                     .cloned()
             }
         };
+        if found.is_none() || link.pending {
+            // The guard's filter in the namespace, if it was made: it
+            // would outlive the link.
+            if link.guard.is_some() {
+                kernel
+                    .unguard_link(&link.ifname)
+                    .step_on(Step::Unguard, &network)?;
+            }
+        }
         match (found, link.pending) {
             (Some(_), false) => record.links.push(link),
             (Some(made), true) => {
@@ -547,6 +566,13 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
         }
     }
 
+    // The parents' guard tables hold exactly the recorded links' keys:
+    // a run killed between two steps, or records removed by hand, leave
+    // none behind.
+    if let Err(failure) = converge_guards(stores) {
+        collected.failures.push(failure);
+    }
+
     let leases_after = all_leases(stores, &pooled)?;
     collected.leases = leases_before
         .into_iter()
@@ -557,6 +583,26 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
         })
         .collect();
     Ok(collected)
+}
+
+/// Makes the parents' guard tables match the records (see
+/// [`HostGuard::converge`]).
+fn converge_guards(stores: &mut Stores) -> Result<(), Failure> {
+    let mut wanted: std::collections::BTreeMap<String, Vec<Guard>> = Default::default();
+    for key in stores.state.netns_keys().step(Step::ReadRecords)? {
+        let Some(record) = stores.state.netns(&key).step(Step::ReadRecords)? else {
+            continue;
+        };
+        for link in &record.links {
+            if let Some(guard) = Guard::of(link).filter(Guard::on_parent) {
+                wanted.entry(link.parent.clone()).or_default().push(guard);
+            }
+        }
+    }
+    for table in stores.guards.converge(&wanted).step(Step::Unguard)? {
+        tracing::info!(table, "removed a guard table no recorded link needs");
+    }
+    Ok(())
 }
 
 /// Whether container record `id` leads nowhere: an old `detach` marker, a

@@ -237,6 +237,10 @@ pub struct LinkRecord {
     pub source: Source,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<u64>,
+    /// The address guard the link was made with (see [`crate::guard`]);
+    /// recorded with the intent, so a killed setup's filters are found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guard: Option<crate::guard::Guarded>,
 }
 
 impl LinkRecord {
@@ -661,6 +665,7 @@ mod tests {
             pending: true,
             source: Source::Hook,
             since: None,
+            guard: None,
         };
         assert!(r.is(&link(5, "other", [2, 0, 0, 0, 0, 1])));
         assert!(!r.is(&link(5, "nsb0000abcd", [2, 9, 9, 9, 9, 9])));

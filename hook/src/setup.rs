@@ -15,6 +15,7 @@ use runtime_config::{Config, MacvlanMode, Network, Pool, Request};
 use crate::derive;
 use crate::failpoint;
 use crate::failure::{no_such, Failure, Refusal, Step, StepExt};
+use crate::guard::{Guard, Guarded, HostGuard};
 use crate::kernel::{self, Kernel, MacvlanSpec, Presence};
 use crate::lease::{check_assignable, LeaseError};
 use crate::reconcile::{self, Stores};
@@ -98,8 +99,23 @@ struct Plan<'a> {
 /// What to undo if a later step fails, newest last.
 enum Undo {
     RemoveClaim,
-    Release { network: String, address: IpAddr },
-    DeleteLink { network: String, index: u32 },
+    Release {
+        network: String,
+        address: IpAddr,
+    },
+    DeleteLink {
+        network: String,
+        index: u32,
+    },
+    UnguardLink {
+        network: String,
+        ifname: String,
+    },
+    UnguardParent {
+        network: String,
+        parent: String,
+        guard: Guard,
+    },
     RestoreContainer(Option<ContainerRecord>),
     RestoreNetns(NetnsRecord),
 }
@@ -293,6 +309,9 @@ impl Prepared<'_> {
                 pending: true,
                 source: ctx.source,
                 since: Some(records::now()),
+                guard: plan.network.guard.then(|| Guarded {
+                    ethertypes: plan.network.guard_allow_ethertypes.clone(),
+                }),
             });
         }
         add_member(&mut record, ctx, &wanted);
@@ -326,7 +345,7 @@ impl Prepared<'_> {
                 .iter()
                 .position(|l| l.pending && l.network == plan.network.name)
                 .expect("recorded above");
-            wire(plan, &mut record.links[at], kernel, undo)?;
+            wire(plan, &mut record.links[at], kernel, stores.guards, undo)?;
             shared.push(Wired::from_record(&record.links[at], ctx.container));
         }
         if let Some(member) = record.members.get_mut(ctx.container) {
@@ -570,6 +589,7 @@ fn wire(
     plan: &Plan,
     link: &mut LinkRecord,
     kernel: &mut dyn Kernel,
+    guards: &mut dyn HostGuard,
     undo: &mut Vec<Undo>,
 ) -> Result<(), Failure> {
     let network = plan.network;
@@ -615,10 +635,15 @@ fn wire(
         Err(e) => return Err(Failure::on(Step::CreateLink, name, e)),
     };
     tracing::debug!(network = name, ifname = %plan.ifname, index = made.index, "link created");
+    // Passthru links take the parent's MAC: record what the kernel made
+    // (the guard checks it).
+    if let Some(mac) = made.mac {
+        link.mac = format_mac(&mac);
+    }
 
     failpoint::hit("arp-notify").step_on(Step::ArpNotify, name)?;
     kernel
-        .arp_notify(made.index)
+        .arp_notify(made.index, link.guard.is_some())
         .step_on(Step::ArpNotify, name)?;
     if network.ipv6.is_some() {
         failpoint::hit("ndisc-notify").step_on(Step::NdiscNotify, name)?;
@@ -631,6 +656,29 @@ fn wire(
         kernel
             .add_address(made.index, *address)
             .step_on(Step::AddAddress, name)?;
+    }
+    // Guarded before it is up: the first frames (the gratuitous ARP, IPv6
+    // neighbour discovery) go out through the filters too.
+    if let Some(guard) = Guard::of(link) {
+        undo.push(Undo::UnguardLink {
+            network: name.to_owned(),
+            ifname: plan.ifname.clone(),
+        });
+        failpoint::hit("guard-link").step_on(Step::GuardLink, name)?;
+        kernel
+            .guard_link(&plan.ifname, &guard)
+            .step_on(Step::GuardLink, name)?;
+        if guard.on_parent() {
+            undo.push(Undo::UnguardParent {
+                network: name.to_owned(),
+                parent: link.parent.clone(),
+                guard: guard.clone(),
+            });
+            failpoint::hit("guard-parent").step_on(Step::GuardParent, name)?;
+            guards
+                .add(&link.parent, &guard)
+                .step_on(Step::GuardParent, name)?;
+        }
     }
     failpoint::hit("link-up").step_on(Step::LinkUp, name)?;
     kernel.set_up(made.index).step_on(Step::LinkUp, name)?;
@@ -646,10 +694,6 @@ fn wire(
     }
     tracing::debug!(network = name, addresses = ?link.addresses, "link configured and up");
     link.index = Some(made.index);
-    // Passthru links take the parent's MAC: record what the kernel made.
-    if let Some(mac) = made.mac {
-        link.mac = format_mac(&mac);
-    }
     link.pending = false;
     Ok(())
 }
@@ -748,6 +792,17 @@ fn roll_back(
             Undo::DeleteLink { network, index } => {
                 kernel.delete(*index).step_on(Step::DeleteLink, network)
             }
+            Undo::UnguardLink { network, ifname } => {
+                kernel.unguard_link(ifname).step_on(Step::Unguard, network)
+            }
+            Undo::UnguardParent {
+                network,
+                parent,
+                guard,
+            } => stores
+                .guards
+                .remove(parent, guard)
+                .step_on(Step::Unguard, network),
             Undo::RestoreContainer(Some(record)) => stores
                 .state
                 .put_container(ctx.container, record)

@@ -268,6 +268,11 @@ pub(crate) fn remove_link(
             .link_by_index(index)
             .step_on(Step::DeleteLink, network)?;
         if found.as_ref().is_some_and(|l| link.is(l)) {
+            if link.guard.is_some() {
+                kernel
+                    .unguard_link(&link.ifname)
+                    .step_on(Step::Unguard, network)?;
+            }
             kernel.delete(index).step_on(Step::DeleteLink, network)?;
         }
     }

@@ -9,7 +9,7 @@
 //! pin exists); a MACVLAN that is up has its MAC on the parent.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -20,6 +20,7 @@ use runtime_config::{Config, Pool, Request};
 
 use crate::failpoint;
 use crate::failure::{Failure, Step};
+use crate::guard::{Guard, HostGuard};
 use crate::kernel::{Kernel, MacvlanSpec, Reach};
 use crate::lease::Holder;
 use crate::reconcile::{self, Stores};
@@ -55,6 +56,10 @@ struct World {
     /// Namespaces being destroyed: their links go at the given time (the
     /// kernel's destruction takes some tens of milliseconds).
     dies_at: BTreeMap<NetnsId, std::time::Instant>,
+    /// The guard's filters: inside namespaces, by link name, and the MACs
+    /// each parent's table holds (a table with none is no table).
+    inner_guards: BTreeSet<(NetnsId, String)>,
+    parent_guards: BTreeMap<String, BTreeSet<[u8; 6]>>,
 }
 
 impl World {
@@ -178,12 +183,37 @@ impl Kernel for FakeKernel {
         Ok(())
     }
 
-    fn arp_notify(&mut self, index: u32) -> nsutil::Result<()> {
+    fn arp_notify(&mut self, index: u32, _eui64: bool) -> nsutil::Result<()> {
         self.call(format!("arp_notify {index}"))
     }
 
     fn ndisc_notify(&mut self, ifname: &str) -> nsutil::Result<()> {
         self.call(format!("ndisc_notify {ifname}"))
+    }
+
+    fn guard_link(&mut self, ifname: &str, _: &Guard) -> nsutil::Result<()> {
+        self.call(format!("guard {ifname}"))?;
+        let ns = self.ns;
+        self.world
+            .borrow_mut()
+            .inner_guards
+            .insert((ns, ifname.to_owned()));
+        Ok(())
+    }
+
+    fn has_guard(&mut self, ifname: &str) -> nsutil::Result<bool> {
+        let w = self.world.borrow();
+        Ok(w.inner_guards.contains(&(self.ns, ifname.to_owned())))
+    }
+
+    fn unguard_link(&mut self, ifname: &str) -> nsutil::Result<()> {
+        self.call(format!("unguard {ifname}"))?;
+        let ns = self.ns;
+        self.world
+            .borrow_mut()
+            .inner_guards
+            .remove(&(ns, ifname.to_owned()));
+        Ok(())
     }
 
     fn add_address(&mut self, _: u32, address: ipnet::IpNet) -> nsutil::Result<()> {
@@ -276,6 +306,54 @@ impl HostNet for FakeHost {
 
     fn add_route(&mut self, _: u32, destination: ipnet::Ipv4Net) -> nsutil::Result<()> {
         self.call(format!("host route {destination}"))
+    }
+}
+
+/// The guard's tables on the parents.
+struct FakeGuards(Shared);
+
+impl HostGuard for FakeGuards {
+    fn add(&mut self, parent: &str, guard: &Guard) -> nsutil::Result<()> {
+        FakeHost(self.0.clone()).call(format!("guard-parent {parent}"))?;
+        let mut w = self.0.borrow_mut();
+        w.parent_guards
+            .entry(parent.to_owned())
+            .or_default()
+            .insert(guard.mac);
+        Ok(())
+    }
+
+    fn remove(&mut self, parent: &str, guard: &Guard) -> nsutil::Result<()> {
+        FakeHost(self.0.clone()).call(format!("unguard-parent {parent}"))?;
+        let mut w = self.0.borrow_mut();
+        if let Some(macs) = w.parent_guards.get_mut(parent) {
+            macs.remove(&guard.mac);
+            if macs.is_empty() {
+                w.parent_guards.remove(parent);
+            }
+        }
+        Ok(())
+    }
+
+    fn converge(&mut self, wanted: &BTreeMap<String, Vec<Guard>>) -> nsutil::Result<Vec<String>> {
+        let mut w = self.0.borrow_mut();
+        let before: Vec<String> = w.parent_guards.keys().cloned().collect();
+        w.parent_guards = wanted
+            .iter()
+            .filter(|(_, guards)| !guards.is_empty())
+            .map(|(parent, guards)| (parent.clone(), guards.iter().map(|g| g.mac).collect()))
+            .collect();
+        Ok(before
+            .into_iter()
+            .filter(|p| !w.parent_guards.contains_key(p))
+            .collect())
+    }
+
+    fn holds(&mut self, parent: &str, mac: [u8; 6]) -> nsutil::Result<bool> {
+        let w = self.0.borrow();
+        Ok(w.parent_guards
+            .get(parent)
+            .is_some_and(|m| m.contains(&mac)))
     }
 }
 
@@ -499,12 +577,14 @@ impl Bed {
         let state = StateDir::lock(&self.root, LOCK_TIMEOUT).unwrap();
         let mut leases = state.leases();
         let mut reach = FakeReach(self.world.clone());
+        let mut guards = FakeGuards(self.world.clone());
         let mut stores = Stores {
             state: &state,
             leases: &mut leases,
             reach: &mut reach,
             host,
             machine: host,
+            guards: &mut guards,
         };
         f(&mut stores)
     }
@@ -575,10 +655,11 @@ impl Bed {
             .remove(&member_path(container));
     }
 
-    /// The namespace is gone, and its links and id with it.
+    /// The namespace is gone, and its links, filters and id with it.
     fn destroy(&self, ino: u64) {
         let mut w = self.world.borrow_mut();
         w.namespaces.remove(&ns(ino));
+        w.inner_guards.retain(|(id, _)| *id != ns(ino));
         w.paths.retain(|_, id| *id != ns(ino));
     }
 
@@ -646,6 +727,20 @@ impl Bed {
 
     fn calls(&self) -> Vec<String> {
         self.world.borrow().calls.clone()
+    }
+
+    /// Every guard filter left: inside namespaces and on parents.
+    fn guards(&self) -> Vec<String> {
+        let w = self.world.borrow();
+        let inner = w
+            .inner_guards
+            .iter()
+            .map(|(id, ifname)| format!("{} {ifname}", id.ino));
+        let outer = w
+            .parent_guards
+            .iter()
+            .map(|(parent, macs)| format!("{parent} {}", macs.len()));
+        inner.chain(outer).collect()
     }
 
     fn fail_on(&self, call: &str, errno: i32) {
@@ -752,6 +847,9 @@ fn setup_wires_one_link_with_address_routes_and_records() {
             "create net1".into(),
             "arp_notify 11".into(),
             format!("address {address}"),
+            // Guarded before it is up, inside and on the parent.
+            "guard net1".into(),
+            "guard-parent nic0".into(),
             "up 11".into(),
             "route 10.20.0.0/16 via 10.9.0.1".into(),
             "route 0.0.0.0/0 via 10.9.0.1".into(),
@@ -781,6 +879,9 @@ fn setup_wires_one_link_with_address_routes_and_records() {
     assert_eq!(record.nsid, Some(0));
     assert!(!record.links[0].pending && !record.members["c1"].pending);
     assert_eq!(record.links[0].index, Some(11));
+    assert_eq!(bed.guards(), ["1000 net1", "nic0 1"]);
+    bed.teardown("c1", true).unwrap();
+    assert!(bed.guards().is_empty(), "{:?}", bed.guards());
 }
 
 #[test]
@@ -804,6 +905,8 @@ fn dual_stack_leases_records_and_configures_both_families() {
             "ndisc_notify net1".into(),
             format!("address {}", text[0]),
             format!("address {}", text[1]),
+            "guard net1".into(),
+            "guard-parent nic0".into(),
             "up 11".into(),
             "route 0.0.0.0/0 via 10.7.0.1".into(),
             "route fd00:20::/48 via fd00:7::1".into(),
@@ -1001,6 +1104,11 @@ fn assert_rolls_back(networks: &str, call: Option<&str>, point: Option<&str>, st
         "failing {what}: state left: {:?}",
         bed.state_files()
     );
+    assert!(
+        bed.guards().is_empty(),
+        "failing {what}: guards left: {:?}",
+        bed.guards()
+    );
 }
 
 #[test]
@@ -1010,6 +1118,8 @@ fn every_setup_step_rolls_back_itself_and_everything_before_it() {
         ("create net1", Step::CreateLink),
         ("arp_notify", Step::ArpNotify),
         ("address", Step::AddAddress),
+        ("guard net1", Step::GuardLink),
+        ("guard-parent nic0", Step::GuardParent),
         ("up", Step::LinkUp),
         ("route 10.20", Step::AddRoute),
         ("route 0.0.0.0", Step::AddRoute),
@@ -1047,6 +1157,8 @@ fn every_setup_step_rolls_back_itself_and_everything_before_it() {
         ("create-link", Step::CreateLink),
         ("arp-notify", Step::ArpNotify),
         ("add-address", Step::AddAddress),
+        ("guard-link", Step::GuardLink),
+        ("guard-parent", Step::GuardParent),
         ("link-up", Step::LinkUp),
         ("add-route", Step::AddRoute),
         ("write-final", Step::WriteRecord),

@@ -11,6 +11,7 @@ pub mod dir;
 pub mod mount;
 pub mod mountinfo;
 pub mod netlink;
+pub mod nftables;
 pub mod ns;
 pub mod procfs;
 pub mod rootfs;

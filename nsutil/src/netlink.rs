@@ -21,8 +21,8 @@ use netlink_packet_route::address::{
     AddressAttribute, AddressFlags, AddressHeaderFlags, AddressMessage,
 };
 use netlink_packet_route::link::{
-    AfSpecInet, AfSpecUnspec, InetDevConf, InfoData, InfoKind, InfoMacVlan, LinkAttribute,
-    LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
+    AfSpecInet, AfSpecInet6, AfSpecUnspec, In6AddrGenMode, InetDevConf, InfoData, InfoKind,
+    InfoMacVlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::neighbour::{NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
@@ -336,6 +336,29 @@ impl Netlink {
     pub fn set_arp_notify(&self, index: u32) -> Result<()> {
         self.set_link(link_query(index, vec![arp_notify_on()]))
             .map_err(|e| Error::new(format!("set arp_notify on link {index}"), e))
+    }
+
+    /// [`Netlink::set_arp_notify`], and in the same request IPv6 address
+    /// generation EUI-64 (`IFLA_INET6_ADDR_GEN_MODE`), so that the
+    /// link-local address is the one derived from the MAC whatever the
+    /// namespace's default (stable-privacy ones cannot be predicted). A
+    /// kernel without IPv6 refuses the IPv6 part (`EAFNOSUPPORT`): then
+    /// only arp_notify is set.
+    pub fn set_arp_notify_eui64(&self, index: u32) -> Result<()> {
+        let inet6 = AfSpecUnspec::Inet6(vec![AfSpecInet6::AddrGenMode(In6AddrGenMode::Eui64)]);
+        let mut both = arp_notify_on();
+        if let LinkAttribute::AfSpecUnspec(families) = &mut both {
+            families.push(inet6);
+        }
+        match self.set_link(link_query(index, vec![both])) {
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => self.set_arp_notify(index),
+            other => other.map_err(|e| {
+                Error::new(
+                    format!("set arp_notify and EUI-64 addresses on link {index}"),
+                    e,
+                )
+            }),
+        }
     }
 
     /// One `RTM_SETLINK` on an existing link (never creates one).

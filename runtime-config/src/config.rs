@@ -171,6 +171,13 @@ pub struct Network {
     pub allow_namespaces: Option<Vec<String>>,
     /// Whether a container may pin its address (`nsbypass.io/ip`).
     pub allow_static_ip: bool,
+    /// The address guard: the link may send only from its own MAC and
+    /// addresses (see the hook's `guard` module). On unless turned off.
+    pub guard: bool,
+    /// Ethertypes besides IPv4, ARP and IPv6 the guard lets out from the
+    /// link's own MAC (a PTP stack's 0x88F7, say); everything else is
+    /// dropped.
+    pub guard_allow_ethertypes: Vec<u16>,
 }
 
 impl Network {
@@ -391,6 +398,8 @@ struct RawNetwork {
     bc_queue_len: Option<u32>,
     allow_namespaces: Option<Vec<String>>,
     allow_static_ip: Option<bool>,
+    guard: Option<bool>,
+    guard_allow_ethertypes: Option<Vec<i64>>,
 }
 
 impl Config {
@@ -549,6 +558,13 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
             ));
         }
     }
+    let guard_allow_ethertypes = validate_ethertypes(raw.guard_allow_ethertypes)?;
+    if raw.guard == Some(false) && !guard_allow_ethertypes.is_empty() {
+        return Err((
+            "guard_allow_ethertypes",
+            "the network has guard = false, so nothing is dropped to allow".into(),
+        ));
+    }
     Ok(Network {
         name: name.to_owned(),
         parent: raw.parent,
@@ -561,7 +577,48 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
         bc_queue_len: raw.bc_queue_len,
         allow_namespaces: validate_namespaces(raw.allow_namespaces)?,
         allow_static_ip: raw.allow_static_ip.unwrap_or(true),
+        guard: raw.guard.unwrap_or(true),
+        guard_allow_ethertypes,
     })
+}
+
+/// `guard_allow_ethertypes`: Ethernet II types (0x0600 and up; below is an
+/// 802.3 length), each once, and none of the three the guard checks by
+/// address: letting IPv4, ARP or IPv6 out wholesale would undo it.
+fn validate_ethertypes(list: Option<Vec<i64>>) -> Result<Vec<u16>, KeyError> {
+    let key = "guard_allow_ethertypes";
+    let mut out: Vec<u16> = Vec::new();
+    for value in list.unwrap_or_default() {
+        let Ok(ethertype) = u16::try_from(value) else {
+            return Err((
+                key,
+                format!("{value} is not an ethertype (0x0600 to 0xFFFF)"),
+            ));
+        };
+        if ethertype < 0x0600 {
+            return Err((
+                key,
+                format!("{ethertype:#06x} is an 802.3 length, not an ethertype (0x0600 to 0xFFFF)"),
+            ));
+        }
+        let checked = match ethertype {
+            0x0800 => Some("IPv4"),
+            0x0806 => Some("ARP"),
+            0x86DD => Some("IPv6"),
+            _ => None,
+        };
+        if let Some(what) = checked {
+            return Err((
+                key,
+                format!("{ethertype:#06x} is {what}, which the guard checks by address and cannot let out wholesale; set guard = false to turn the guard off"),
+            ));
+        }
+        if out.contains(&ethertype) {
+            return Err((key, format!("{ethertype:#06x} is listed twice")));
+        }
+        out.push(ethertype);
+    }
+    Ok(out)
 }
 
 /// `allow_namespaces`: Kubernetes namespace names, each once.
