@@ -504,10 +504,16 @@ impl HostGuard for RealHostGuard {
             // (a table made and filled in one batch would do too, but the
             // common case is one batch) add again.
             Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT as i32) => {
-                nft.apply(
+                let made = nft.apply(
                     &outer_table_batch(parent),
                     &format!("make nftables table {table}"),
-                )?;
+                );
+                match made {
+                    // Another state directory's run on this host (two
+                    // test nodes) made it first: it is the same table.
+                    Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {}
+                    other => other?,
+                }
                 nft.apply(&elements, &op)
             }
             other => other,
