@@ -19,9 +19,11 @@ fi
 # inspection (etcdctl) in tests/e2e/etcd.rs and the bench; the tests run
 # their own members in their own namespaces, never the packaged service.
 # openssl: that test's certificates for etcd over TLS.
+# nftables: the tests read the address guard's tables with `nft` (the hook
+# itself speaks netlink and needs no nft binary).
 packages=(runc busybox-static iproute2 util-linux gcc g++ libc6-dev
           podman docker.io containerd containernetworking-plugins netavark
-          sockperf iperf3 etcd-server etcd-client openssl)
+          sockperf iperf3 etcd-server etcd-client openssl nftables)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update

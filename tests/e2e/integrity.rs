@@ -41,6 +41,8 @@ const NETWORK_FAILPOINTS: &[(&str, &str)] = &[
     ("rename-link", "network fast: rename link"),
     ("arp-notify", "network fast: set arp_notify"),
     ("add-address", "network fast: add address"),
+    ("guard-link", "network fast: guard link"),
+    ("guard-parent", "network fast: guard parent"),
     ("link-up", "network fast: set link up"),
     ("add-route", "network fast: add route"),
     ("write-final", "write record"),

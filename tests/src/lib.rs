@@ -79,7 +79,7 @@ pub fn require_tools() {
 
 /// The check behind [`require_tools`], also run by [`Testbed::new`].
 pub(crate) fn check_tools() -> Result<()> {
-    let mut missing: Vec<String> = ["runc", "ip", "nsenter"]
+    let mut missing: Vec<String> = ["runc", "ip", "nsenter", "nft"]
         .into_iter()
         .filter(|tool| cmd::which(tool).is_none())
         .map(str::to_owned)

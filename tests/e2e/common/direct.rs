@@ -676,6 +676,7 @@ pub fn assert_state_empty(tb: &Testbed, when: &str) {
         );
     }
     if draining.is_empty() {
+        assert_no_guard_tables(tb, when);
         return;
     }
     sweep_drained(tb, when);
@@ -691,6 +692,37 @@ pub fn assert_state_empty(tb: &Testbed, when: &str) {
             "{when}: {sub}/ holds {files:?} once drained"
         );
     }
+    assert_no_guard_tables(tb, when);
+}
+
+/// The nftables tables of the address guard in the namespace at `netns`
+/// (`nft list tables`: `nsbypass-parent-*` on the host, `nsbypass-link-*`
+/// in a container's).
+pub fn guard_tables_in(netns: &Path) -> Vec<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["--", "nft", "list", "tables"])
+        .output()
+        .expect("running nft");
+    assert!(
+        out.status.success(),
+        "nft list tables in {}: {}",
+        netns.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.strip_prefix("table netdev "))
+        .filter(|t| t.starts_with("nsbypass-"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// With no records left, no guard table is left on the host either.
+pub fn assert_no_guard_tables(tb: &Testbed, when: &str) {
+    let host = PathBuf::from(format!("/run/netns/{}", tb.host_ns));
+    let tables = guard_tables_in(&host);
+    assert!(tables.is_empty(), "{when}: guard tables left: {tables:?}");
 }
 
 /// Runs `nsbypass gc` with `config` in the testbed's host namespace;

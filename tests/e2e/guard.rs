@@ -1,0 +1,728 @@
+//! Issue 12, the address guard: a container that holds CAP_NET_RAW (as
+//! docker's do) writes raw frames that claim another MAC or address, and
+//! sniffers on the peer host and in a sibling container on the same parent
+//! show which arrive. With the guard none do, while the container's own
+//! traffic (ping, TCP, IPv6 neighbour discovery) flows; without it they
+//! do (so these tests can fail); with the filter inside the namespace
+//! deleted, as a container with CAP_NET_ADMIN could, the parent's filter
+//! still stops them towards the peer.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use common::direct::{assert_no_guard_tables, guard_tables_in, PinnedNetns};
+use common::{delete, hooked, iface, pings, testbed};
+use nsbypass_testbed::{Container, Testbed};
+use serde_json::Value;
+
+/// Sends each frame given in hex on an interface through a packet socket,
+/// as any process with CAP_NET_RAW may; `-b` first sets
+/// `PACKET_QDISC_BYPASS`, which skips the qdisc layer and tc.
+const SPOOF_C: &str = r#"
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+int main(int argc, char **argv) {
+    int i = 1, bypass = 0;
+    if (argc > 1 && strcmp(argv[1], "-b") == 0) { bypass = 1; i++; }
+    if (argc - i < 2) { fprintf(stderr, "usage: spoof [-b] IFNAME HEX...\n"); return 2; }
+    int s = socket(AF_PACKET, SOCK_RAW, 0);
+    if (s < 0) { perror("socket"); return 1; }
+    if (bypass && setsockopt(s, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof bypass) < 0) {
+        perror("PACKET_QDISC_BYPASS"); return 1;
+    }
+    struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = if_nametoindex(argv[i]) };
+    if (!to.sll_ifindex) { perror(argv[i]); return 1; }
+    for (i++; i < argc; i++) {
+        unsigned char frame[1600];
+        size_t n = strlen(argv[i]) / 2;
+        if (n > sizeof frame) return 2;
+        for (size_t k = 0; k < n; k++) sscanf(argv[i] + 2 * k, "%2hhx", &frame[k]);
+        /* A frame a filter drops fails with ENOBUFS: the next one goes. */
+        if (sendto(s, frame, n, 0, (struct sockaddr *)&to, sizeof to) != (ssize_t)n && errno != ENOBUFS) {
+            perror("sendto"); return 1;
+        }
+    }
+    return 0;
+}
+"#;
+
+/// Prints, in hex, every frame an interface receives for MS milliseconds,
+/// after a line `ready`.
+const SNIFF_C: &str = r#"
+#include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/socket.h>
+#include <time.h>
+
+int main(int argc, char **argv) {
+    if (argc != 3) { fprintf(stderr, "usage: sniff IFNAME MS\n"); return 2; }
+    int s = socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL));
+    if (s < 0) { perror("socket"); return 1; }
+    struct sockaddr_ll at = { .sll_family = AF_PACKET, .sll_protocol = htons(ETH_P_ALL),
+                              .sll_ifindex = if_nametoindex(argv[1]) };
+    if (!at.sll_ifindex || bind(s, (struct sockaddr *)&at, sizeof at) < 0) { perror(argv[1]); return 1; }
+    struct timeval tick = { 0, 50000 };
+    setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tick, sizeof tick);
+    printf("ready\n"); fflush(stdout);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    long ms = atol(argv[2]);
+    for (;;) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if ((now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > ms) break;
+        unsigned char frame[2048];
+        struct sockaddr_ll from; socklen_t len = sizeof from;
+        ssize_t n = recvfrom(s, frame, sizeof frame, 0, (struct sockaddr *)&from, &len);
+        if (n <= 0 || from.sll_pkttype == PACKET_OUTGOING) continue;
+        for (ssize_t k = 0; k < n; k++) printf("%02x", frame[k]);
+        printf("\n");
+    }
+    return 0;
+}
+"#;
+
+const PEER6: &str = "fd00:77::1";
+
+/// `nsbypass --config CONFIG ARGS...` in the testbed's host namespace,
+/// with `NSBYPASS_FAILPOINT=failpoint` if given.
+fn nsbypass(tb: &Testbed, config: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
+        .arg("--")
+        .arg(common::nsbypass())
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_clear()
+        .env("PATH", common::direct::HOOK_PATH)
+        .stdin(Stdio::null());
+    if let Some(spec) = failpoint {
+        cmd.env("NSBYPASS_FAILPOINT", spec);
+    }
+    cmd.output().expect("running nsbypass")
+}
+
+/// Its stdout; panics unless it succeeds.
+fn ok(tb: &Testbed, config: &Path, args: &[&str]) -> String {
+    let out = nsbypass(tb, config, args, None);
+    assert!(
+        out.status.success(),
+        "nsbypass {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A dual-stack network `fast` with the guard as `guard` says.
+fn config(tb: &Testbed, guard: &str) -> PathBuf {
+    common::config(
+        tb,
+        &format!("subnet6 = \"fd00:77::/64\"\nrange6 = \"fd00:77::100-fd00:77::1ff\"\n{guard}"),
+    )
+}
+
+struct Bed {
+    tb: Testbed,
+    config: PathBuf,
+    spoof: PathBuf,
+    sniff: PathBuf,
+}
+
+impl Bed {
+    fn new(guard: &str) -> Option<Bed> {
+        let tb = testbed()?;
+        let config = config(&tb, guard);
+        let spoof = tb.build_c("spoof", SPOOF_C, false).expect("building spoof");
+        let sniff = tb.build_c("sniff", SNIFF_C, false).expect("building sniff");
+        tb.in_peer_ok(&[
+            "ip",
+            "-6",
+            "addr",
+            "add",
+            &format!("{PEER6}/64"),
+            "dev",
+            &tb.peer_link,
+            "nodad",
+        ])
+        .expect("an IPv6 address for the peer");
+        Some(Bed {
+            tb,
+            config,
+            spoof,
+            sniff,
+        })
+    }
+
+    /// The attacker: the spoofer in its rootfs, CAP_NET_RAW and nothing
+    /// of CAP_NET_ADMIN (the testbed's containers get runc's defaults
+    /// plus CAP_NET_RAW).
+    fn attacker(&self, id: &str) -> Container {
+        let rootfs = self
+            .tb
+            .new_rootfs_with(id, &[&self.spoof])
+            .expect("a rootfs with spoof");
+        let c = hooked(&self.tb, &self.config, id)
+            .annotation("nsbypass.io/network", "fast")
+            .rootfs(rootfs)
+            .create()
+            .expect("creating the attacker");
+        c.start().expect("starting the attacker");
+        let caps = c.exec_ok(&["grep", "CapEff", "/proc/self/status"]).unwrap();
+        let eff = u64::from_str_radix(caps.split_whitespace().last().unwrap(), 16).unwrap();
+        assert!(eff & (1 << 13) != 0, "CAP_NET_RAW in the attacker: {caps}");
+        assert!(
+            eff & (1 << 12) == 0,
+            "no CAP_NET_ADMIN in the attacker: {caps}"
+        );
+        c
+    }
+
+    fn sibling(&self, id: &str) -> Container {
+        let c = hooked(&self.tb, &self.config, id)
+            .annotation("nsbypass.io/network", "fast")
+            .create()
+            .expect("creating the sibling");
+        c.start().expect("starting the sibling");
+        c
+    }
+
+    /// Starts a sniffer on `ifname` in the namespace at `netns`, returned
+    /// once it is bound.
+    fn sniffer(&self, netns: &Path, ifname: &str) -> Sniffer {
+        let mut child = Command::new("nsenter")
+            .arg(format!("--net={}", netns.display()))
+            .arg("--")
+            .arg(&self.sniff)
+            .args([ifname, "1500"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting sniff");
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut first = String::new();
+        out.read_line(&mut first).unwrap();
+        assert_eq!(first, "ready\n", "sniff on {ifname}");
+        Sniffer { child, out }
+    }
+
+    fn peer_netns(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.tb.peer_ns))
+    }
+}
+
+struct Sniffer {
+    child: Child,
+    out: BufReader<std::process::ChildStdout>,
+}
+
+impl Sniffer {
+    /// Every frame it saw, as hex lines.
+    fn frames(mut self) -> String {
+        let mut text = String::new();
+        self.out.read_to_string(&mut text).unwrap();
+        self.child.wait().unwrap();
+        text
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn mac(text: &str) -> [u8; 6] {
+    let mut m = [0u8; 6];
+    for (b, part) in m.iter_mut().zip(text.split(':')) {
+        *b = u8::from_str_radix(part, 16).unwrap();
+    }
+    m
+}
+
+fn checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    [&dst[..], &src, &ethertype.to_be_bytes(), payload].concat()
+}
+
+/// UDP to port 9 carrying `marker`.
+fn udp4(src: Ipv4Addr, dst: Ipv4Addr, marker: &[u8]) -> Vec<u8> {
+    let udp = [
+        &[0x30, 0x39, 0, 9][..],
+        &((8 + marker.len()) as u16).to_be_bytes(),
+        &[0, 0],
+        marker,
+    ]
+    .concat();
+    let mut ip = [
+        &[0x45, 0][..],
+        &((20 + udp.len()) as u16).to_be_bytes(),
+        &[0, 0, 0x40, 0, 64, 17, 0, 0],
+        &src.octets(),
+        &dst.octets(),
+    ]
+    .concat();
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    [ip, udp].concat()
+}
+
+fn udp6(src: Ipv6Addr, dst: Ipv6Addr, marker: &[u8]) -> Vec<u8> {
+    let len = (8 + marker.len()) as u16;
+    let udp = [&[0x30, 0x39, 0, 9][..], &len.to_be_bytes(), &[0, 0], marker].concat();
+    [
+        &[0x60, 0, 0, 0][..],
+        &len.to_be_bytes(),
+        &[17, 64],
+        &src.octets(),
+        &dst.octets(),
+        &udp,
+    ]
+    .concat()
+}
+
+/// An ARP reply "`spa` is at `sha`", with `marker` in the padding.
+fn arp_reply(sha: [u8; 6], spa: Ipv4Addr, tha: [u8; 6], tpa: Ipv4Addr, marker: &[u8]) -> Vec<u8> {
+    [
+        &[0, 1, 8, 0, 6, 4, 0, 2][..],
+        &sha,
+        &spa.octets(),
+        &tha,
+        &tpa.octets(),
+        marker,
+    ]
+    .concat()
+}
+
+const BROADCAST: [u8; 6] = [0xff; 6];
+const FOREIGN_MAC: [u8; 6] = [0x02, 0xde, 0xad, 0xbe, 0xef, 0x01];
+
+/// Who is where on the wire.
+struct Parties {
+    own_mac: [u8; 6],
+    own_ip: Ipv4Addr,
+    sibling_mac: [u8; 6],
+    sibling_ip: Ipv4Addr,
+    peer_mac: [u8; 6],
+    peer_ip: Ipv4Addr,
+}
+
+/// A frame to send and the marker that tells it in a capture.
+struct Probe {
+    kind: &'static str,
+    /// Sent to this destination MAC.
+    to: &'static str,
+    marker: String,
+    frame: Vec<u8>,
+}
+
+/// Every spoof kind and one legitimate frame, each to the broadcast
+/// address, the sibling's MAC and the peer's MAC; `bypass` tags the
+/// markers of the qdisc-bypass round.
+fn probes(p: &Parties, round: &str) -> Vec<Probe> {
+    let mut out = Vec::new();
+    let foreign_ip = Ipv4Addr::new(
+        p.own_ip.octets()[0],
+        p.own_ip.octets()[1],
+        p.own_ip.octets()[2],
+        250,
+    );
+    for (to, dst) in [
+        ("broadcast", BROADCAST),
+        ("sibling", p.sibling_mac),
+        ("peer", p.peer_mac),
+    ] {
+        let mk = |kind: &str| format!("NSBG-{round}-{kind}-{to}");
+        let mut add = |kind: &'static str, frame: Vec<u8>| {
+            let marker = mk(kind);
+            let mut frame = frame;
+            frame.extend_from_slice(marker.as_bytes());
+            out.push(Probe {
+                kind,
+                to,
+                marker,
+                frame,
+            });
+        };
+        let ip4 = |src: Ipv4Addr| udp4(src, p.peer_ip, b"");
+        // The marker goes after each payload (a receiver's capture keeps it;
+        // the lengths in the headers do not cover it).
+        add("own", ethernet(dst, p.own_mac, 0x0800, &ip4(p.own_ip)));
+        add(
+            "sibling-ip",
+            ethernet(dst, p.own_mac, 0x0800, &ip4(p.sibling_ip)),
+        );
+        add(
+            "foreign-ip",
+            ethernet(dst, p.own_mac, 0x0800, &ip4(foreign_ip)),
+        );
+        add(
+            "foreign-mac",
+            ethernet(dst, FOREIGN_MAC, 0x0800, &ip4(p.own_ip)),
+        );
+        add(
+            "sibling-mac",
+            ethernet(dst, p.sibling_mac, 0x0800, &ip4(p.sibling_ip)),
+        );
+        add(
+            "arp-sibling",
+            ethernet(
+                dst,
+                p.own_mac,
+                0x0806,
+                &arp_reply(p.own_mac, p.sibling_ip, dst, p.peer_ip, b""),
+            ),
+        );
+        add(
+            "arp-gateway",
+            ethernet(
+                dst,
+                p.own_mac,
+                0x0806,
+                &arp_reply(p.own_mac, p.peer_ip, dst, p.sibling_ip, b""),
+            ),
+        );
+        add(
+            "ipv6-foreign",
+            ethernet(
+                dst,
+                p.own_mac,
+                0x86DD,
+                &udp6("fd00:77::99".parse().unwrap(), PEER6.parse().unwrap(), b""),
+            ),
+        );
+        add(
+            "ethertype",
+            ethernet(dst, p.own_mac, 0x88B5, b"local experimental"),
+        );
+    }
+    out
+}
+
+/// What each sniffer saw of `probes`.
+struct Seen {
+    peer: Vec<String>,
+    sibling: Vec<String>,
+}
+
+impl Seen {
+    fn at_peer(&self, marker: &str) -> bool {
+        self.peer.iter().any(|m| m == marker)
+    }
+    fn at_sibling(&self, marker: &str) -> bool {
+        self.sibling.iter().any(|m| m == marker)
+    }
+}
+
+/// Sends every probe from `attacker` (twice: through the qdisc layer, and
+/// past it) while the peer and `sibling` sniff.
+fn spoof(bed: &Bed, attacker: &Container, sibling: &Container, p: &Parties) -> (Vec<Probe>, Seen) {
+    let peer = bed.sniffer(&bed.peer_netns(), &bed.tb.peer_link);
+    let sib = bed.sniffer(
+        &PathBuf::from(format!("/proc/{}/ns/net", sibling.pid)),
+        "net1",
+    );
+    let mut all = Vec::new();
+    for (round, bypass) in [("qdisc", false), ("bypass", true)] {
+        let probes = probes(p, round);
+        let mut argv: Vec<String> = vec!["spoof".into()];
+        if bypass {
+            argv.push("-b".into());
+        }
+        argv.push("net1".into());
+        argv.extend(probes.iter().map(|probe| hex(&probe.frame)));
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        attacker.exec_ok(&argv).expect("spoof runs in the attacker");
+        all.extend(probes);
+    }
+    let found = |capture: String| -> Vec<String> {
+        all.iter()
+            .filter(|probe| capture.contains(&hex(probe.marker.as_bytes())))
+            .map(|probe| probe.marker.clone())
+            .collect()
+    };
+    let seen = Seen {
+        peer: found(peer.frames()),
+        sibling: found(sib.frames()),
+    };
+    (all, seen)
+}
+
+fn parties(bed: &Bed, attacker: &Container, sibling: &Container) -> Parties {
+    let a = iface(attacker, "net1");
+    let s = iface(sibling, "net1");
+    let link = bed
+        .tb
+        .in_peer_ok(&["ip", "-j", "link", "show", "dev", &bed.tb.peer_link])
+        .unwrap();
+    let link: Value = serde_json::from_str(&link).unwrap();
+    let peer_mac = link[0]["address"].as_str().unwrap().to_owned();
+    let ip = |i: &common::Iface| i.ipv4[0].split('/').next().unwrap().parse().unwrap();
+    Parties {
+        own_mac: mac(&a.mac),
+        own_ip: ip(&a),
+        sibling_mac: mac(&s.mac),
+        sibling_ip: ip(&s),
+        peer_mac: mac(peer_mac.trim()),
+        peer_ip: bed.tb.peer_ip,
+    }
+}
+
+/// Whether the probe's destination delivers it to the peer / the sibling.
+fn reaches_peer(probe: &Probe) -> bool {
+    probe.to != "sibling"
+}
+fn reaches_sibling(probe: &Probe) -> bool {
+    probe.to != "peer"
+}
+
+/// The attacker's own traffic: ping and TCP to the peer, and IPv6 to the
+/// peer, whose address it must first resolve with neighbour discovery.
+fn own_traffic_flows(bed: &Bed, attacker: &Container) {
+    assert!(
+        pings(attacker, &bed.tb.peer_ip.to_string()),
+        "ping to the peer"
+    );
+    assert!(
+        pings(attacker, PEER6),
+        "IPv6 ping (neighbour discovery first) to the peer"
+    );
+    let mut server = Command::new("nsenter")
+        .arg(format!("--net={}", bed.peer_netns().display()))
+        .args(["--", "busybox", "nc", "-l", "-p", "7777"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("a TCP listener on the peer");
+    std::thread::sleep(Duration::from_millis(200));
+    let sent = attacker.exec(&[
+        "sh",
+        "-c",
+        &format!("echo over-tcp | nc {} 7777", bed.tb.peer_ip),
+    ]);
+    let mut got = String::new();
+    server
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut got)
+        .unwrap();
+    let _ = server.wait();
+    assert!(
+        sent.is_ok() && got.contains("over-tcp"),
+        "TCP to the peer: got {got:?}"
+    );
+}
+
+#[test]
+fn a_container_with_cap_net_raw_sends_only_from_its_own_mac_and_addresses() {
+    let Some(bed) = Bed::new("") else { return };
+    let attacker = bed.attacker("ga");
+    let sibling = bed.sibling("gs");
+    let p = parties(&bed, &attacker, &sibling);
+    own_traffic_flows(&bed, &attacker);
+
+    let (probes, seen) = spoof(&bed, &attacker, &sibling, &p);
+    for probe in &probes {
+        let (peer, sib) = (seen.at_peer(&probe.marker), seen.at_sibling(&probe.marker));
+        if probe.kind == "own" {
+            // The sniffers work, and so does a raw socket that tells the truth.
+            assert_eq!(peer, reaches_peer(probe), "{} at the peer", probe.marker);
+            assert_eq!(
+                sib,
+                reaches_sibling(probe),
+                "{} at the sibling",
+                probe.marker
+            );
+        } else {
+            assert!(!peer, "{} reached the peer", probe.marker);
+            assert!(!sib, "{} reached the sibling", probe.marker);
+        }
+    }
+    // The list says so.
+    let list = ok(&bed.tb, &bed.config, &["list", "--json"]);
+    let rows: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["guarded"] == true && r["guard"] == "on"),
+        "{list}"
+    );
+    delete(attacker);
+    delete(sibling);
+    common::direct::assert_state_empty(&bed.tb, "after both poststops");
+}
+
+#[test]
+fn without_the_guard_the_same_frames_arrive() {
+    let Some(bed) = Bed::new("guard = false") else {
+        return;
+    };
+    let attacker = bed.attacker("ua");
+    let sibling = bed.sibling("us");
+    let p = parties(&bed, &attacker, &sibling);
+    let (probes, seen) = spoof(&bed, &attacker, &sibling, &p);
+    for probe in &probes {
+        assert_eq!(
+            seen.at_peer(&probe.marker),
+            reaches_peer(probe),
+            "{} at the peer",
+            probe.marker
+        );
+        assert_eq!(
+            seen.at_sibling(&probe.marker),
+            reaches_sibling(probe),
+            "{} at the sibling",
+            probe.marker
+        );
+    }
+    let host = PathBuf::from(format!("/run/netns/{}", bed.tb.host_ns));
+    assert!(guard_tables_in(&host).is_empty());
+    let list = ok(&bed.tb, &bed.config, &["list", "--json"]);
+    let rows: Vec<Value> = serde_json::from_str(&list).unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["guarded"] == false && r["guard"] == "off"),
+        "{list}"
+    );
+    delete(attacker);
+    delete(sibling);
+}
+
+#[test]
+fn with_the_filter_in_its_namespace_deleted_the_parent_still_stops_spoofs_towards_the_peer() {
+    let Some(bed) = Bed::new("") else { return };
+    let attacker = bed.attacker("na");
+    let sibling = bed.sibling("ns");
+    let p = parties(&bed, &attacker, &sibling);
+    // What a container with CAP_NET_ADMIN in its namespace can do.
+    attacker
+        .netns_exec_ok(&["nft", "delete", "table", "netdev", "nsbypass-link-net1"])
+        .expect("deleting the filter in the namespace");
+    let list = ok(&bed.tb, &bed.config, &["list", "--json"]);
+    assert!(
+        list.contains("partial: the filter in the namespace is gone"),
+        "{list}"
+    );
+
+    let (probes, seen) = spoof(&bed, &attacker, &sibling, &p);
+    for probe in probes.iter().filter(|p| reaches_peer(p)) {
+        let expect = match probe.kind {
+            "own" => true,
+            // A sibling's MAC with the sibling's address: on the parent
+            // it is the sibling's own frame. What the parent's filter
+            // cannot tell apart (README, "Address guard"); the filter in
+            // the namespace, while it stands, stops it.
+            "sibling-mac" => true,
+            _ => false,
+        };
+        assert_eq!(
+            seen.at_peer(&probe.marker),
+            expect,
+            "{} at the peer",
+            probe.marker
+        );
+    }
+    // Bridge mode hands the sibling its frames without the parent's
+    // egress: there, only the filter that was deleted stood.
+    assert!(
+        seen.at_sibling("NSBG-qdisc-sibling-ip-sibling"),
+        "{:?}",
+        seen.sibling
+    );
+    delete(attacker);
+    delete(sibling);
+    assert_no_guard_tables(&bed.tb, "after both poststops");
+}
+
+#[test]
+fn rollback_kill_and_gc_leave_no_filter() {
+    let Some(bed) = Bed::new("") else { return };
+    let tb = &bed.tb;
+    let host = PathBuf::from(format!("/run/netns/{}", tb.host_ns));
+    let pinned = PinnedNetns::new(tb, "g1");
+    let attach = [
+        "attach",
+        "--netns",
+        pinned.path.to_str().unwrap(),
+        "--id",
+        "g1",
+        "--network",
+        "fast",
+    ];
+    // A step failing after the filters, and each filter's own step.
+    for point in ["guard-link", "guard-parent", "link-up", "add-route"] {
+        let out = nsbypass(tb, &bed.config, &attach, Some(&format!("{point}=error")));
+        assert!(!out.status.success(), "{point}: attach was to fail");
+        assert!(
+            guard_tables_in(&pinned.path).is_empty(),
+            "{point}: the namespace's filter is left"
+        );
+        assert!(
+            guard_tables_in(&host).is_empty(),
+            "{point}: the parent's filter is left"
+        );
+        common::direct::assert_state_empty(tb, &format!("after {point}=error"));
+    }
+    // Killed once both filters are made: gc finds the record and removes
+    // them with the link.
+    let out = nsbypass(tb, &bed.config, &attach, Some("link-up=kill"));
+    assert!(!out.status.success());
+    assert_eq!(guard_tables_in(&pinned.path), ["nsbypass-link-net1"]);
+    assert_eq!(
+        guard_tables_in(&host),
+        [format!("nsbypass-parent-{}", tb.parent)]
+    );
+    ok(tb, &bed.config, &["gc"]);
+    assert!(guard_tables_in(&pinned.path).is_empty());
+    assert!(guard_tables_in(&host).is_empty());
+    common::direct::assert_state_empty(tb, "after gc");
+
+    // Two links on the parent: the first to go takes only its own keys.
+    let second = PinnedNetns::new(tb, "g2");
+    ok(tb, &bed.config, &attach);
+    ok(
+        tb,
+        &bed.config,
+        &[
+            "attach",
+            "--netns",
+            second.path.to_str().unwrap(),
+            "--id",
+            "g2",
+            "--network",
+            "fast",
+        ],
+    );
+    ok(tb, &bed.config, &["detach", "--id", "g1"]);
+    let list = ok(tb, &bed.config, &["list", "--json"]);
+    assert!(list.contains("\"guard\": \"on\""), "{list}");
+    ok(tb, &bed.config, &["detach", "--id", "g2"]);
+    assert!(guard_tables_in(&second.path).is_empty());
+    assert!(guard_tables_in(&pinned.path).is_empty());
+    assert_no_guard_tables(tb, "after both detaches");
+    assert!(common::leases(tb).is_empty(), "{:?}", common::leases(tb));
+}
