@@ -4,10 +4,11 @@
 //!
 //! Doctor loads the config itself rather than through `Node::open`: it must
 //! still say something useful (capabilities, cgroups) when the config is
-//! broken, and it must not need the state lock or write the log. It changes
-//! nothing on the host: the one thing it makes, a probe MACVLAN, lives in a
-//! scratch network namespace of its own and is deleted (and would go with
-//! that namespace anyway).
+//! broken, and it must not write the log; it takes the state lock only
+//! to read the links' records (for their guards), briefly. It changes
+//! nothing on the host: the one thing it makes, a probe MACVLAN (with the
+//! address guard's filter on it), lives in a scratch network namespace of
+//! its own and is deleted (and would go with that namespace anyway).
 
 use std::fmt;
 use std::io::{ErrorKind, Read, Write};
@@ -16,13 +17,19 @@ use std::path::{Component, Path, PathBuf};
 
 use nsutil::dir::{ancestor_problem, root_problem, Unsafe};
 use nsutil::netlink::{Link, Netlink, NewMacvlan};
+use nsutil::nftables::{Batch, Nftables};
 use nsutil::ns::Netns;
 use runtime_config::config::ConfigError;
 use runtime_config::leases::LeaseConfig;
 use runtime_config::{Config, Network, Profile};
 
+use crate::guard::{self, Guard, RealHostGuard};
+use crate::kernel::{self, Presence, RealReach};
 use crate::node;
+use crate::operate;
 use crate::profile;
+use crate::reconcile::Stores;
+use crate::records::StateDir;
 
 /// The name of the probe MACVLAN in its scratch namespace.
 const PROBE: &str = "nsbprobe0";
@@ -95,12 +102,15 @@ pub fn run(config_path: &Path) -> bool {
     report.add(capabilities_check());
     report.add(cgroup_check(Path::new("/sys/fs/cgroup")));
     if let Ok(config) = &config {
-        report.add(state_dir_check(
-            &config.state_dir,
-            nix::unistd::geteuid().as_raw(),
-        ));
+        let state = state_dir_check(&config.state_dir, nix::unistd::geteuid().as_raw());
+        // The records are read only from a state directory that passed.
+        let state_safe = !state.failed();
+        report.add(state);
         lease_checks(config, &mut report);
         network_checks(config, &mut report);
+        if state_safe {
+            link_guard_checks(config, &mut report);
+        }
         for profile in config.profiles.values() {
             profile_checks(config, profile, &mut report);
         }
@@ -520,7 +530,11 @@ fn network_checks(config: &Config, report: &mut Report) {
         let check = mtu_check(name, network, &parent);
         let fits = !check.failed();
         report.add(check);
-        report.add(macvlan_probe(&nl, name, network, &parent, fits));
+        let mut guard = None;
+        report.add(macvlan_probe(&nl, name, network, &parent, fits, &mut guard));
+        if let Some(check) = guard {
+            report.add(check);
+        }
         if !parents.iter().any(|p| p.index == parent.index) {
             parents.push(parent);
         }
@@ -609,6 +623,7 @@ fn macvlan_probe(
     network: &Network,
     parent: &Link,
     mtu_fits: bool,
+    guard: &mut Option<Check>,
 ) -> Check {
     let subject = format!("network {name}: macvlan");
     let mode = format!("{:?}", network.mode).to_lowercase();
@@ -656,6 +671,9 @@ fn macvlan_probe(
             fix,
         );
     }
+    if network.guard {
+        *guard = Some(guard_probe(&scratch, name, network, mac));
+    }
     let deleted = scratch
         .run(|| -> nsutil::Result<()> {
             let inner = nl.connect_here()?;
@@ -676,6 +694,105 @@ fn macvlan_probe(
             format!("made a {mode} MACVLAN on {p}, but deleting it failed ({e}); it goes with its scratch namespace"),
             "report this: the kernel made a link it would not delete",
         ),
+    }
+}
+
+/// Makes the address guard's filter (the one setup makes in a container's
+/// namespace) on the probe link in its scratch namespace, and removes it:
+/// whether this kernel has nftables' netdev egress hook.
+fn guard_probe(scratch: &Netns, name: &str, network: &Network, mac: [u8; 6]) -> Check {
+    let subject = format!("network {name}: guard");
+    let probe = Guard {
+        mac,
+        v4: network.ipv4.iter().map(|p| p.first).collect(),
+        v6: network.ipv6.iter().map(|p| p.first).collect(),
+        ethertypes: network.guard_allow_ethertypes.clone(),
+        passthru: false,
+    };
+    let made = scratch
+        .run(|| -> nsutil::Result<()> {
+            let nft = Nftables::connect()?;
+            nft.apply(
+                &probe.inner(PROBE),
+                "make the guard's filter on the probe link",
+            )?;
+            let mut remove = Batch::new();
+            remove.destroy_table(&guard::inner_table(PROBE));
+            nft.apply(&remove, "remove the guard's filter from the probe link")
+        })
+        .and_then(|r| r);
+    match made {
+        Ok(()) => Check::ok(
+            subject,
+            "an nftables egress filter was made on the probe link and removed",
+        ),
+        Err(e) => Check::fail(
+            subject,
+            format!("the kernel refused the address guard's nftables filter: {e}"),
+            format!(
+                "use a kernel with nftables' netdev egress hook (Linux 5.16 or later, CONFIG_NF_TABLES_NETDEV, CONFIG_NETFILTER_EGRESS), or set guard = false on network {name}"
+            ),
+        ),
+    }
+}
+
+/// One line per recorded link of a live namespace: whether its guard's
+/// filters are all in place (`list --json`'s `guard`). Reads the records
+/// under the state lock, briefly, and changes nothing.
+fn link_guard_checks(config: &Config, report: &mut Report) {
+    if !config.state_dir.exists() {
+        return;
+    }
+    let state = match StateDir::lock(&config.state_dir, std::time::Duration::from_secs(1)) {
+        Ok(state) => state,
+        Err(e) => {
+            report.add(Check::fail(
+                "links: guard",
+                format!("cannot read the records: {e}"),
+                "run nsbypass doctor as root, again when no hook holds the lock",
+            ));
+            return;
+        }
+    };
+    let mut reach = RealReach::default();
+    let mut guards = RealHostGuard::default();
+    let mut leases = state.leases();
+    let mut stores = Stores {
+        state: &state,
+        leases: &mut leases,
+        reach: &mut reach,
+        host: "",
+        machine: "",
+        guards: &mut guards,
+    };
+    for key in stores.state.netns_keys().unwrap_or_default() {
+        let Ok(Some(record)) = stores.state.netns(&key) else {
+            continue;
+        };
+        let mut inside = match kernel::presence(stores.reach, &record) {
+            Ok(Presence::Reachable(kernel)) => Some(kernel),
+            Ok(Presence::Unreachable) => None,
+            _ => continue,
+        };
+        for link in record.links.iter().filter(|l| !l.pending) {
+            let subject = format!(
+                "link {} of {} ({})",
+                link.ifname, link.created_by, link.network
+            );
+            let found = operate::guard_state(link, inside.as_mut(), &mut stores);
+            report.add(match found.as_str() {
+                "on" => Check::ok(subject, "guarded: in its namespace and on the parent"),
+                "off" => Check::ok(subject, format!("not guarded (network {} has guard = false)", link.network)),
+                partial => Check::fail(
+                    subject,
+                    format!("guard {partial}"),
+                    format!(
+                        "detach and attach it again, or restart the container; a container that deletes its filter holds CAP_NET_ADMIN: drop that capability ({} stays guarded off the host meanwhile)",
+                        link.parent
+                    ),
+                ),
+            });
+        }
     }
 }
 

@@ -1402,6 +1402,39 @@ parent = "ens1f1"
     }
 
     #[test]
+    fn the_guard_is_on_unless_turned_off_and_takes_only_other_ethertypes() {
+        let net = |extra: &str| format!("[networks.a]\nparent = \"p\"\n{extra}");
+        let on = parse(&net("subnet = \"10.1.0.0/24\"")).unwrap();
+        assert!(on.networks["a"].guard && on.networks["a"].guard_allow_ethertypes.is_empty());
+        let off = parse(&net("guard = false")).unwrap();
+        assert!(!off.networks["a"].guard);
+        let ptp = parse(&net("guard_allow_ethertypes = [0x88F7, 35020]")).unwrap();
+        assert_eq!(ptp.networks["a"].guard_allow_ethertypes, [0x88F7, 0x88CC]);
+        for (value, why) in [
+            (
+                "[0x0800]",
+                "0x0800 is IPv4, which the guard checks by address",
+            ),
+            ("[0x86DD]", "0x86dd is IPv6"),
+            ("[0x0806]", "0x0806 is ARP"),
+            ("[1500]", "0x05dc is an 802.3 length"),
+            ("[70000]", "70000 is not an ethertype"),
+            ("[-1]", "-1 is not an ethertype"),
+            ("[0x88F7, 0x88F7]", "0x88f7 is listed twice"),
+        ] {
+            let e = err(&net(&format!("guard_allow_ethertypes = {value}")));
+            assert!(
+                e.starts_with(
+                    "config /etc/nsbypass/config.toml: network a: guard_allow_ethertypes: "
+                ) && e.contains(why),
+                "{value}: {e}"
+            );
+        }
+        let e = err(&net("guard = false\nguard_allow_ethertypes = [0x88F7]"));
+        assert!(e.contains("guard = false, so nothing is dropped"), "{e}");
+    }
+
+    #[test]
     fn host_shim_needs_a_pool_and_bridge_mode() {
         let net = |extra: &str| format!("[networks.a]\nparent = \"p\"\n{extra}");
         let on = parse(&net("subnet = \"10.1.0.0/24\"\nhost_shim = true")).unwrap();

@@ -119,6 +119,13 @@ fn nsbypass(tb: &Testbed, config: &Path, args: &[&str], failpoint: Option<&str>)
     cmd.output().expect("running nsbypass")
 }
 
+/// `doctor`'s report, whatever its verdict (a veth parent is always
+/// promiscuous, which doctor reports).
+fn doctor(bed: &Bed) -> String {
+    let out = nsbypass(&bed.tb, &bed.config, &["doctor"], None);
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// Its stdout; panics unless it succeeds.
 fn ok(tb: &Testbed, config: &Path, args: &[&str]) -> String {
     let out = nsbypass(tb, config, args, None);
@@ -571,6 +578,12 @@ fn a_container_with_cap_net_raw_sends_only_from_its_own_mac_and_addresses() {
             .all(|r| r["guarded"] == true && r["guard"] == "on"),
         "{list}"
     );
+    let doctor = doctor(&bed);
+    assert!(doctor.contains("ok   network fast: guard: "), "{doctor}");
+    assert!(
+        doctor.contains("ok   link net1 of ga (fast): guarded"),
+        "{doctor}"
+    );
     delete(attacker);
     delete(sibling);
     common::direct::assert_state_empty(&bed.tb, "after both poststops");
@@ -626,6 +639,13 @@ fn with_the_filter_in_its_namespace_deleted_the_parent_still_stops_spoofs_toward
     assert!(
         list.contains("partial: the filter in the namespace is gone"),
         "{list}"
+    );
+    let doctor = doctor(&bed);
+    assert!(
+        doctor.contains(
+            "FAIL link net1 of na (fast): guard partial: the filter in the namespace is gone"
+        ),
+        "{doctor}"
     );
 
     let (probes, seen) = spoof(&bed, &attacker, &sibling, &p);
