@@ -489,12 +489,13 @@ class Bench:
 
     # -- the hook's inputs ----------------------------------------------------
 
-    def write_config(self, name="config.toml", subnet="10.77.0.0/24", rng="10.77.0.100-10.77.0.199"):
+    def write_config(self, name="config.toml", subnet="10.77.0.0/24", rng="10.77.0.100-10.77.0.199",
+                     extra=""):
         path = f"{self.dir}/{name}"
         with open(path, "w") as f:
             f.write(f'state_dir = "{self.dir}/state-{name}"\n[log]\nfile = "{self.dir}/nsbypass.log"\n'
                     f'[networks.fast]\nparent = "{self.parent}"\nsubnet = "{subnet}"\n'
-                    f'range = "{rng}"\n')
+                    f'range = "{rng}"\n{extra}')
         os.makedirs(f"{self.dir}/bundle", exist_ok=True)
         with open(f"{self.dir}/bundle/config.json", "w") as f:
             json.dump({"annotations": {"nsbypass.io/network": "fast"}}, f)
@@ -1140,6 +1141,85 @@ class Bench:
               f"- {ipvlan}\n\n![rtt](perf/datapath-rtt.svg)\n\n![tcp](perf/datapath-tcp.svg)")
         self.sections.append(("Data path", md))
 
+    def cmp_guard(self):
+        """The address guard: what it adds to prestart (paired against the
+        same config with guard = false), and the data path with and without
+        it, off the host (both filters) and between two children (the one
+        in the namespace)."""
+        on = self.write_config("guard-on.toml")
+        off = self.write_config("guard-off.toml", extra="guard = false\n")
+        n = self.args.runs
+
+        def side(config, tag):
+            def go(r):
+                pre, post, _ = self.lifecycle(config, f"{tag}{r}")
+                return {f"{tag} prestart": pre, f"{tag} poststop": post}
+            return go
+
+        res = self.alternate({"on": side(on, "guarded"), "off": side(off, "unguarded")}, n)
+        pre = ratios(res["guarded prestart"], res["unguarded prestart"])
+        added = statistics.median(res["guarded prestart"]) - statistics.median(res["unguarded prestart"])
+        lo, hi = ratio_of_medians_ci(res["guarded prestart"], res["unguarded prestart"])
+        self.goals.append(("prestart with the address guard / without (paired)",
+                           f"{statistics.median(pre):.2f}x, +{added * 1000:.2f} ms", "none set", None))
+
+        # The data path: two children per side on the testbed's parent,
+        # attached by nsbypass itself, and the wire peer with an address in
+        # each side's subnet.
+        secs = 1 if self.args.quick else 4
+        wire = f"{TAG}w"
+        paths = {}
+        for label, config, subnet, extra in (
+                ("with the guard", "dp-on.toml", "10.95.0", ""),
+                ("without", "dp-off.toml", "10.96.0", "guard = false\n")):
+            cfg = self.write_config(config, subnet=f"{subnet}.0/24", rng=f"{subnet}.10-{subnet}.20",
+                                    extra=extra)
+            sh("ip", "-n", self.peer, "addr", "add", f"{subnet}.1/24", "dev", wire)
+            names = []
+            for who in ("a", "b"):
+                ns = f"{TAG}-g{'n' if not extra else 'f'}{who}"
+                self.netns_add(ns)
+                run([self.nsbypass, "--config", cfg, "attach", "--netns", f"/run/netns/{ns}",
+                     "--id", ns, "--network", "fast"])
+                names.append(ns)
+            b_ip = json.loads(sh("ip", "-n", names[1], "-j", "-4", "addr", "show", "dev", "net1")
+                              .stdout)[0]["addr_info"][0]["local"]
+            paths[label] = {"to the wire peer (both filters)": (names[0], self.peer, f"{subnet}.1"),
+                            "child to child (the namespace's filter)": (names[0], names[1], b_ip)}
+        rounds = 1 if self.args.quick else 3
+        got = {}
+        for r in range(rounds):
+            order = list(paths.items())
+            self.rng.shuffle(order)
+            for label, ways in order:
+                for way, (client, server, ip) in ways.items():
+                    lat, gbit, _ = self.dp_measure(client, server, ip, secs)
+                    got.setdefault((way, label), []).append((lat, gbit))
+        lines = ["| path | guard | UDP RTT p50 us | p99 us | TCP Gbit/s |", "|---|---|---:|---:|---:|"]
+        for (way, label), xs in sorted(got.items()):
+            p50 = statistics.median(l["p50"] for l, _ in xs)
+            p99 = statistics.median(l["p99"] for l, _ in xs)
+            gbit = statistics.median(g for _, g in xs)
+            lines.append(f"| {way} | {label} | {p50:.1f} | {p99:.1f} | {gbit:.2f} |")
+        for label in paths:
+            for ns in [n for n in list(self.namespaces) if n.startswith(f"{TAG}-g")]:
+                self.netns_del(ns)
+        rows = [("with the guard", res["guarded prestart"]), ("guard = false", res["unguarded prestart"])]
+        img = self.bars("guard.svg", "Prestart with and without the address guard", rows)
+        md = (f"Prestart of one link with `guard = true` and with `guard = false`, otherwise the same "
+              f"config, {n} rounds in a random order per round:\n\n{self.table(rows)}\n\n"
+              f"Paired ratio guarded / unguarded: **{statistics.median(pre):.2f}x** (ratio of medians "
+              f"{statistics.median(res['guarded prestart']) / statistics.median(res['unguarded prestart']):.2f}, "
+              f"95% CI {lo:.2f}-{hi:.2f}); the guard adds {added * 1000:.2f} ms: one nftables batch in the "
+              f"container's namespace (its table, chain and rules) and one on the parent (the link's set "
+              f"elements; the parent's table is made by the first guarded link only).\n\n"
+              f"Data path, sockperf UDP ping-pong and iperf3 TCP (one stream) for {secs} s each, "
+              f"{rounds} round(s) alternating the sides in a random order, medians over the rounds. Each "
+              f"side is two children attached by nsbypass on the testbed's parent and the wire peer; "
+              f"\"to the wire peer\" passes the link's filter and the parent's, \"child to child\" (bridge "
+              f"mode) only the link's:\n\n" + "\n".join(lines) + f"\n\n{img}")
+        self.sections.append(("Address guard: what it costs", md))
+
     # -- the report -------------------------------------------------------------
 
     def write(self, output, started, began_load, duration):
@@ -1224,7 +1304,7 @@ def main():
     parser.add_argument("--output", default=f"{ROOT}/docs/PERFORMANCE.md")
     parser.add_argument("--seed", type=int, default=10, help="seed of the per-round order")
     parser.add_argument("--only", help="comma-separated subset: "
-                        "lifecycle,noop,runc,concurrent,etcd,podman,datapath,scale,rss")
+                        "lifecycle,noop,runc,concurrent,etcd,podman,datapath,guard,scale,rss")
     target = os.environ.get("CARGO_TARGET_DIR", f"{ROOT}/target")
     parser.add_argument("--nsbypass", default=f"{target}/{TARGET}/release/nsbypass",
                         help="the hook binary (default: what scripts/build-release.sh builds)")
@@ -1266,7 +1346,7 @@ def main():
             print("bench: no podman with netavark here; skipping the podman comparison", file=sys.stderr)
         # The data path before the scale run: a thousand namespaces going
         # away keep the kernel busy for a while.
-        steps += [("datapath", bench.cmp_datapath), ("scale", bench.cmp_scale)]
+        steps += [("datapath", bench.cmp_datapath), ("guard", bench.cmp_guard), ("scale", bench.cmp_scale)]
         for name, step in steps:
             if want(name):
                 t = time.perf_counter()
