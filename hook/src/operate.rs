@@ -167,12 +167,20 @@ pub struct Row {
     pub source: &'static str,
     /// When the link was made, RFC 3339 UTC; empty if not recorded.
     pub since: String,
-    /// `reachable`, or `unreachable` for a namespace that lives on where
-    /// no recorded path leads (its address stays leased).
+    /// `reachable`, `unreachable` for a namespace that lives on where no
+    /// recorded path leads (its address stays leased), or `stale` for one
+    /// that is gone while its records still hold the lease (its runtime
+    /// has not run poststop yet: CRI-O runs it when the pod is removed,
+    /// not when it stops); `gc`, or a setup that needs the address, frees
+    /// it.
     pub state: &'static str,
+    /// The Kubernetes pod (`NAMESPACE/NAME`) the link was made for, from
+    /// its pod annotations; empty for other containers and attachments.
+    pub pod: String,
 }
 
-/// Prints every live attachment on this host, as a table or as JSON.
+/// Prints every live attachment on this host, and every stale one (its
+/// namespace gone, its lease still held), as a table or as JSON.
 pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
     let node = Node::open(config)?;
     let rows = node.with_stores(|stores| {
@@ -184,7 +192,10 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             let state = match kernel::presence(stores.reach, &record).step(Step::OpenNamespace)? {
                 Presence::Reachable(_) => "reachable",
                 Presence::Unreachable => "unreachable",
-                Presence::Dying | Presence::Gone => continue,
+                // Still being destroyed: its leases go in a moment.
+                Presence::Dying => continue,
+                // Gone, but not freed until a run that frees reads it.
+                Presence::Gone => "stale",
             };
             let netns = record
                 .netns_paths()
@@ -211,6 +222,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
                     source: link.source.name(),
                     since: link.since.map(rfc3339).unwrap_or_default(),
                     state,
+                    pod: link.pod.clone().unwrap_or_default(),
                 });
             }
         }
@@ -243,10 +255,10 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             r.source,
             r.since,
             r.netns,
-            if r.state == "reachable" {
-                ""
-            } else {
-                " (out of reach)"
+            match r.state {
+                "reachable" => "",
+                "stale" => " (stale: gone; gc frees it)",
+                _ => " (out of reach)",
             }
         );
     }
