@@ -124,7 +124,16 @@ mod tests {
         for good in ["web-0", "a", "db.primary-1", &"a".repeat(253)] {
             assert!(check_pod_name(good).is_ok(), "{good:?}");
         }
-        for bad in ["", "Web-0", "-web", "web-", "web/0", "web 0", ".web", &"a".repeat(254)] {
+        for bad in [
+            "",
+            "Web-0",
+            "-web",
+            "web-",
+            "web/0",
+            "web 0",
+            ".web",
+            &"a".repeat(254),
+        ] {
             assert!(check_pod_name(bad).is_err(), "{bad:?}");
         }
     }

@@ -277,8 +277,15 @@ mod tests {
             e.starts_with("annotation io.kubernetes.pod.name: ") && e.contains("pod name"),
             "{e}"
         );
-        let e = req(&[("io.kubernetes.pod.namespace", "Trading"), pod[1], pod[2]], &[]).unwrap_err();
-        assert!(e.starts_with("annotation io.kubernetes.pod.namespace: "), "{e}");
+        let e = req(
+            &[("io.kubernetes.pod.namespace", "Trading"), pod[1], pod[2]],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("annotation io.kubernetes.pod.namespace: "),
+            "{e}"
+        );
     }
 
     #[test]
