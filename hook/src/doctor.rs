@@ -779,7 +779,7 @@ fn link_guard_checks(config: &Config, report: &mut Report) {
                 "link {} of {} ({})",
                 link.ifname, link.created_by, link.network
             );
-            let found = operate::guard_state(link, inside.as_mut(), &mut stores);
+            let found = operate::guard_state(link, inside.as_mut(), false, &mut stores);
             report.add(match found.as_str() {
                 "on" => Check::ok(subject, "guarded: in its namespace and on the parent"),
                 "off" => Check::ok(subject, format!("not guarded (network {} has guard = false)", link.network)),

@@ -94,16 +94,30 @@ pub trait LeaseStore {
     fn holder(&self, network: &str, address: IpAddr) -> Result<Option<Holder>, LeaseError>;
 
     /// Leases `want`, or else a free address of `pool`. The search starts
-    /// at a slot derived from the holder's container, so a restarted
-    /// container tends to get its address back. Leasing an address the
-    /// holder's namespace already holds succeeds and changes nothing.
+    /// at a slot derived from `seed` (the container's identity: its pod,
+    /// or its id), so a re-created container tends to get its address
+    /// back. Leasing an address the holder's namespace already holds
+    /// succeeds and changes nothing.
+    fn acquire_from(
+        &mut self,
+        network: &str,
+        pool: Pool<'_>,
+        holder: &Holder,
+        seed: &str,
+        want: Option<IpAddr>,
+    ) -> Result<IpAddr, LeaseError>;
+
+    /// [`LeaseStore::acquire_from`] with the slot of the holder's container.
     fn acquire(
         &mut self,
         network: &str,
         pool: Pool<'_>,
         holder: &Holder,
         want: Option<IpAddr>,
-    ) -> Result<IpAddr, LeaseError>;
+    ) -> Result<IpAddr, LeaseError> {
+        let seed = holder.container.clone();
+        self.acquire_from(network, pool, holder, &seed, want)
+    }
 
     /// Gives `address` back if `holder`'s namespace on `holder`'s host
     /// holds it. A free address, or one another holder has, is left alone.
@@ -182,11 +196,12 @@ impl LeaseStore for FileLeases<'_> {
         }
     }
 
-    fn acquire(
+    fn acquire_from(
         &mut self,
         network: &str,
         pool: Pool<'_>,
         holder: &Holder,
+        seed: &str,
         want: Option<IpAddr>,
     ) -> Result<IpAddr, LeaseError> {
         let dir = self.network(network)?;
@@ -209,7 +224,7 @@ impl LeaseStore for FileLeases<'_> {
                 }),
             };
         }
-        search(pool, network, holder, self.probes, |address| {
+        search(pool, network, seed, self.probes, |address| {
             self.try_create(&dir, address, holder)
         })
     }
@@ -259,24 +274,21 @@ impl LeaseStore for FileLeases<'_> {
     }
 }
 
-/// Where in `pool` the search for `container`'s address starts: derived,
-/// so a restarted container tends to get its address back; per family, so
-/// its IPv6 slot is not its IPv4 one.
-/// The search every store shares: from `holder`'s derived slot on
+/// The search every store shares: from `seed`'s derived slot on
 /// `network` (see [`start_slot`]), at most `probes` slots of `pool`, the
 /// gateway skipped, until `take` takes one. Starting where the container's
-/// id and the network point, rather than at the first free address, keeps
-/// a just-freed address from being handed out again at once while the
-/// pool has others, on one node and across nodes.
+/// identity and the network point, rather than at the first free address,
+/// keeps a just-freed address from being handed out again at once while
+/// the pool has others, on one node and across nodes.
 pub fn search(
     pool: Pool<'_>,
     network: &str,
-    holder: &Holder,
+    seed: &str,
     probes: u128,
     mut take: impl FnMut(IpAddr) -> Result<bool, LeaseError>,
 ) -> Result<IpAddr, LeaseError> {
     let len = pool.size();
-    let start = start_slot(pool, &holder.container, network);
+    let start = start_slot(pool, seed, network);
     let tried = len.min(probes);
     for step in 0..tried {
         // (start + step) % len, without overflowing a huge range.
@@ -302,10 +314,14 @@ pub fn search(
     })
 }
 
-pub fn start_slot(pool: Pool<'_>, container: &str, network: &str) -> u128 {
+/// Where in `pool` the search for the address of `identity` (a container
+/// id, or a pod's `NAMESPACE/NAME`) starts: derived, so a re-created
+/// container tends to get its address back; per family, so its IPv6 slot
+/// is not its IPv4 one.
+pub fn start_slot(pool: Pool<'_>, identity: &str, network: &str) -> u128 {
     let seed = match pool {
-        Pool::V4(_) => u128::from(derive::address_seed(container, network)),
-        Pool::V6(_) => derive::address_seed6(container, network),
+        Pool::V4(_) => u128::from(derive::address_seed(identity, network)),
+        Pool::V6(_) => derive::address_seed6(identity, network),
     };
     seed % pool.size()
 }

@@ -169,8 +169,12 @@ pub struct Row {
     pub source: &'static str,
     /// When the link was made, RFC 3339 UTC; empty if not recorded.
     pub since: String,
-    /// `reachable`, or `unreachable` for a namespace that lives on where
-    /// no recorded path leads (its address stays leased).
+    /// `reachable`, `unreachable` for a namespace that lives on where no
+    /// recorded path leads (its address stays leased), or `stale` for one
+    /// that is gone while its records still hold the lease (its runtime
+    /// has not run poststop yet: CRI-O runs it when the pod is removed,
+    /// not when it stops); `gc`, or a setup that needs the address, frees
+    /// it.
     pub state: &'static str,
     /// Whether the link was made with the address guard (the network's
     /// `guard`).
@@ -180,9 +184,13 @@ pub struct Row {
     /// missing: a container with CAP_NET_ADMIN can delete the filter in
     /// its namespace; the parent's stays.
     pub guard: String,
+    /// The Kubernetes pod (`NAMESPACE/NAME`) the link was made for, from
+    /// its pod annotations; empty for other containers and attachments.
+    pub pod: String,
 }
 
-/// Prints every live attachment on this host, as a table or as JSON.
+/// Prints every live attachment on this host, and every stale one (its
+/// namespace gone, its lease still held), as a table or as JSON.
 pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
     let node = Node::open(config)?;
     let rows = node.with_stores(|stores| {
@@ -191,15 +199,18 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             let Some(record) = stores.state.netns(&key).step(Step::ReadRecords)? else {
                 continue;
             };
-            let mut inside =
-                match kernel::presence(stores.reach, &record).step(Step::OpenNamespace)? {
-                    Presence::Reachable(kernel) => Some(kernel),
-                    Presence::Unreachable => None,
-                    Presence::Dying | Presence::Gone => continue,
-                };
-            let state = match inside {
-                Some(_) => "reachable",
-                None => "unreachable",
+            let presence = kernel::presence(stores.reach, &record).step(Step::OpenNamespace)?;
+            let state = match &presence {
+                Presence::Reachable(_) => "reachable",
+                Presence::Unreachable => "unreachable",
+                // Still being destroyed: its leases go in a moment.
+                Presence::Dying => continue,
+                // Gone, but not freed until a run that frees reads it.
+                Presence::Gone => "stale",
+            };
+            let mut inside = match presence {
+                Presence::Reachable(kernel) => Some(kernel),
+                _ => None,
             };
             let netns = record
                 .netns_paths()
@@ -208,7 +219,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default();
             for link in record.links.iter().filter(|l| !l.pending) {
-                let guard = guard_state(link, inside.as_mut(), stores);
+                let guard = guard_state(link, inside.as_mut(), state == "stale", stores);
                 rows.push(Row {
                     id: link.created_by.clone(),
                     ids: record
@@ -229,6 +240,7 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
                     state,
                     guarded: link.guard.is_some(),
                     guard,
+                    pod: link.pod.clone().unwrap_or_default(),
                 });
             }
         }
@@ -261,10 +273,10 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
             r.source,
             r.since,
             r.netns,
-            if r.state == "reachable" {
-                ""
-            } else {
-                " (out of reach)"
+            match r.state {
+                "reachable" => "",
+                "stale" => " (stale: gone; gc frees it)",
+                _ => " (out of reach)",
             },
             match r.guard.as_str() {
                 "on" => String::new(),
@@ -284,13 +296,16 @@ pub fn list(config: &Path, json: bool) -> anyhow::Result<()> {
 pub(crate) fn guard_state(
     link: &LinkRecord,
     inside: Option<&mut Box<dyn Kernel>>,
+    gone: bool,
     stores: &mut Stores,
 ) -> String {
     let Some(guard) = Guard::of(link) else {
         return "off".into();
     };
     let mut missing = Vec::new();
+    // A namespace that is gone took its link and filter with it.
     match inside.map(|k| k.has_guard(&link.ifname)) {
+        _ if gone => {}
         Some(Ok(true)) => {}
         Some(Ok(false)) => missing.push("the filter in the namespace is gone"),
         Some(Err(_)) | None => missing.push("the filter in the namespace cannot be read"),

@@ -111,6 +111,7 @@ allow_namespaces = ["trading"]
                 .collect(),
             profiles: profiles.iter().map(|s| s.to_string()).collect(),
             namespace: ns.map(str::to_owned),
+            pod: None,
         };
         match check(&request, &config) {
             Ok(()) => "ok".into(),

@@ -551,6 +551,21 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
         }
     }
 
+    // A pod index entry whose namespace no longer holds the pod's links
+    // means nothing (see PodRecord); gc forgets it.
+    for entry in stores.state.pods().step(Step::ReadRecords)? {
+        let holds = stores
+            .state
+            .netns(&entry.netns)
+            .step(Step::ReadRecords)?
+            .is_some_and(|r| r.links.iter().any(|l| l.pod.as_deref() == Some(&entry.pod)));
+        if !holds {
+            if let Err(failure) = stores.state.remove_pod(&entry.pod).step(Step::WriteRecord) {
+                collected.failures.push(failure);
+            }
+        }
+    }
+
     // Every lease nothing accounts for is free now: the claims of killed
     // setups (see StateDir::put_claim) have nothing left to find.
     for id in stores.state.claim_ids().step(Step::ReadRecords)? {

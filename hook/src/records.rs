@@ -10,6 +10,7 @@
 //! netns/<key>.json         one per wired network namespace: its links and member containers
 //! containers/<id>.json     which namespace a container joined (poststop starts here)
 //! shims/<network>.json     the host's own MACVLAN on a network with host_shim (see shim.rs)
+//! pods/<digest>.json       which namespace holds a Kubernetes pod's derived MACs (see PodRecord)
 //! tmp/                     temporaries and scratch files; anything here under the lock is a leftover
 //! ```
 //!
@@ -241,6 +242,30 @@ pub struct LinkRecord {
     /// recorded with the intent, so a killed setup's filters are found.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guard: Option<crate::guard::Guarded>,
+    /// The Kubernetes pod (`NAMESPACE/NAME`) whose setup made the link,
+    /// when its spec said (see `Request::pod`): what its address slot, and
+    /// unless another namespace held it (see [`PodRecord`]), its MAC were
+    /// derived from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// `pods/<digest>.json`: the namespace whose links carry the MACs derived
+/// from pod `pod` (one per network), so that the setup of the pod's next
+/// incarnation (new container ids, new namespace: a re-created
+/// StatefulSet pod) finds the last one. A MAC must not be on one parent
+/// twice (the kernel refuses to bring the second up), and a namespace's
+/// MACs on its parent are how nsbypass tells a dying namespace from a gone
+/// one, so no two records may hold one: the new incarnation takes the
+/// pod's MACs only once the old namespace is gone (see
+/// `setup::claim_pod_macs`). Written before the record that holds them,
+/// so it is never missing for one; it may outlive it (then it names a
+/// record that no longer holds them, which means nothing), until that
+/// record goes or `gc` runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodRecord {
+    pub pod: String,
+    pub netns: String,
 }
 
 impl LinkRecord {
@@ -351,6 +376,7 @@ pub struct StateDir {
     shims: Dir,
     draining: Dir,
     claims: Dir,
+    pods: Dir,
     root: Dir,
     _lock: LockGuard,
 }
@@ -377,6 +403,7 @@ impl StateDir {
             shims: root.subdir("shims")?,
             draining: root.subdir("draining")?,
             claims: root.subdir("claims")?,
+            pods: root.subdir("pods")?,
             root,
             tmp,
             _lock: lock,
@@ -426,17 +453,73 @@ impl StateDir {
         json_names(&self.containers)
     }
 
-    /// Writes `record`, or removes it (and its draining marker) once
-    /// nothing is left in it.
+    /// Writes `record`, or removes it (with its draining marker and the
+    /// pod index entries that name it) once nothing is left in it.
     pub fn put_netns(&self, record: &NetnsRecord) -> Result<(), RecordError> {
         let name = format!("{}.json", record.key());
         if record.is_empty() {
+            // Which pods it was for is in the record on disk, not in the
+            // empty one.
+            if let Some(old) = read_json::<NetnsRecord>(&self.netns, &name)? {
+                self.forget_pods(&old)?;
+            }
             self.netns.remove(&name)?;
             Ok(self.draining.remove(&name)?)
         } else {
             write_json(&self.netns, &name, record, &self.tmp)
         }
     }
+
+    /// Removes the pod index entries of `record`'s pods that name it.
+    fn forget_pods(&self, record: &NetnsRecord) -> Result<(), RecordError> {
+        let key = record.key();
+        let pods: BTreeSet<&str> = record
+            .links
+            .iter()
+            .filter_map(|l| l.pod.as_deref())
+            .collect();
+        for pod in pods {
+            if self.pod(pod)?.is_some_and(|p| p.netns == key) {
+                self.remove_pod(pod)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The pod index entry of `pod` (see [`PodRecord`]).
+    pub fn pod(&self, pod: &str) -> Result<Option<PodRecord>, RecordError> {
+        let found: Option<PodRecord> = read_json(&self.pods, &pod_file(pod))?;
+        // A digest's collision (or a planted file) is not this pod's.
+        Ok(found.filter(|p| p.pod == pod))
+    }
+
+    pub fn put_pod(&self, record: &PodRecord) -> Result<(), RecordError> {
+        write_json(&self.pods, &pod_file(&record.pod), record, &self.tmp)
+    }
+
+    pub fn remove_pod(&self, pod: &str) -> Result<(), RecordError> {
+        Ok(self.pods.remove(pod_file(pod))?)
+    }
+
+    /// Every pod index entry, for gc.
+    pub fn pods(&self) -> Result<Vec<PodRecord>, RecordError> {
+        let mut out = Vec::new();
+        for name in json_names(&self.pods)? {
+            if let Some(record) = read_json(&self.pods, &format!("{name}.json"))? {
+                out.push(record);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A pod's index file name: a digest, since `NAMESPACE/NAME` holds a `/`
+/// and may be longer than a file name.
+fn pod_file(pod: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(pod.as_bytes());
+    let hex: String = d[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.json")
 }
 
 /// The `<name>` of every `<name>.json` in `dir`; anything else is not a record.
@@ -666,6 +749,7 @@ mod tests {
             source: Source::Hook,
             since: None,
             guard: None,
+            pod: None,
         };
         assert!(r.is(&link(5, "other", [2, 0, 0, 0, 0, 1])));
         assert!(!r.is(&link(5, "nsb0000abcd", [2, 9, 9, 9, 9, 9])));

@@ -20,7 +20,7 @@ use crate::kernel::{self, Kernel, MacvlanSpec, Presence};
 use crate::lease::{check_assignable, LeaseError};
 use crate::reconcile::{self, Stores};
 use crate::records::{
-    self, ContainerRecord, LinkRecord, Member, NetnsRecord, ProfilesRecord, Source,
+    self, ContainerRecord, LinkRecord, Member, NetnsRecord, PodRecord, ProfilesRecord, Source,
 };
 use crate::teardown;
 
@@ -42,6 +42,15 @@ pub struct Context<'a> {
     pub config: &'a Config,
     /// The hook, or `nsbypass attach`.
     pub source: Source,
+}
+
+impl Context<'_> {
+    /// What the container's MACs and address slots are derived from: its
+    /// pod (`NAMESPACE/NAME`) when the spec says, so that a re-created pod
+    /// gets them back although its container ids are new; else its id.
+    pub fn identity(&self) -> &str {
+        self.request.pod.as_deref().unwrap_or(self.container)
+    }
 }
 
 /// What a container has on one network once setup is done.
@@ -118,6 +127,7 @@ enum Undo {
     },
     RestoreContainer(Option<ContainerRecord>),
     RestoreNetns(NetnsRecord),
+    RestorePod(String, Option<PodRecord>),
 }
 
 /// Everything setup will do, checked; nothing of the request made yet.
@@ -135,6 +145,9 @@ pub struct Prepared<'a> {
     /// them (see [`clear_stale_container`]), so their host shims may be
     /// unwanted now.
     pub left: Vec<String>,
+    /// Whether the new links take the MACs derived from the pod (see
+    /// [`claim_pod_macs`]) rather than from the container id.
+    pod_macs: bool,
 }
 
 /// Wires `ctx.container` into the networks it requested: [`prepare`],
@@ -198,6 +211,9 @@ pub fn prepare<'a>(
             None => plans.push(plan(want, &record, kernel, stores, &key)?),
         }
     }
+    // Before the budget: an earlier incarnation of the pod that is gone
+    // no longer counts.
+    let pod_macs = !plans.is_empty() && claim_pod_macs(ctx, &key, stores)?;
     check_link_budget(&plans, ctx.config, stores)?;
     Ok(Prepared {
         key,
@@ -207,6 +223,7 @@ pub fn prepare<'a>(
         shared,
         pointer,
         left,
+        pod_macs,
     })
 }
 
@@ -258,8 +275,27 @@ impl Prepared<'_> {
             mut shared,
             pointer,
             left: _,
+            pod_macs,
         } = self;
         let before = record.clone();
+        // Whose MACs: the pod's, once the index names this namespace.
+        let mac_of = match (&ctx.request.pod, pod_macs) {
+            (Some(pod), true) => {
+                let previous = stores.state.pod(pod).step(Step::ReadRecords)?;
+                if previous.as_ref().is_none_or(|p| p.netns != key) {
+                    undo.push(Undo::RestorePod(pod.clone(), previous));
+                    stores
+                        .state
+                        .put_pod(&PodRecord {
+                            pod: pod.clone(),
+                            netns: key.clone(),
+                        })
+                        .step(Step::WriteRecord)?;
+                }
+                pod.as_str()
+            }
+            _ => ctx.container,
+        };
 
         // Intent: the namespace's id (so its liveness can be told without
         // a path), the addresses, and every link about to be made.
@@ -300,7 +336,7 @@ impl Prepared<'_> {
                 network: name.to_owned(),
                 ifname: plan.ifname.clone(),
                 index: None,
-                mac: format_mac(&derive::mac(ctx.host_id, ctx.container, name)),
+                mac: format_mac(&derive::mac(ctx.host_id, mac_of, name)),
                 parent: plan.network.parent.clone(),
                 addresses,
                 created_by: ctx.container.to_owned(),
@@ -312,6 +348,7 @@ impl Prepared<'_> {
                 guard: plan.network.guard.then(|| Guarded {
                     ethertypes: plan.network.guard_allow_ethertypes.clone(),
                 }),
+                pod: ctx.request.pod.clone(),
             });
         }
         add_member(&mut record, ctx, &wanted);
@@ -455,6 +492,73 @@ fn clear_stale_container(
         )
     })?;
     Ok((None, left))
+}
+
+/// Whether this setup of a Kubernetes pod may give its new links the MACs
+/// derived from the pod, which an earlier incarnation of the pod (same
+/// namespace and name, another network namespace) may still hold: the
+/// kernel refuses a MAC twice on one parent, and nsbypass tells a dying
+/// namespace from a gone one by its MACs there, so no two records may
+/// hold one. The earlier one's record (found through the pod index,
+/// [`PodRecord`]) is brought up to date first: a namespace that is gone
+/// (a pod CRI-O stopped but has not removed, whose poststop has not run)
+/// frees its links' leases and MACs at once, so the new incarnation gets
+/// its address back too; one the kernel is still destroying is waited
+/// for, at most [`kernel::DYING_WAIT`], as a pool that is full waits. One
+/// that lives on (a force-deleted pod still running, another container
+/// with the same pod annotations, a namespace someone keeps) keeps them,
+/// and this setup takes the MACs of its container id instead, as before
+/// pods had an identity: a MAC that churns rather than a pod that fails.
+fn claim_pod_macs(ctx: &Context, key: &str, stores: &mut Stores) -> Result<bool, Failure> {
+    let Some(pod) = ctx.request.pod.as_deref() else {
+        return Ok(false);
+    };
+    let Some(index) = stores.state.pod(pod).step(Step::ReadRecords)? else {
+        return Ok(true);
+    };
+    if index.netns == key {
+        return Ok(true);
+    }
+    let holds = |record: &NetnsRecord| {
+        record.links.iter().any(|l| {
+            l.pod.as_deref() == Some(pod)
+                && l.mac == format_mac(&derive::mac(ctx.host_id, pod, &l.network))
+        })
+    };
+    let mut waited = false;
+    loop {
+        let Some(old) = stores.state.netns(&index.netns).step(Step::ReadRecords)? else {
+            return Ok(true);
+        };
+        if !holds(&old) {
+            return Ok(true);
+        }
+        let before = old.clone();
+        let presence = kernel::presence(stores.reach, &old).step(Step::OpenNamespace)?;
+        let dying = matches!(presence, Presence::Dying);
+        let (old, _) = reconcile::settle(old, presence, stores)?;
+        if old != before {
+            stores.state.put_netns(&old).step(Step::WriteRecord)?;
+        }
+        if !holds(&old) {
+            tracing::info!(pod, old = %index.netns, "the pod's earlier namespace is gone; its MACs are free");
+            return Ok(true);
+        }
+        if dying && !waited {
+            let macs: Vec<_> = kernel::parent_macs(&old).collect();
+            kernel::await_macs_gone(stores.reach, &macs, kernel::DYING_WAIT)
+                .step(Step::OpenNamespace)?;
+            waited = true;
+            continue;
+        }
+        tracing::warn!(
+            pod,
+            old = %index.netns,
+            container = ctx.container,
+            "another network namespace still holds this pod's MACs; the new links get MACs of the container id"
+        );
+        return Ok(false);
+    }
 }
 
 fn check_shared_address(link: &LinkRecord, want: &Wanted) -> Result<(), Failure> {
@@ -719,7 +823,11 @@ fn lease(
     stores: &mut Stores,
 ) -> Result<IpAddr, Failure> {
     let holder = stores.holder(key, ctx.container);
-    match stores.leases.acquire(network, pool, &holder, want) {
+    let seed = ctx.identity();
+    match stores
+        .leases
+        .acquire_from(network, pool, &holder, seed, want)
+    {
         Err(
             e @ (LeaseError::Exhausted { .. }
             | LeaseError::NoneFree { .. }
@@ -733,7 +841,7 @@ fn lease(
             }
             stores
                 .leases
-                .acquire(network, pool, &holder, want)
+                .acquire_from(network, pool, &holder, seed, want)
                 .step_on(Step::LeaseAddress, network)
         }
         other => other.step_on(Step::LeaseAddress, network),
@@ -812,6 +920,10 @@ fn roll_back(
                 .remove_container(ctx.container)
                 .step(Step::WriteRecord),
             Undo::RestoreNetns(record) => stores.state.put_netns(record).step(Step::WriteRecord),
+            Undo::RestorePod(_, Some(record)) => {
+                stores.state.put_pod(record).step(Step::WriteRecord)
+            }
+            Undo::RestorePod(pod, None) => stores.state.remove_pod(pod).step(Step::WriteRecord),
         };
         if let Err(problem) = result {
             problems.push(problem);

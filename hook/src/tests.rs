@@ -616,6 +616,16 @@ impl Bed {
             let pinned = request.addresses.entry(n.into()).or_default();
             pinned.push(a.parse().unwrap());
         }
+        self.setup_request(container, ino, &request)
+    }
+
+    /// Sets `container` up in namespace `ino` as `request` asks.
+    fn setup_request(
+        &self,
+        container: &str,
+        ino: u64,
+        request: &Request,
+    ) -> Result<Vec<Wired>, Failure> {
         self.enter(container, ino);
         let ctx = Context {
             container,
@@ -625,7 +635,7 @@ impl Bed {
             pid: None,
             start: None,
             pinned: Some(pin_path(ino)),
-            request: &request,
+            request,
             config: &self.config,
             source: Source::Hook,
         };
@@ -2353,4 +2363,139 @@ fn pruning_for_max_links_does_not_count_a_killed_runs_shim() {
     bed.setup_in("c2", 2002, "plain", "").unwrap();
     // The killed run's pending shim record is not a live link.
     bed.setup_in("c3", 2003, "plain", "").unwrap();
+}
+
+/// A request for `networks` from a Kubernetes pod `pod` (`NAMESPACE/NAME`),
+/// as CRI-O's annotations make it.
+fn pod_request(networks: &str, pod: &str) -> Request {
+    Request {
+        networks: networks.split(',').map(str::to_owned).collect(),
+        namespace: pod.split_once('/').map(|(ns, _)| ns.to_owned()),
+        pod: Some(pod.to_owned()),
+        ..Request::default()
+    }
+}
+
+fn pod_mac(pod: &str, network: &str) -> String {
+    format_mac(&crate::derive::mac(HOST, pod, network))
+}
+
+#[test]
+fn a_re_created_pod_gets_its_mac_and_address_back_even_before_the_old_poststop() {
+    let bed = Bed::new();
+    // slow's pool is large: its address comes back by derivation, not by
+    // chance.
+    let web = pod_request("fast,slow", "trading/web-0");
+    // Another pod takes a slot first, so that the address is not just the
+    // pool's first.
+    bed.setup_request("other", 3000, &pod_request("fast", "trading/db-0"))
+        .unwrap();
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    assert_eq!(first[0].mac, pod_mac("trading/web-0", "fast"));
+    assert_ne!(
+        first[0].mac,
+        format_mac(&crate::derive::mac(HOST, "c1", "fast")),
+        "the pod's MAC, not the container's"
+    );
+    // CRI-O stops the pod (its namespace is unpinned and goes) but runs
+    // poststop only when it removes it; the pod is re-created meanwhile
+    // with new container ids in a new namespace.
+    bed.stop("c1");
+    bed.destroy(1000);
+    let again = bed.setup_request("c2", 2000, &web).unwrap();
+    for (a, f) in again.iter().zip(&first) {
+        assert_eq!(
+            (&a.mac, &a.addresses),
+            (&f.mac, &f.addresses),
+            "{}",
+            a.network
+        );
+    }
+    let holders: Vec<String> = bed.leases().iter().map(|(_, h)| h.netns.clone()).collect();
+    assert_eq!(holders.len(), 2, "{holders:?}");
+    assert!(!holders.contains(&ns(1000).key()), "{holders:?}");
+    bed.check_no_address_live_twice_or_unleased();
+    // The old pod's poststop, when it comes, finds nothing to do and
+    // leaves the new one alone.
+    assert!(matches!(bed.poststop("c1").unwrap(), Outcome::Left { .. }));
+    assert_eq!(bed.link_names(2000), ["net1", "net2"]);
+    assert_eq!(bed.leases().len(), 2);
+    // Its next incarnation, after a proper poststop, is the same again.
+    bed.teardown("c2", false).unwrap();
+    let third = bed.setup_request("c3", 4000, &web).unwrap();
+    for (t, f) in third.iter().zip(&first) {
+        assert_eq!(
+            (&t.mac, &t.addresses),
+            (&f.mac, &f.addresses),
+            "{}",
+            t.network
+        );
+    }
+}
+
+#[test]
+fn a_pod_whose_earlier_namespace_lives_on_gets_its_containers_mac_and_another_address() {
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    // The old sandbox still runs (a force-deleted pod), or someone set the
+    // same pod annotations on a second container.
+    let second = bed.setup_request("c2", 2000, &web).unwrap();
+    assert_eq!(
+        second[0].mac,
+        format_mac(&crate::derive::mac(HOST, "c2", "fast"))
+    );
+    assert_ne!(second[0].addresses, first[0].addresses);
+    bed.check_no_address_live_twice_or_unleased();
+    // Once both are gone, the pod's MAC is free again.
+    bed.teardown("c1", false).unwrap();
+    bed.teardown("c2", false).unwrap();
+    let third = bed.setup_request("c3", 3000, &web).unwrap();
+    assert_eq!(third[0].mac, first[0].mac);
+    assert!(bed.state_files().iter().any(|f| f.starts_with("pods/")));
+    bed.teardown("c3", false).unwrap();
+    assert_eq!(
+        bed.state_files(),
+        Vec::<String>::new(),
+        "the pod index goes with the last record naming it"
+    );
+}
+
+#[test]
+fn a_pods_earlier_namespace_still_dying_is_waited_for() {
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    bed.stop("c1");
+    bed.dying(1000, std::time::Duration::from_millis(30));
+    // Poststop came while the kernel was destroying it: it drains.
+    match bed.poststop("c1").unwrap() {
+        Outcome::Left { kept, .. } => assert_eq!(kept.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let again = bed.setup_request("c2", 2000, &web).unwrap();
+    assert_eq!(
+        (&again[0].mac, &again[0].addresses),
+        (&first[0].mac, &first[0].addresses)
+    );
+    assert!(!bed
+        .state_files()
+        .iter()
+        .any(|f| f.contains(&ns(1000).key())));
+    bed.check_no_address_live_twice_or_unleased();
+}
+
+#[test]
+fn gc_forgets_a_pod_index_entry_no_record_backs() {
+    let bed = Bed::new();
+    bed.setup_request("c1", 1000, &pod_request("fast", "trading/web-0"))
+        .unwrap();
+    // The record goes another way than put_netns (a killed run, a hand).
+    std::fs::remove_file(bed.root.join(format!("netns/{}.json", ns(1000).key()))).unwrap();
+    bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]).unwrap());
+    assert!(
+        !bed.state_files().iter().any(|f| f.starts_with("pods/")),
+        "{:?}",
+        bed.state_files()
+    );
 }

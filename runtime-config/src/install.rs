@@ -21,8 +21,17 @@ use crate::bundle::{Bundle, SpecDevice, SpecMount};
 pub const HOOK_ENV: &str = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
 /// Seconds a runtime waits for a generated hook before failing it.
 pub const HOOK_TIMEOUT: i64 = 10;
-/// hooks.d `when.annotations` key: the containers whose hooks run.
-pub const REQUEST_ANNOTATION_PATTERN: &str = r"^nsbypass\.io/(network|profile)$";
+/// hooks.d `when.annotations` key: the containers whose hooks run, those
+/// with any `nsbypass.io/` annotation. Runtimes match it as a regular
+/// expression anywhere in each key (containers/common's `When.Match`,
+/// hence the `^`); every such key must reach the hook, which refuses the
+/// ones it does not know, so that a misspelled `nsbypass.io/netwrok`
+/// fails the container with one line instead of going unseen.
+pub const REQUEST_ANNOTATION_PATTERN: &str = r"^nsbypass\.io/";
+/// hooks.d `when.annotations` value for [`REQUEST_ANNOTATION_PATTERN`]:
+/// any value, the empty one included (the hook says what is wrong with
+/// it).
+pub const REQUEST_VALUE_PATTERN: &str = ".*";
 /// Set in a container's environment by the docker runtime entry: the
 /// profiles it put in the spec (exactly those, one entry). Informational:
 /// an image can set it too, so the hook does not read it but checks the
@@ -80,7 +89,7 @@ pub const STAGES: [&str; 2] = ["prestart", "poststop"];
 
 /// hooks.d files (schema 1.0.0), one per stage since each runs its own
 /// arguments: `(file name, contents)`. They fire only for containers that
-/// carry an nsbypass request annotation.
+/// carry an `nsbypass.io/` annotation.
 pub fn hooks_d_files(cmd: &HookCommand) -> Vec<(String, String)> {
     STAGES
         .iter()
@@ -88,7 +97,7 @@ pub fn hooks_d_files(cmd: &HookCommand) -> Vec<(String, String)> {
             let file = json!({
                 "version": "1.0.0",
                 "hook": cmd.oci_hook(stage),
-                "when": { "annotations": { REQUEST_ANNOTATION_PATTERN: ".+" } },
+                "when": { "annotations": { REQUEST_ANNOTATION_PATTERN: REQUEST_VALUE_PATTERN } },
                 "stages": [stage],
             });
             (format!("nsbypass-{stage}.json"), pretty(&file))
@@ -727,7 +736,7 @@ mod tests {
         );
         assert_eq!(v["hook"]["env"], json!([HOOK_ENV]));
         assert_eq!(v["hook"]["timeout"], 10);
-        assert_eq!(v["when"]["annotations"][REQUEST_ANNOTATION_PATTERN], ".+");
+        assert_eq!(v["when"]["annotations"][REQUEST_ANNOTATION_PATTERN], ".*");
         assert!(is_our_hooks_d_file(text));
         assert!(!is_our_hooks_d_file(
             r#"{"hook":{"args":["nvidia-container-toolkit","prestart"]}}"#
@@ -751,19 +760,28 @@ mod tests {
     }
 
     #[test]
-    fn the_when_pattern_selects_request_annotations_only() {
-        let pattern = regex::Regex::new(REQUEST_ANNOTATION_PATTERN).unwrap();
-        for key in ["nsbypass.io/network", "nsbypass.io/profile"] {
-            assert!(pattern.is_match(key), "{key}");
-        }
-        for key in [
+    fn the_when_pattern_selects_every_nsbypass_annotation_and_nothing_else() {
+        // As containers/common matches it: unanchored, key then value.
+        let key = regex::Regex::new(REQUEST_ANNOTATION_PATTERN).unwrap();
+        let value = regex::Regex::new(REQUEST_VALUE_PATTERN).unwrap();
+        for k in [
+            "nsbypass.io/network",
+            "nsbypass.io/profile",
             "nsbypass.io/ip",
-            "xnsbypass.io/network",
-            "nsbypass.io/networks",
-            "nsbypassXio/network",
+            "nsbypass.io/netwrok",
+            "nsbypass.io/",
         ] {
-            assert!(!pattern.is_match(key), "{key}");
+            assert!(key.is_match(k), "{k}");
         }
+        for k in [
+            "xnsbypass.io/network",
+            "nsbypassXio/network",
+            "io.kubernetes.pod.name",
+            "example.com/nsbypass.io/network",
+        ] {
+            assert!(!key.is_match(k), "{k}");
+        }
+        assert!(value.is_match("") && value.is_match("fast"));
     }
 
     #[test]

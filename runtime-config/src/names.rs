@@ -51,6 +51,24 @@ pub fn check_namespace_name(name: &str) -> Result<(), String> {
     }
 }
 
+/// A Kubernetes pod name (an RFC 1123 subdomain: lowercase letters,
+/// digits, `-` and `.`, at most 253, starting and ending alphanumeric),
+/// as CRI-O and containerd copy it into `io.kubernetes.pod.name`.
+pub fn check_pod_name(name: &str) -> Result<(), String> {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.bytes().all(|b| alnum(b) || b == b'-' || b == b'.')
+        && name.bytes().next().is_some_and(alnum)
+        && name.bytes().last().is_some_and(alnum);
+    match ok {
+        true => Ok(()),
+        false => Err(format!(
+            "{name:?} is not a Kubernetes pod name (lowercase letters, digits, '-' and '.', at most 253)"
+        )),
+    }
+}
+
 /// A container id as runtimes make them (runc: `^[\w+-\.]+$`), minus `.`
 /// and `..`, and short enough to be a file name with a suffix.
 pub fn check_container_id(id: &str) -> Result<(), String> {
@@ -98,6 +116,25 @@ mod tests {
         assert!(check_network_name("a+b").is_err());
         for bad in ["", ".", "..", ".hidden", "a/b", "../../etc", "a b", "a\0b"] {
             assert!(check_container_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn pod_names() {
+        for good in ["web-0", "a", "db.primary-1", &"a".repeat(253)] {
+            assert!(check_pod_name(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Web-0",
+            "-web",
+            "web-",
+            "web/0",
+            "web 0",
+            ".web",
+            &"a".repeat(254),
+        ] {
+            assert!(check_pod_name(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use crate::bundle::Bundle;
-use crate::names::check_network_name;
+use crate::names::{check_namespace_name, check_network_name, check_pod_name};
 
 /// Annotation and environment variable naming the networks to join.
 pub const NETWORK_ANNOTATION: &str = "nsbypass.io/network";
@@ -25,6 +25,9 @@ pub const PROFILE_ENV: &str = "NSBYPASS_PROFILE";
 /// The Kubernetes namespace of the container's pod, as CRI-O and containerd
 /// set it: what `allow_namespaces` is checked against.
 pub const POD_NAMESPACE_ANNOTATION: &str = "io.kubernetes.pod.namespace";
+/// The pod's name, as CRI-O and containerd set it (in every container's
+/// spec of the pod): with the namespace, the pod's identity.
+pub const POD_NAME_ANNOTATION: &str = "io.kubernetes.pod.name";
 /// The environment variables that can carry a request.
 pub const REQUEST_ENV: [&str; 3] = [NETWORK_ENV, IP_ENV, PROFILE_ENV];
 /// Every annotation under this prefix must be one nsbypass knows.
@@ -57,6 +60,13 @@ pub struct Request {
     /// The pod's Kubernetes namespace, from its annotation only (never
     /// from the environment).
     pub namespace: Option<String>,
+    /// The pod's identity, `NAMESPACE/NAME`, when both pod annotations are
+    /// there (never from the environment): what MACs and address slots are
+    /// derived from instead of the container id, which CRI-O makes up
+    /// anew for every container, so that a re-created pod (a StatefulSet's
+    /// `web-0`) comes back with its MAC. No container id holds a `/`, so
+    /// it is never a container's identity.
+    pub pod: Option<String>,
 }
 
 impl Request {
@@ -103,6 +113,7 @@ impl Request {
             pick(PROFILE_ANNOTATION, PROFILE_ENV),
         )?;
         request.namespace = bundle.annotations.get(POD_NAMESPACE_ANNOTATION).cloned();
+        request.pod = pod_identity(bundle)?;
         Ok(request)
     }
 
@@ -129,6 +140,26 @@ impl Request {
         }
         Ok(request)
     }
+}
+
+/// `NAMESPACE/NAME` from the pod annotations when both are there. They
+/// are hashed into MACs and written into records: a value that is not a
+/// Kubernetes name (CRI-O and containerd never set one) is refused rather
+/// than silently falling back to the container's identity.
+fn pod_identity(bundle: &Bundle) -> Result<Option<String>, RequestError> {
+    let (Some(namespace), Some(name)) = (
+        bundle.annotations.get(POD_NAMESPACE_ANNOTATION),
+        bundle.annotations.get(POD_NAME_ANNOTATION),
+    ) else {
+        return Ok(None);
+    };
+    let refuse = |annotation: &str, message: String| RequestError {
+        origin: format!("annotation {annotation}"),
+        message,
+    };
+    check_namespace_name(namespace).map_err(|m| refuse(POD_NAMESPACE_ANNOTATION, m))?;
+    check_pod_name(name).map_err(|m| refuse(POD_NAME_ANNOTATION, m))?;
+    Ok(Some(format!("{namespace}/{name}")))
 }
 
 /// A comma-separated list of network or profile names (`what`).
@@ -221,6 +252,40 @@ mod tests {
         );
         assert_eq!(Request::from_bundle(&env_ns, true).unwrap().namespace, None);
         assert!(!Request::in_env(&bundle(&[], &["PATH=/bin"])));
+    }
+
+    #[test]
+    fn the_pod_is_the_identity_only_with_both_annotations_and_never_from_the_environment() {
+        let pod = [
+            ("io.kubernetes.pod.namespace", "trading"),
+            ("io.kubernetes.pod.name", "web-0"),
+            ("nsbypass.io/network", "fast"),
+        ];
+        let r = req(&pod, &[]).unwrap();
+        assert_eq!(r.pod.as_deref(), Some("trading/web-0"));
+        assert_eq!(r.namespace.as_deref(), Some("trading"));
+        assert_eq!(req(&pod[1..], &[]).unwrap().pod, None, "no namespace");
+        assert_eq!(req(&[pod[0], pod[2]], &[]).unwrap().pod, None, "no name");
+        let env = [
+            "IO_KUBERNETES_POD_NAMESPACE=trading",
+            "IO_KUBERNETES_POD_NAME=web-0",
+            "NSBYPASS_NETWORK=fast",
+        ];
+        assert_eq!(req(&[], &env).unwrap().pod, None);
+        let e = req(&[pod[0], ("io.kubernetes.pod.name", "web/0"), pod[2]], &[]).unwrap_err();
+        assert!(
+            e.starts_with("annotation io.kubernetes.pod.name: ") && e.contains("pod name"),
+            "{e}"
+        );
+        let e = req(
+            &[("io.kubernetes.pod.namespace", "Trading"), pod[1], pod[2]],
+            &[],
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("annotation io.kubernetes.pod.namespace: "),
+            "{e}"
+        );
     }
 
     #[test]

@@ -737,11 +737,12 @@ impl LeaseStore for EtcdLeases {
         }
     }
 
-    fn acquire(
+    fn acquire_from(
         &mut self,
         network: &str,
         pool: Pool<'_>,
         holder: &Holder,
+        seed: &str,
         want: Option<IpAddr>,
     ) -> Result<IpAddr, LeaseError> {
         if let Some(address) = want {
@@ -761,7 +762,7 @@ impl LeaseStore for EtcdLeases {
         }
         let taken = self.taken(network)?;
         let probes = self.probes;
-        search(pool, network, holder, probes, |address| {
+        search(pool, network, seed, probes, |address| {
             // Another node may have claimed it since the read: then on.
             Ok(!taken.contains(&address)
                 && matches!(self.create(network, address, holder)?, Created::Yes))
