@@ -493,53 +493,51 @@ impl RealHostGuard {
 impl HostGuard for RealHostGuard {
     fn add(&mut self, parent: &str, guard: &Guard) -> nsutil::Result<()> {
         let table = outer_table(parent);
-        let mut elements = Batch::new();
-        for (set, keys) in guard.outer_keys() {
-            elements.add_elements(&table, set, &keys);
-        }
+        let keys = guard.outer_keys();
         let nft = self.nft()?;
         let op = format!("add the link's keys to nftables table {table}");
-        match nft.apply(&elements, &op) {
-            // The first guarded link on this parent: make the table, then
-            // (a table made and filled in one batch would do too, but the
-            // common case is one batch) add again.
-            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT as i32) => {
-                let made = nft.apply(
-                    &outer_table_batch(parent),
-                    &format!("make nftables table {table}"),
-                );
-                match made {
-                    // Another state directory's run on this host (two
-                    // test nodes) made it first: it is the same table.
-                    Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {}
-                    other => other?,
-                }
-                nft.apply(&elements, &op)
+        // Asked first, not found out by a batch that fails: a batch the
+        // kernel aborts waits for an RCU grace period (some milliseconds).
+        if !nft.has_table(&table)? {
+            // The first guarded link on this parent: the table, its sets
+            // and rules, and the link's keys, in one transaction.
+            let mut made = outer_table_batch(parent);
+            for (set, keys) in &keys {
+                made.add_elements(&table, set, keys);
             }
-            other => other,
+            match nft.apply(&made, &format!("make nftables table {table}")) {
+                // Another state directory's run on this host (two test
+                // nodes) made it in between: it is the same table.
+                Err(e) if e.errno() == Some(nix::errno::Errno::EEXIST as i32) => {}
+                other => return other,
+            }
         }
+        let mut elements = Batch::new();
+        for (set, keys) in &keys {
+            elements.add_elements(&table, set, keys);
+        }
+        nft.apply(&elements, &op)
     }
 
     fn remove(&mut self, parent: &str, guard: &Guard) -> nsutil::Result<()> {
         let table = outer_table(parent);
-        let mut batch = Batch::new();
-        for (set, keys) in guard.outer_keys() {
-            batch.destroy_elements(&table, set, &keys);
-        }
         let nft = self.nft()?;
-        match nft.apply(
+        let Some(macs) = nft.set_keys(&table, SET_MACS)? else {
+            return Ok(());
+        };
+        let mut batch = Batch::new();
+        if macs.iter().all(|m| *m == guard.mac) {
+            // The last guarded link on this parent: the table goes.
+            batch.destroy_table(&table);
+        } else {
+            for (set, keys) in guard.outer_keys() {
+                batch.destroy_elements(&table, set, &keys);
+            }
+        }
+        nft.apply(
             &batch,
             &format!("remove the link's keys from nftables table {table}"),
-        ) {
-            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT as i32) => return Ok(()),
-            other => other?,
-        }
-        if nft.set_len(&table, SET_MACS)? == Some(0) {
-            let mut batch = Batch::new();
-            batch.destroy_table(&table);
-            nft.apply(&batch, &format!("remove nftables table {table}"))?;
-        }
-        Ok(())
+        )
     }
 
     fn converge(&mut self, wanted: &BTreeMap<String, Vec<Guard>>) -> nsutil::Result<Vec<String>> {
@@ -572,6 +570,7 @@ impl HostGuard for RealHostGuard {
                 ] {
                     let stale: Vec<Vec<u8>> = nft
                         .set_keys(&table, set)?
+                        .unwrap_or_default()
                         .into_iter()
                         .filter(|key| !keep.get(set).is_some_and(|k| k.contains(key)))
                         .collect();
@@ -587,7 +586,7 @@ impl HostGuard for RealHostGuard {
         Ok(self
             .nft()?
             .set_keys(&outer_table(parent), SET_MACS)?
-            .contains(&mac.to_vec()))
+            .is_some_and(|macs| macs.contains(&mac.to_vec())))
     }
 }
 

@@ -36,6 +36,7 @@ use crate::{Error, Result};
 mod socket;
 mod status;
 use socket::Socket;
+pub(crate) use socket::{recv_datagram, send_all};
 pub use status::LinkStatus;
 
 /// A link as nsbypass cares about it.

@@ -393,7 +393,7 @@ impl Nftables {
         // batch as a whole comes alone, on its first message.
         let mut awaited = batch.messages.len();
         let mut failed = None;
-        let mut buffer = vec![0u8; 64 * 1024];
+        let mut buffer = Vec::with_capacity(64 * 1024);
         while awaited > 0 {
             let len = self.recv(&mut buffer).map_err(|e| Error::new(op, e))?;
             for (kind, sequence, payload) in Messages(&buffer[..len]) {
@@ -448,9 +448,8 @@ impl Nftables {
             .collect())
     }
 
-    /// How many keys `set` of table `table` holds; `None` if there is no
-    /// such table or set.
-    pub fn set_len(&self, table: &str, set: &str) -> Result<Option<usize>> {
+    /// The keys of `set`; `None` if there is no such table or set.
+    pub fn set_keys(&self, table: &str, set: &str) -> Result<Option<Vec<Vec<u8>>>> {
         let mut attrs = Attrs::default();
         attrs.string(SET_ELEM_LIST_TABLE, table);
         attrs.string(SET_ELEM_LIST_SET, set);
@@ -462,30 +461,6 @@ impl Nftables {
         ) {
             Ok(replies) => replies,
             Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let mut count = 0;
-        for payload in &replies {
-            if let Some(list) = attribute(payload, SET_ELEM_LIST_ELEMENTS) {
-                count += Attributes(list).count();
-            }
-        }
-        Ok(Some(count))
-    }
-
-    /// The keys of `set` (empty if there is no such table or set).
-    pub fn set_keys(&self, table: &str, set: &str) -> Result<Vec<Vec<u8>>> {
-        let mut attrs = Attrs::default();
-        attrs.string(SET_ELEM_LIST_TABLE, table);
-        attrs.string(SET_ELEM_LIST_SET, set);
-        let replies = match self.request(
-            MSG_GETSETELEM,
-            NLM_F_DUMP,
-            &attrs.0,
-            "list nftables set elements",
-        ) {
-            Ok(replies) => replies,
-            Err(e) if e.errno() == Some(libc::ENOENT) => return Ok(Vec::new()),
             Err(e) => return Err(e),
         };
         let mut keys = Vec::new();
@@ -501,7 +476,7 @@ impl Nftables {
                 keys.extend(key);
             }
         }
-        Ok(keys)
+        Ok(Some(keys))
     }
 
     /// A get or dump of netdev objects: the payloads (after the nfgenmsg)
@@ -521,7 +496,7 @@ impl Nftables {
         self.send(&bytes).map_err(|e| Error::new(op, e))?;
         let dump = flags & NLM_F_DUMP == NLM_F_DUMP;
         let mut replies = Vec::new();
-        let mut buffer = vec![0u8; 64 * 1024];
+        let mut buffer = Vec::with_capacity(64 * 1024);
         loop {
             let len = self.recv(&mut buffer).map_err(|e| Error::new(op, e))?;
             for (kind, seq, payload) in Messages(&buffer[..len]) {
@@ -552,36 +527,11 @@ impl Nftables {
     }
 
     fn send(&self, bytes: &[u8]) -> io::Result<()> {
-        loop {
-            match self.socket.send(bytes, 0) {
-                Ok(sent) if sent == bytes.len() => return Ok(()),
-                Ok(_) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        "the kernel took part of a request",
-                    ))
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        crate::netlink::send_all(&self.socket, bytes)
     }
 
     fn recv(&self, buffer: &mut Vec<u8>) -> io::Result<usize> {
-        loop {
-            buffer.clear();
-            match self.socket.recv(buffer, libc::MSG_TRUNC) {
-                Ok(len) if len > buffer.capacity() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a netlink datagram of {len} bytes did not fit"),
-                    ))
-                }
-                Ok(len) => return Ok(len),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        crate::netlink::recv_datagram(&self.socket, buffer)
     }
 }
 

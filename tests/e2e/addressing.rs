@@ -57,19 +57,8 @@ routes = ["10.20.0.0/16", "fd00:20::/48"]
     tb.write_config(&text).expect("writing config")
 }
 
-/// The peer's IPv6 address, without DAD so it answers at once.
 fn give_the_peer_ipv6(tb: &Testbed) {
-    tb.in_peer_ok(&[
-        "ip",
-        "-6",
-        "addr",
-        "add",
-        &format!("{PEER6}/64"),
-        "dev",
-        &tb.peer_link,
-        "nodad",
-    ])
-    .expect("an IPv6 address for the peer");
+    common::give_the_peer_ipv6(tb, PEER6);
 }
 
 /// Runs `f` on a thread of its own inside the namespace at `netns`; a

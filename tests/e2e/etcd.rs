@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::direct::{HookRun, PinnedNetns, Sleeper, HOOK_PATH};
+use common::direct::{HookRun, PinnedNetns, Sleeper};
 use common::ifaces_in;
 use nsbypass_testbed::Testbed;
 use serde_json::Value;
@@ -373,17 +373,7 @@ timeout_ms = {TIMEOUT_MS}
 /// `nsbypass --config CONFIG ARGS` in the testbed's host namespace, with
 /// `PATH` only.
 fn command(tb: &Testbed, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
-        .arg("--")
-        .arg(common::nsbypass())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_clear()
-        .env("PATH", HOOK_PATH)
-        .stdin(Stdio::null());
-    cmd
+    common::direct::cli(tb, config, args)
 }
 
 fn ok(tb: &Testbed, config: &Path, args: &[&str]) -> String {

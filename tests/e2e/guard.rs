@@ -103,16 +103,7 @@ const PEER6: &str = "fd00:77::1";
 /// `nsbypass --config CONFIG ARGS...` in the testbed's host namespace,
 /// with `NSBYPASS_FAILPOINT=failpoint` if given.
 fn nsbypass(tb: &Testbed, config: &Path, args: &[&str], failpoint: Option<&str>) -> Output {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
-        .arg("--")
-        .arg(common::nsbypass())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_clear()
-        .env("PATH", common::direct::HOOK_PATH)
-        .stdin(Stdio::null());
+    let mut cmd = common::direct::cli(tb, config, args);
     if let Some(spec) = failpoint {
         cmd.env("NSBYPASS_FAILPOINT", spec);
     }
@@ -159,17 +150,7 @@ impl Bed {
         let config = config(&tb, guard);
         let spoof = tb.build_c("spoof", SPOOF_C, false).expect("building spoof");
         let sniff = tb.build_c("sniff", SNIFF_C, false).expect("building sniff");
-        tb.in_peer_ok(&[
-            "ip",
-            "-6",
-            "addr",
-            "add",
-            &format!("{PEER6}/64"),
-            "dev",
-            &tb.peer_link,
-            "nodad",
-        ])
-        .expect("an IPv6 address for the peer");
+        common::give_the_peer_ipv6(&tb, PEER6);
         Some(Bed {
             tb,
             config,

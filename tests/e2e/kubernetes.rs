@@ -215,17 +215,7 @@ impl<'a> Node<'a> {
 
 /// `nsenter --net=<host> nsbypass --config CONFIG ARGS` with a PATH only.
 fn nsbypass_cmd(tb: &Testbed, config: &Path, args: &[&str]) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
-        .arg("--")
-        .arg(nsbypass())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_clear()
-        .env("PATH", common::direct::HOOK_PATH)
-        .stdin(Stdio::null());
-    cmd
+    common::direct::cli(tb, config, args)
 }
 
 /// A pod: its pinned namespace and its annotations (the user's, which

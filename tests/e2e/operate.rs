@@ -20,16 +20,7 @@ use serde_json::Value;
 /// `nsbypass --config CONFIG ARGS...` in the testbed's host namespace,
 /// with `PATH` only, and `NSBYPASS_FAILPOINT=failpoint` if given.
 fn command(tb: &Testbed, config: &Path, args: &[&str], failpoint: Option<&str>) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
-        .arg("--")
-        .arg(common::nsbypass())
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_clear()
-        .env("PATH", HOOK_PATH)
-        .stdin(Stdio::null());
+    let mut cmd = common::direct::cli(tb, config, args);
     if let Some(spec) = failpoint {
         cmd.env("NSBYPASS_FAILPOINT", spec);
     }

@@ -134,14 +134,7 @@ impl Socket {
         packet.finalize();
         let mut bytes = vec![0; packet.buffer_len()];
         packet.serialize(&mut bytes);
-        loop {
-            match self.socket.send(&bytes, 0) {
-                Ok(sent) if sent == bytes.len() => return Ok(()),
-                Ok(_) => return Err(invalid("the kernel took part of a request")),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
-        }
+        send_all(&self.socket, &bytes)
     }
 
     /// Reads datagrams until the answer to `sequence` ends as `end` says.
@@ -188,23 +181,48 @@ impl Socket {
         }
     }
 
-    /// One datagram. With `MSG_TRUNC` the kernel reports a datagram's full
-    /// length even when it did not fit, so a truncated one is an error
-    /// rather than a silently shortened answer.
+    /// One datagram (see [`recv_datagram`]).
     fn recv<'a>(&self, buffer: &'a mut Vec<u8>) -> io::Result<&'a [u8]> {
-        loop {
-            buffer.clear();
-            match self.socket.recv(buffer, libc::MSG_TRUNC) {
-                Ok(len) if len > buffer.capacity() => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        format!("a netlink datagram of {len} bytes did not fit {RECEIVE_CAPACITY}"),
-                    ))
-                }
-                Ok(len) => return Ok(&buffer[..len]),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+        let len = recv_datagram(&self.socket, buffer)?;
+        Ok(&buffer[..len])
+    }
+}
+
+/// Sends one request (or batch) whole, retrying on `EINTR`.
+pub(crate) fn send_all(socket: &netlink_sys::Socket, bytes: &[u8]) -> io::Result<()> {
+    loop {
+        match socket.send(bytes, 0) {
+            Ok(sent) if sent == bytes.len() => return Ok(()),
+            Ok(_) => return Err(invalid("the kernel took part of a request")),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Reads one datagram into `buffer`'s capacity and returns its length.
+/// With `MSG_TRUNC` the kernel reports a datagram's full length even when
+/// it did not fit, so a truncated one is an error rather than a silently
+/// shortened answer.
+pub(crate) fn recv_datagram(
+    socket: &netlink_sys::Socket,
+    buffer: &mut Vec<u8>,
+) -> io::Result<usize> {
+    loop {
+        buffer.clear();
+        match socket.recv(buffer, libc::MSG_TRUNC) {
+            Ok(len) if len > buffer.capacity() => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!(
+                        "a netlink datagram of {len} bytes did not fit {}",
+                        buffer.capacity()
+                    ),
+                ))
             }
+            Ok(len) => return Ok(len),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
 }

@@ -731,19 +731,26 @@ pub fn gc(tb: &Testbed, config: &Path) {
     run_ok(tb, config, "gc", "");
 }
 
-/// Runs `nsbypass --config CONFIG COMMAND` in the testbed's host namespace
-/// with the hook's environment; panics (saying `when`) unless it succeeds.
-fn run_ok(tb: &Testbed, config: &Path, command: &str, when: &str) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", tb.host_ns))
+/// `nsbypass --config CONFIG ARGS...` in the testbed's host namespace, as
+/// an operator runs it: with `PATH` only, stdin empty.
+pub fn cli(tb: &Testbed, config: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", tb.host_ns))
         .arg("--")
         .arg(super::nsbypass())
         .arg("--config")
         .arg(config)
-        .arg(command)
+        .args(args)
         .env_clear()
         .env("PATH", HOOK_PATH)
-        .stdin(Stdio::null())
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `nsbypass --config CONFIG COMMAND` in the testbed's host namespace
+/// with the hook's environment; panics (saying `when`) unless it succeeds.
+fn run_ok(tb: &Testbed, config: &Path, command: &str, when: &str) {
+    let out = cli(tb, config, &[command])
         .output()
         .expect("running nsbypass");
     assert!(

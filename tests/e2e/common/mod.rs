@@ -238,6 +238,21 @@ pub fn assert_mac_leaves_parent(tb: &Testbed, mac: &str) {
     }
 }
 
+/// Gives the peer host `address`/64, without DAD so it answers at once.
+pub fn give_the_peer_ipv6(tb: &Testbed, address: &str) {
+    tb.in_peer_ok(&[
+        "ip",
+        "-6",
+        "addr",
+        "add",
+        &format!("{address}/64"),
+        "dev",
+        &tb.peer_link,
+        "nodad",
+    ])
+    .expect("an IPv6 address for the peer");
+}
+
 /// `busybox ping` from inside `c`; true if `target` answered.
 pub fn pings(c: &Container, target: &str) -> bool {
     c.exec(&["ping", "-c", "1", "-W", "2", target])
