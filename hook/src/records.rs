@@ -459,12 +459,23 @@ impl StateDir {
         let name = format!("{}.json", record.key());
         if record.is_empty() {
             // Which pods it was for is in the record on disk, not in the
-            // empty one.
-            if let Some(old) = read_json::<NetnsRecord>(&self.netns, &name)? {
-                self.forget_pods(&old)?;
-            }
+            // empty one. The record goes first: an index entry that
+            // outlives its record means nothing, while a record holding a
+            // pod's MACs that no entry names would let the pod's next
+            // incarnation take them (see PodRecord).
+            let old = read_json::<NetnsRecord>(&self.netns, &name)?;
             self.netns.remove(&name)?;
-            Ok(self.draining.remove(&name)?)
+            self.draining.remove(&name)?;
+            crate::failpoint::hit("remove-record").map_err(|e| {
+                RecordError::Dir(nsutil::Error::new(
+                    "remove-record",
+                    std::io::Error::other(e),
+                ))
+            })?;
+            match old {
+                Some(old) => self.forget_pods(&old),
+                None => Ok(()),
+            }
         } else {
             write_json(&self.netns, &name, record, &self.tmp)
         }

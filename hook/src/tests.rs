@@ -2727,3 +2727,46 @@ fn forged_pod_annotations_never_take_a_living_pods_mac_or_address() {
         assert_eq!(bed.link_names(1000), ["net1"], "{how}");
     }
 }
+
+#[test]
+fn a_kill_while_a_pods_last_record_goes_never_leaves_it_unindexed() {
+    // The pod's container leaves, its pinned namespace lives on: the link
+    // goes, then the empty record and the pod index entry naming it. A
+    // kill between those two removals must not leave a record holding
+    // the pod's MACs that the index no longer names, or the pod's next
+    // incarnation takes them while that record still does, and the census
+    // takes the gone namespace for dying as long as the new one lives.
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    failpoint::arm("remove-record", "panic");
+    let killed = std::panic::catch_unwind(AssertUnwindSafe(|| bed.teardown("c1", true)));
+    failpoint::disarm();
+    assert!(killed.is_err(), "the failpoint is reached");
+    let (index, record) = bed.with_stores(HOST, |s| {
+        (
+            s.state.pod("trading/web-0").unwrap(),
+            s.state.netns(&ns(1000).key()).unwrap(),
+        )
+    });
+    if record.is_some_and(|r| r.links.iter().any(|l| l.mac == first[0].mac)) {
+        assert_eq!(
+            index.map(|i| i.netns),
+            Some(ns(1000).key()),
+            "a record holds the pod's MAC unindexed"
+        );
+    }
+    // The sandbox goes without anything else running; the pod comes back.
+    bed.destroy(1000);
+    let again = bed.setup_request("c2", 2000, &web).unwrap();
+    assert_eq!(again[0].mac, first[0].mac);
+    bed.check_no_mac_twice();
+    // gc repairs the rest: nothing of the old namespace is left.
+    let collected = bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]).unwrap());
+    assert!(collected.failures.is_empty());
+    let files = bed.state_files();
+    assert!(
+        !files.iter().any(|f| f.contains(&ns(1000).key())),
+        "{files:?}"
+    );
+}
