@@ -512,15 +512,24 @@ impl StateDir {
         Ok(self.pods.remove(pod_file(pod))?)
     }
 
-    /// Every pod index entry, for gc.
-    pub fn pods(&self) -> Result<Vec<PodRecord>, RecordError> {
+    /// Every pod index entry, for gc, with the name of its file: one whose
+    /// name is not its pod's (a planted or mangled file) is `None`, so that
+    /// gc removes that file and never the pod's own.
+    pub fn pods(&self) -> Result<Vec<(String, Option<PodRecord>)>, RecordError> {
         let mut out = Vec::new();
         for name in json_names(&self.pods)? {
-            if let Some(record) = read_json(&self.pods, &format!("{name}.json"))? {
-                out.push(record);
+            let file = format!("{name}.json");
+            if let Some(record) = read_json::<PodRecord>(&self.pods, &file)? {
+                let ours = pod_file(&record.pod) == file;
+                out.push((file, ours.then_some(record)));
             }
         }
         Ok(out)
+    }
+
+    /// Removes the pod index file `file` (a name [`StateDir::pods`] gave).
+    pub fn remove_pod_file(&self, file: &str) -> Result<(), RecordError> {
+        Ok(self.pods.remove(file)?)
     }
 }
 

@@ -2770,3 +2770,28 @@ fn a_kill_while_a_pods_last_record_goes_never_leaves_it_unindexed() {
         "{files:?}"
     );
 }
+
+#[test]
+fn gc_removes_a_misnamed_pod_index_file_and_never_the_pods_own() {
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    // A file under another name that says it is web-0's, naming a
+    // namespace without a record (a hand's, a mangled copy).
+    let planted = bed.root.join("pods/00000000000000000000000000000000.json");
+    std::fs::write(&planted, r#"{"pod":"trading/web-0","netns":"4-9999"}"#).unwrap();
+    let collected = bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]).unwrap());
+    assert!(collected.failures.is_empty());
+    assert!(!planted.exists(), "the misnamed file goes");
+    let index = bed.with_stores(HOST, |s| s.state.pod("trading/web-0").unwrap());
+    assert_eq!(
+        index.map(|i| i.netns),
+        Some(ns(1000).key()),
+        "the pod's own entry stays"
+    );
+    // So the pod's next incarnation, while the first lives, does not take
+    // its MAC.
+    let second = bed.setup_request("c2", 2000, &web).unwrap();
+    assert_ne!(second[0].mac, first[0].mac);
+    bed.check_no_mac_twice();
+}
