@@ -48,6 +48,9 @@ pub const ALL: &[&str] = &[
     "profile-attach",
     "profile-grant",
     "profile-record",
+    // Teardown: between removing an empty namespace record and its pod
+    // index entries (see StateDir::put_netns).
+    "remove-record",
 ];
 
 /// The error an armed `error` failpoint returns.

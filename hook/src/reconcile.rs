@@ -553,14 +553,18 @@ pub fn collect(stores: &mut Stores, networks: &[&str]) -> Result<Collected, Fail
 
     // A pod index entry whose namespace no longer holds the pod's links
     // means nothing (see PodRecord); gc forgets it.
-    for entry in stores.state.pods().step(Step::ReadRecords)? {
-        let holds = stores
-            .state
-            .netns(&entry.netns)
-            .step(Step::ReadRecords)?
-            .is_some_and(|r| r.links.iter().any(|l| l.pod.as_deref() == Some(&entry.pod)));
+    for (file, entry) in stores.state.pods().step(Step::ReadRecords)? {
+        let holds = match entry {
+            Some(entry) => stores
+                .state
+                .netns(&entry.netns)
+                .step(Step::ReadRecords)?
+                .is_some_and(|r| r.links.iter().any(|l| l.pod.as_deref() == Some(&entry.pod))),
+            // Not where its pod's entry would be: no setup reads it.
+            None => false,
+        };
         if !holds {
-            if let Err(failure) = stores.state.remove_pod(&entry.pod).step(Step::WriteRecord) {
+            if let Err(failure) = stores.state.remove_pod_file(&file).step(Step::WriteRecord) {
                 collected.failures.push(failure);
             }
         }

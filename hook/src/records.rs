@@ -459,12 +459,23 @@ impl StateDir {
         let name = format!("{}.json", record.key());
         if record.is_empty() {
             // Which pods it was for is in the record on disk, not in the
-            // empty one.
-            if let Some(old) = read_json::<NetnsRecord>(&self.netns, &name)? {
-                self.forget_pods(&old)?;
-            }
+            // empty one. The record goes first: an index entry that
+            // outlives its record means nothing, while a record holding a
+            // pod's MACs that no entry names would let the pod's next
+            // incarnation take them (see PodRecord).
+            let old = read_json::<NetnsRecord>(&self.netns, &name)?;
             self.netns.remove(&name)?;
-            Ok(self.draining.remove(&name)?)
+            self.draining.remove(&name)?;
+            crate::failpoint::hit("remove-record").map_err(|e| {
+                RecordError::Dir(nsutil::Error::new(
+                    "remove-record",
+                    std::io::Error::other(e),
+                ))
+            })?;
+            match old {
+                Some(old) => self.forget_pods(&old),
+                None => Ok(()),
+            }
         } else {
             write_json(&self.netns, &name, record, &self.tmp)
         }
@@ -501,15 +512,24 @@ impl StateDir {
         Ok(self.pods.remove(pod_file(pod))?)
     }
 
-    /// Every pod index entry, for gc.
-    pub fn pods(&self) -> Result<Vec<PodRecord>, RecordError> {
+    /// Every pod index entry, for gc, with the name of its file: one whose
+    /// name is not its pod's (a planted or mangled file) is `None`, so that
+    /// gc removes that file and never the pod's own.
+    pub fn pods(&self) -> Result<Vec<(String, Option<PodRecord>)>, RecordError> {
         let mut out = Vec::new();
         for name in json_names(&self.pods)? {
-            if let Some(record) = read_json(&self.pods, &format!("{name}.json"))? {
-                out.push(record);
+            let file = format!("{name}.json");
+            if let Some(record) = read_json::<PodRecord>(&self.pods, &file)? {
+                let ours = pod_file(&record.pod) == file;
+                out.push((file, ours.then_some(record)));
             }
         }
         Ok(out)
+    }
+
+    /// Removes the pod index file `file` (a name [`StateDir::pods`] gave).
+    pub fn remove_pod_file(&self, file: &str) -> Result<(), RecordError> {
+        Ok(self.pods.remove(file)?)
     }
 }
 

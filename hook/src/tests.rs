@@ -2499,3 +2499,299 @@ fn gc_forgets_a_pod_index_entry_no_record_backs() {
         bed.state_files()
     );
 }
+
+impl Bed {
+    /// Whether the world or the records break the MAC rule the pod
+    /// identity must keep: one MAC up twice on a parent (the kernel would
+    /// refuse the second), or one MAC held by two namespace records (the
+    /// census would take the gone one's for living).
+    fn check_no_mac_twice(&self) {
+        let mut held: Vec<(String, String, String)> = Vec::new();
+        self.with_stores(HOST, |s| {
+            for key in s.state.netns_keys().unwrap() {
+                for link in s
+                    .state
+                    .netns(&key)
+                    .unwrap()
+                    .into_iter()
+                    .flat_map(|r| r.links)
+                {
+                    held.push((link.parent, link.mac, key.clone()));
+                }
+            }
+        });
+        let mut macs: Vec<(&str, &str)> = held
+            .iter()
+            .map(|(p, m, _)| (p.as_str(), m.as_str()))
+            .collect();
+        let before = macs.len();
+        macs.sort();
+        macs.dedup();
+        assert_eq!(macs.len(), before, "one MAC in two records: {held:?}");
+        let w = self.world.borrow();
+        let mut up: Vec<String> = w
+            .namespaces
+            .values()
+            .flat_map(|n| &n.links)
+            .filter(|l| l.up)
+            .filter_map(|l| l.mac.map(|m| format_mac(&m)))
+            .collect();
+        let before = up.len();
+        up.sort();
+        up.dedup();
+        assert_eq!(up.len(), before, "one MAC up twice on the parent: {up:?}");
+    }
+}
+
+/// Sets `container` up in `ino` for `request` with failpoint `point` set to
+/// `panic`: the hook "dies" there, as with SIGKILL.
+fn killed_pod_setup(bed: &Bed, container: &str, ino: u64, request: &Request, point: &str) -> bool {
+    failpoint::arm(point, "panic");
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        bed.setup_request(container, ino, request)
+    }));
+    failpoint::disarm();
+    result.is_err()
+}
+
+#[test]
+fn a_re_created_pods_setup_killed_at_any_step_leaves_the_pod_its_mac_and_address() {
+    // The pod's earlier incarnation is stopped but not removed (its index
+    // entry names it), so the killed setup has moved the index and freed
+    // the old lease before it died: whatever repairs the kill, the pod's
+    // next setup gets the pod's MAC and address, and no MAC is ever held
+    // twice.
+    for point in NETWORK_POINTS {
+        for repair in ["poststop", "gc", "none", "sibling"] {
+            let what = format!("{point}, then {repair}");
+            let bed = Bed::new();
+            let web = pod_request("fast", "trading/web-0");
+            let first = bed.setup_request("c1", 1000, &web).unwrap();
+            bed.stop("c1");
+            bed.destroy(1000);
+            assert!(
+                killed_pod_setup(&bed, "victim", 2000, &web, point),
+                "{what}"
+            );
+            bed.stop("victim");
+            bed.check_no_mac_twice();
+            let (next, ino) = match repair {
+                "poststop" => {
+                    bed.poststop("victim")
+                        .unwrap_or_else(|e| panic!("{what}: {e}"));
+                    // And what the node's poststop does after teardown
+                    // (Node::leave_locked): a claim's leases go.
+                    bed.with_stores(HOST, |s| {
+                        if s.state.has_claim("victim").unwrap() {
+                            reconcile::release_unaccounted("fast", "victim", s).unwrap();
+                            s.state.remove_claim("victim").unwrap();
+                        }
+                    });
+                    bed.destroy(2000);
+                    ("c3", 3000)
+                }
+                "gc" => {
+                    bed.destroy(2000);
+                    let collected = bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]));
+                    let collected = collected.unwrap_or_else(|e| panic!("{what}: {e}"));
+                    assert!(collected.failures.is_empty(), "{what}");
+                    ("c3", 3000)
+                }
+                // The sandbox went (StopPodSandbox), nothing else ran.
+                "none" => {
+                    bed.destroy(2000);
+                    ("c3", 3000)
+                }
+                // The kubelet retries the container in the same sandbox.
+                _ => ("c3", 2000),
+            };
+            let again = bed
+                .setup_request(next, ino, &web)
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(again[0].mac, first[0].mac, "{what}");
+            // A lease only a killed setup's claim accounts for (killed
+            // between its lease and its record) is held until that
+            // setup's poststop, gc or a dry pool: without those the
+            // address may be another. Every other kill left a record,
+            // which the pod's next setup settles.
+            let orphan_lease = point == "write-intent";
+            if matches!(repair, "poststop" | "gc") || (repair == "none" && !orphan_lease) {
+                assert_eq!(again[0].addresses, first[0].addresses, "{what}");
+            }
+            bed.check_no_mac_twice();
+            bed.check_no_address_live_twice_or_unleased();
+            // Everything removed, in any order: nothing is left.
+            for c in ["c1", "victim", next] {
+                bed.poststop(c)
+                    .unwrap_or_else(|e| panic!("{what}: {c}: {e}"));
+            }
+            bed.destroy(ino);
+            bed.poststop(next).unwrap();
+            bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]).unwrap());
+            assert_eq!(bed.state_files(), Vec::<String>::new(), "{what}");
+        }
+    }
+}
+
+#[test]
+fn a_re_created_pods_setup_failing_at_any_step_rolls_the_pod_index_back() {
+    for point in NETWORK_POINTS {
+        let bed = Bed::new();
+        let web = pod_request("fast", "trading/web-0");
+        let first = bed.setup_request("c1", 1000, &web).unwrap();
+        bed.stop("c1");
+        bed.destroy(1000);
+        failpoint::arm(point, "error");
+        let e = bed.setup_request("c2", 2000, &web).unwrap_err();
+        failpoint::disarm();
+        assert!(e.rollback.is_empty(), "{point}: {e}");
+        assert!(bed.link_names(2000).is_empty(), "{point}");
+        bed.check_no_mac_twice();
+        // The pod index names no namespace whose record holds nothing.
+        let files = bed.state_files();
+        assert!(
+            !files.iter().any(|f| f.contains(&ns(2000).key())),
+            "{point}: {files:?}"
+        );
+        // The next try, in the same sandbox, is the pod again.
+        let again = bed.setup_request("c3", 2000, &web).unwrap();
+        assert_eq!(
+            (&again[0].mac, &again[0].addresses),
+            (&first[0].mac, &first[0].addresses),
+            "{point}"
+        );
+        bed.check_no_address_live_twice_or_unleased();
+    }
+}
+
+#[test]
+fn a_pods_first_container_re_created_beside_the_second_keeps_the_pods_link() {
+    // No infra container: c1 made the link, c2 shares it; c1 is removed
+    // and re-created (a crash, a restart) while c2 keeps the namespace.
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    assert!(bed.setup_request("c2", 1000, &web).unwrap()[0].shared);
+    bed.teardown("c1", true).unwrap();
+    assert_eq!(bed.link_names(1000), ["net1"]);
+    let again = bed.setup_request("c1b", 1000, &web).unwrap();
+    assert!(again[0].shared);
+    assert_eq!(
+        (&again[0].mac, &again[0].addresses),
+        (&first[0].mac, &first[0].addresses)
+    );
+    // Now c2 goes and comes back while c1b holds it: still the pod's.
+    bed.teardown("c2", true).unwrap();
+    let c2 = bed.setup_request("c2b", 1000, &web).unwrap();
+    assert_eq!(c2[0].mac, first[0].mac);
+    bed.check_no_mac_twice();
+    // Both gone, the namespace pinned: the link goes; a re-created member
+    // in the same sandbox makes it again with the pod's MAC and address.
+    bed.teardown("c1b", true).unwrap();
+    bed.teardown("c2b", true).unwrap();
+    assert!(bed.link_names(1000).is_empty());
+    let c3 = bed.setup_request("c3", 1000, &web).unwrap();
+    assert!(!c3[0].shared);
+    assert_eq!(
+        (&c3[0].mac, &c3[0].addresses),
+        (&first[0].mac, &first[0].addresses)
+    );
+    bed.check_no_mac_twice();
+    bed.check_no_address_live_twice_or_unleased();
+}
+
+#[test]
+fn forged_pod_annotations_never_take_a_living_pods_mac_or_address() {
+    // A podman container given another pod's annotations by hand, while
+    // that pod lives: reachable, out of reach (its pin gone, a process
+    // keeps it), or dying for longer than setup waits.
+    for how in ["reachable", "unreachable", "dying"] {
+        let bed = Bed::new();
+        let web = pod_request("fast", "trading/web-0");
+        let real = bed.setup_request("real", 1000, &web).unwrap();
+        match how {
+            "unreachable" => {
+                bed.unpin(1000);
+                bed.world.borrow_mut().discoverable.clear();
+            }
+            "dying" => {
+                bed.stop("real");
+                bed.dying(1000, std::time::Duration::from_secs(5));
+            }
+            _ => {}
+        }
+        let forged = bed.setup_request("forger", 2000, &web).unwrap();
+        assert_ne!(forged[0].mac, real[0].mac, "{how}");
+        assert_ne!(forged[0].addresses, real[0].addresses, "{how}");
+        bed.check_no_mac_twice();
+        assert_eq!(bed.link_names(1000), ["net1"], "{how}");
+    }
+}
+
+#[test]
+fn a_kill_while_a_pods_last_record_goes_never_leaves_it_unindexed() {
+    // The pod's container leaves, its pinned namespace lives on: the link
+    // goes, then the empty record and the pod index entry naming it. A
+    // kill between those two removals must not leave a record holding
+    // the pod's MACs that the index no longer names, or the pod's next
+    // incarnation takes them while that record still does, and the census
+    // takes the gone namespace for dying as long as the new one lives.
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    failpoint::arm("remove-record", "panic");
+    let killed = std::panic::catch_unwind(AssertUnwindSafe(|| bed.teardown("c1", true)));
+    failpoint::disarm();
+    assert!(killed.is_err(), "the failpoint is reached");
+    let (index, record) = bed.with_stores(HOST, |s| {
+        (
+            s.state.pod("trading/web-0").unwrap(),
+            s.state.netns(&ns(1000).key()).unwrap(),
+        )
+    });
+    if record.is_some_and(|r| r.links.iter().any(|l| l.mac == first[0].mac)) {
+        assert_eq!(
+            index.map(|i| i.netns),
+            Some(ns(1000).key()),
+            "a record holds the pod's MAC unindexed"
+        );
+    }
+    // The sandbox goes without anything else running; the pod comes back.
+    bed.destroy(1000);
+    let again = bed.setup_request("c2", 2000, &web).unwrap();
+    assert_eq!(again[0].mac, first[0].mac);
+    bed.check_no_mac_twice();
+    // gc repairs the rest: nothing of the old namespace is left.
+    let collected = bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]).unwrap());
+    assert!(collected.failures.is_empty());
+    let files = bed.state_files();
+    assert!(
+        !files.iter().any(|f| f.contains(&ns(1000).key())),
+        "{files:?}"
+    );
+}
+
+#[test]
+fn gc_removes_a_misnamed_pod_index_file_and_never_the_pods_own() {
+    let bed = Bed::new();
+    let web = pod_request("fast", "trading/web-0");
+    let first = bed.setup_request("c1", 1000, &web).unwrap();
+    // A file under another name that says it is web-0's, naming a
+    // namespace without a record (a hand's, a mangled copy).
+    let planted = bed.root.join("pods/00000000000000000000000000000000.json");
+    std::fs::write(&planted, r#"{"pod":"trading/web-0","netns":"4-9999"}"#).unwrap();
+    let collected = bed.with_stores(HOST, |s| reconcile::collect(s, &["fast"]).unwrap());
+    assert!(collected.failures.is_empty());
+    assert!(!planted.exists(), "the misnamed file goes");
+    let index = bed.with_stores(HOST, |s| s.state.pod("trading/web-0").unwrap());
+    assert_eq!(
+        index.map(|i| i.netns),
+        Some(ns(1000).key()),
+        "the pod's own entry stays"
+    );
+    // So the pod's next incarnation, while the first lives, does not take
+    // its MAC.
+    let second = bed.setup_request("c2", 2000, &web).unwrap();
+    assert_ne!(second[0].mac, first[0].mac);
+    bed.check_no_mac_twice();
+}

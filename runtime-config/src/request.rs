@@ -113,7 +113,11 @@ impl Request {
             pick(PROFILE_ANNOTATION, PROFILE_ENV),
         )?;
         request.namespace = bundle.annotations.get(POD_NAMESPACE_ANNOTATION).cloned();
-        request.pod = pod_identity(bundle)?;
+        // Only for a container that asks for something: for any other,
+        // the annotations are none of nsbypass's business.
+        if !request.is_empty() {
+            request.pod = pod_identity(bundle)?;
+        }
         Ok(request)
     }
 
@@ -286,6 +290,21 @@ mod tests {
             e.starts_with("annotation io.kubernetes.pod.namespace: "),
             "{e}"
         );
+    }
+
+    #[test]
+    fn pod_annotations_are_not_checked_for_a_container_that_asks_for_nothing() {
+        // Not nsbypass's input then: the container is none of its business
+        // (an image's NSBYPASS_* with from_env off gets this far).
+        let odd = [
+            ("io.kubernetes.pod.namespace", "Not_A_Namespace"),
+            ("io.kubernetes.pod.name", "web/0"),
+        ];
+        let b = bundle(&odd, &["NSBYPASS_NETWORK=fast"]);
+        let r = Request::from_bundle(&b, false).unwrap();
+        assert!(r.is_empty() && r.pod.is_none());
+        // Asked, they are checked.
+        assert!(Request::from_bundle(&b, true).is_err());
     }
 
     #[test]

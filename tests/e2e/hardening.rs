@@ -182,6 +182,7 @@ fn symlinks_planted_in_state_dir_are_refused_and_never_followed() {
         ("leases", "leases", true, &network),
         ("leases-fast", "leases/fast", true, &network),
         ("tmp", "tmp", true, &network),
+        ("pods", "pods", true, &network),
         ("container-record", "containers/{id}.json", false, &network),
         ("netns-record", "netns/{key}.json", false, &network),
         ("lease", "leases/fast/10.77.0.150", false, &requested),
