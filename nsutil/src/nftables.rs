@@ -89,6 +89,8 @@ const LOOKUP_SREG: u16 = 2;
 const LOOKUP_SET_ID: u16 = 4;
 const LOOKUP_FLAGS: u16 = 5;
 const IMMEDIATE_DREG: u16 = 1;
+const META_DREG: u16 = 1;
+const META_KEY: u16 = 2;
 const IMMEDIATE_DATA: u16 = 2;
 
 /// `NFT_REG_VERDICT`, and the first of the sixteen 32-bit data registers.
@@ -144,8 +146,18 @@ pub enum Expr {
         reg: u32,
         present: bool,
     },
+    /// Loads the packet's metadata `key` (one of the `META_*` constants)
+    /// into the registers from `reg` on.
+    Meta {
+        key: u32,
+        reg: u32,
+    },
     Verdict(Verdict),
 }
+
+/// `meta protocol`: the 2-byte `skb->protocol` the sender set (AF_XDP
+/// leaves it 0; the stack and packet sockets set the frame's ethertype).
+pub const META_PROTOCOL: u32 = 1;
 
 /// A set of fixed-length keys, named in its table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,6 +297,11 @@ impl Batch {
                     data.u32(LOOKUP_FLAGS, LOOKUP_F_INV);
                 }
                 "lookup"
+            }
+            Expr::Meta { key, reg } => {
+                data.u32(META_DREG, *reg);
+                data.u32(META_KEY, *key);
+                "meta"
             }
             Expr::Verdict(verdict) => {
                 data.u32(IMMEDIATE_DREG, REG_VERDICT);
