@@ -11,7 +11,10 @@
 //!   only the link's MAC, with its leased addresses (IPv4 and ARP sender,
 //!   0.0.0.0 for none; IPv6 and the link-local derived from the MAC, `::`
 //!   for duplicate address detection) and the network's
-//!   `guard_allow_ethertypes`; everything else is dropped. It sees every
+//!   `guard_allow_ethertypes`; everything else is dropped. ARP must have
+//!   the Ethernet/IPv4 shape the offsets assume, and neighbour discovery
+//!   (which a receiver believes about its target and link-layer option,
+//!   not its source) the shapes Linux sends, with the link's own. It sees every
 //!   frame the link sends, to the wire and to sibling MACVLANs alike
 //!   (bridge mode hands those over without passing the parent), packet
 //!   sockets' `PACKET_QDISC_BYPASS` frames included (af_packet runs the
@@ -23,8 +26,9 @@
 //!   from a guarded link's MAC must carry that link's addresses, and a
 //!   frame that claims a guarded address must come from its link's MAC.
 //!   The container cannot reach it, so this holds even with CAP_NET_ADMIN,
-//!   and for AF_XDP frames, which skip the link's own egress hook; but it
-//!   sees only frames that leave the host (or, in modes vepa and private,
+//!   and for AF_XDP frames, which skip the link's own egress hook (DPDK's
+//!   `net_af_xdp` sends that way, so AF_XDP is let through to these
+//!   checks, not dropped). It sees only frames that leave the host (or, in modes vepa and private,
 //!   every frame a child sends). What it cannot tell apart is a frame
 //!   from a MAC and address no guarded link has: the host's own traffic
 //!   looks the same.
@@ -161,6 +165,28 @@ impl Guard {
         if self.layer2_only() {
             return batch;
         }
+        // Neighbour discovery from its own address may still lie in its
+        // target and link-layer options: only the link's own, in the
+        // shapes Linux sends.
+        let own_mac = |at: u32| {
+            vec![
+                load(at, 6, R0),
+                Expr::Ne {
+                    reg: R0,
+                    data: mac.clone(),
+                },
+            ]
+        };
+        let mut not_own_target = vec![load(ND_TARGET, 16, R0)];
+        not_own_target.extend(self.v6.iter().copied().chain([self.link_local()]).map(|a| {
+            Expr::Ne {
+                reg: R0,
+                data: a.octets().to_vec(),
+            }
+        }));
+        for exprs in nd_drops(&[], &own_mac, &not_own_target) {
+            rule(&mut batch, exprs);
+        }
         for source in self.sources4() {
             let mut exprs = ethertype(IPV4);
             exprs.extend([
@@ -174,6 +200,11 @@ impl Guard {
             rule(&mut batch, exprs);
             let mut exprs = ethertype(ARP);
             exprs.extend([
+                load(ARP_HEADER, 6, R0),
+                Expr::Eq {
+                    reg: R0,
+                    data: ARP_ETHER_IPV4.to_vec(),
+                },
                 load(ARP_SENDER_MAC, 6, R0),
                 Expr::Eq {
                     reg: R0,
@@ -214,6 +245,7 @@ impl Guard {
         let cat = |parts: &[&[u8]]| parts.concat();
         vec![
             (SET_MACS, vec![self.mac.to_vec()]),
+            (SET_LLA, vec![cat(&[&mac, &mac])]),
             (
                 SET_V4,
                 self.sources4().map(|a| cat(&[&mac, &a.octets()])).collect(),
@@ -266,6 +298,8 @@ const OUTER_PREFIX: &str = "nsbypass-parent-";
 const CHAIN: &str = "egress";
 
 const SET_MACS: &str = "macs";
+/// "MAC . MAC": a link-layer address option a guarded MAC may carry.
+const SET_LLA: &str = "lla";
 const SET_V4: &str = "ipv4";
 const SET_ARP: &str = "arp";
 const SET_V6: &str = "ipv6";
@@ -281,6 +315,38 @@ const IPV4_SOURCE: u32 = 14 + 12;
 const ARP_SENDER_MAC: u32 = 14 + 8;
 const ARP_SENDER_IP: u32 = 14 + 14;
 const IPV6_SOURCE: u32 = 14 + 8;
+
+/// ARP's fixed header for Ethernet and IPv4 (hardware type 1, protocol
+/// 0x0800, lengths 6 and 4): the only one Linux takes on Ethernet, and the
+/// one whose sender fields sit at the offsets above.
+const ARP_HEADER: u32 = 14;
+const ARP_ETHER_IPV4: [u8; 6] = [0, 1, 8, 0, 6, 4];
+
+/// IPv6's payload length and next header, and an ICMPv6 message right
+/// after the fixed header: its type, a neighbour solicitation's or
+/// advertisement's target and first option, a router solicitation's
+/// first option.
+const IPV6_PAYLOAD_LEN: u32 = 14 + 4;
+const IPV6_NEXT: u32 = 14 + 6;
+const ICMP6: u32 = 14 + 40;
+const ND_TARGET: u32 = ICMP6 + 8;
+const ND_OPTION: u32 = ICMP6 + 24;
+const RS_OPTION: u32 = ICMP6 + 8;
+
+const NEXT_HOP_BY_HOP: u8 = 0;
+const NEXT_ROUTING: u8 = 43;
+const NEXT_DEST_OPTS: u8 = 60;
+const NEXT_ICMP6: u8 = 58;
+const ICMP6_RS: u8 = 133;
+const ICMP6_NS: u8 = 135;
+const ICMP6_NA: u8 = 136;
+/// MLD query, report, done and MLDv2 report: what a hop-by-hop header
+/// (router alert) carries from a Linux host.
+const ICMP6_MLD: [u8; 4] = [130, 131, 132, 143];
+/// ND options: source and target link-layer address, nonce (DAD).
+const OPT_SOURCE_LL: u8 = 1;
+const OPT_TARGET_LL: u8 = 2;
+const OPT_NONCE: u8 = 14;
 
 const IPV4: u16 = 0x0800;
 const ARP: u16 = 0x0806;
@@ -313,6 +379,145 @@ fn ethertype(value: u16) -> Vec<Expr> {
     ]
 }
 
+fn byte_is(offset: u32, value: u8) -> Vec<Expr> {
+    vec![
+        load(offset, 1, R0),
+        Expr::Eq {
+            reg: R0,
+            data: vec![value],
+        },
+    ]
+}
+
+/// `offset`'s `len` bytes are none of `values`.
+fn none_of(offset: u32, len: u32, values: &[&[u8]]) -> Vec<Expr> {
+    let mut exprs = vec![load(offset, len, R0)];
+    exprs.extend(values.iter().map(|v| Expr::Ne {
+        reg: R0,
+        data: v.to_vec(),
+    }));
+    exprs
+}
+
+/// Drop rules for IPv6 from one guarded link (`gate` selects its frames;
+/// `lying_mac(at)` matches when the 6 bytes at `at` are not its MAC,
+/// `not_own_target` when a neighbour advertisement's target is not one of
+/// its addresses): neighbour discovery must show at the offsets the
+/// checks read (no destination-options or routing header, a hop-by-hop
+/// header only as MLD's), and solicitations and advertisements carry at
+/// most one option, whose link-layer address is the link's own.
+/// Receivers take the first such option, and the payload length bounds
+/// what they read.
+fn nd_drops(
+    gate: &[Expr],
+    lying_mac: &dyn Fn(u32) -> Vec<Expr>,
+    not_own_target: &[Expr],
+) -> Vec<Vec<Expr>> {
+    let drop = Expr::Verdict(Verdict::Drop);
+    let ipv6 = [ethertype(IPV6), gate.to_vec()].concat();
+    let icmp = |ty: u8| {
+        [
+            ipv6.clone(),
+            byte_is(IPV6_NEXT, NEXT_ICMP6),
+            byte_is(ICMP6, ty),
+        ]
+        .concat()
+    };
+    let len_is = |len: u16| {
+        vec![
+            load(IPV6_PAYLOAD_LEN, 2, R0),
+            Expr::Eq {
+                reg: R0,
+                data: len.to_be_bytes().to_vec(),
+            },
+        ]
+    };
+    let mut rules = vec![
+        [ipv6.clone(), byte_is(IPV6_NEXT, NEXT_ROUTING)].concat(),
+        [ipv6.clone(), byte_is(IPV6_NEXT, NEXT_DEST_OPTS)].concat(),
+        [
+            ipv6.clone(),
+            byte_is(IPV6_NEXT, NEXT_HOP_BY_HOP),
+            none_of(ICMP6, 2, &[&[NEXT_ICMP6, 0]]),
+        ]
+        .concat(),
+        [
+            ipv6.clone(),
+            byte_is(IPV6_NEXT, NEXT_HOP_BY_HOP),
+            none_of(
+                ICMP6 + 8,
+                1,
+                &ICMP6_MLD
+                    .iter()
+                    .map(std::slice::from_ref)
+                    .collect::<Vec<_>>(),
+            ),
+        ]
+        .concat(),
+    ];
+    for ty in [ICMP6_NS, ICMP6_NA] {
+        rules.push(
+            [
+                icmp(ty),
+                none_of(
+                    IPV6_PAYLOAD_LEN,
+                    2,
+                    &[&24u16.to_be_bytes(), &32u16.to_be_bytes()],
+                ),
+            ]
+            .concat(),
+        );
+        rules.push(
+            [
+                icmp(ty),
+                len_is(32),
+                none_of(
+                    ND_OPTION,
+                    2,
+                    &[&[OPT_SOURCE_LL, 1], &[OPT_TARGET_LL, 1], &[OPT_NONCE, 1]],
+                ),
+            ]
+            .concat(),
+        );
+        for opt in [OPT_SOURCE_LL, OPT_TARGET_LL] {
+            rules.push(
+                [
+                    icmp(ty),
+                    len_is(32),
+                    byte_is(ND_OPTION, opt),
+                    lying_mac(ND_OPTION + 2),
+                ]
+                .concat(),
+            );
+        }
+    }
+    rules.push(
+        [
+            icmp(ICMP6_RS),
+            none_of(
+                IPV6_PAYLOAD_LEN,
+                2,
+                &[&8u16.to_be_bytes(), &16u16.to_be_bytes()],
+            ),
+        ]
+        .concat(),
+    );
+    rules.push(
+        [
+            icmp(ICMP6_RS),
+            len_is(16),
+            none_of(RS_OPTION, 2, &[&[OPT_SOURCE_LL, 1]]),
+        ]
+        .concat(),
+    );
+    rules.push([icmp(ICMP6_RS), len_is(16), lying_mac(RS_OPTION + 2)].concat());
+    rules.push([icmp(ICMP6_NA), not_own_target.to_vec()].concat());
+    for rule in &mut rules {
+        rule.push(drop.clone());
+    }
+    rules
+}
+
 fn lookup(set: &str, reg: u32, present: bool) -> Expr {
     Expr::Lookup {
         set: set.to_owned(),
@@ -343,6 +548,7 @@ fn outer_table_batch(parent: &str) -> Batch {
     batch.add_table(&table, true);
     let sets = [
         (SET_MACS, 6, TYPE_MAC),
+        (SET_LLA, 16, TYPE_MAC << 6 | TYPE_MAC),
         (SET_V4, 12, TYPE_MAC << 6 | TYPE_IPV4),
         (SET_ARP, 20, (TYPE_MAC << 6 | TYPE_MAC) << 6 | TYPE_IPV4),
         (SET_V6, 24, TYPE_MAC << 6 | TYPE_IPV6),
@@ -363,7 +569,21 @@ fn outer_table_batch(parent: &str) -> Batch {
     batch.add_egress_chain(&table, CHAIN, parent, Verdict::Accept);
     let drop = Expr::Verdict(Verdict::Drop);
     let guarded_mac = [load(SOURCE_MAC, 6, R0), lookup(SET_MACS, R0, true)];
-    let rules: Vec<Vec<Expr>> = vec![
+    let mut rules: Vec<Vec<Expr>> = vec![
+        // ARP in another shape than Ethernet/IPv4 from a guarded MAC.
+        [
+            ethertype(ARP),
+            guarded_mac.to_vec(),
+            vec![
+                load(ARP_HEADER, 6, R0),
+                Expr::Ne {
+                    reg: R0,
+                    data: ARP_ETHER_IPV4.to_vec(),
+                },
+                drop.clone(),
+            ],
+        ]
+        .concat(),
         // From a guarded link's MAC: its IPv4 source, ARP sender, IPv6
         // source, or an ethertype it may send.
         [
@@ -449,11 +669,39 @@ fn outer_table_batch(parent: &str) -> Batch {
                 lookup(SET_OWNED6, R2, true),
                 load(SOURCE_MAC, 6, R0),
                 lookup(SET_V6, R0, false),
+                drop.clone(),
+            ],
+        ]
+        .concat(),
+        // A neighbour advertisement for a guarded address: only from its
+        // link's MAC.
+        [
+            ethertype(IPV6),
+            byte_is(IPV6_NEXT, NEXT_ICMP6),
+            byte_is(ICMP6, ICMP6_NA),
+            vec![
+                load(ND_TARGET, 16, R2),
+                lookup(SET_OWNED6, R2, true),
+                load(SOURCE_MAC, 6, R0),
+                lookup(SET_V6, R0, false),
                 drop,
             ],
         ]
         .concat(),
     ];
+    let lying_mac = |at: u32| {
+        vec![
+            load(SOURCE_MAC, 6, R0),
+            load(at, 6, R2),
+            lookup(SET_LLA, R0, false),
+        ]
+    };
+    let not_own_target = [
+        load(SOURCE_MAC, 6, R0),
+        load(ND_TARGET, 16, R2),
+        lookup(SET_V6, R0, false),
+    ];
+    rules.extend(nd_drops(&guarded_mac, &lying_mac, &not_own_target));
     for exprs in rules {
         batch.add_rule(&table, CHAIN, &exprs);
     }
@@ -561,6 +809,7 @@ impl HostGuard for RealHostGuard {
                 }
                 for set in [
                     SET_MACS,
+                    SET_LLA,
                     SET_V4,
                     SET_ARP,
                     SET_V6,
@@ -617,6 +866,7 @@ mod tests {
         let g = guard();
         let lengths: BTreeMap<&str, u32> = [
             (SET_MACS, 6),
+            (SET_LLA, 16),
             (SET_V4, 12),
             (SET_ARP, 20),
             (SET_V6, 24),

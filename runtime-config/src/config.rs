@@ -583,8 +583,9 @@ fn validate_network(name: &str, raw: RawNetwork) -> Result<Network, KeyError> {
 }
 
 /// `guard_allow_ethertypes`: Ethernet II types (0x0600 and up; below is an
-/// 802.3 length), each once, and none of the three the guard checks by
-/// address: letting IPv4, ARP or IPv6 out wholesale would undo it.
+/// 802.3 length), each once, none of the three the guard checks by
+/// address (letting IPv4, ARP or IPv6 out wholesale would undo it) and no
+/// VLAN tag (whose inner frame it does not check).
 fn validate_ethertypes(list: Option<Vec<i64>>) -> Result<Vec<u16>, KeyError> {
     let key = "guard_allow_ethertypes";
     let mut out: Vec<u16> = Vec::new();
@@ -607,6 +608,22 @@ fn validate_ethertypes(list: Option<Vec<i64>>) -> Result<Vec<u16>, KeyError> {
             0x86DD => Some("IPv6"),
             _ => None,
         };
+        // A VLAN tag carries a whole inner frame, which the guard's fixed
+        // offsets do not read: Linux takes a priority-tagged (VLAN 0)
+        // frame as untagged, so its inner IPv4, ARP or IPv6 would go out
+        // unchecked.
+        let tag = match ethertype {
+            0x8100 => Some("an 802.1Q VLAN tag"),
+            0x88A8 => Some("an 802.1ad (QinQ) VLAN tag"),
+            0x9100 => Some("a QinQ VLAN tag"),
+            _ => None,
+        };
+        if let Some(what) = tag {
+            return Err((
+                key,
+                format!("{ethertype:#06x} is {what}, whose inner frame (IPv4, ARP, IPv6 too) the guard does not check; set guard = false to turn the guard off"),
+            ));
+        }
         if let Some(what) = checked {
             return Err((
                 key,
@@ -1417,6 +1434,12 @@ parent = "ens1f1"
             ),
             ("[0x86DD]", "0x86dd is IPv6"),
             ("[0x0806]", "0x0806 is ARP"),
+            (
+                "[0x8100]",
+                "0x8100 is an 802.1Q VLAN tag, whose inner frame",
+            ),
+            ("[0x88A8]", "0x88a8 is an 802.1ad (QinQ) VLAN tag"),
+            ("[0x9100]", "0x9100 is a QinQ VLAN tag"),
             ("[1500]", "0x05dc is an 802.3 length"),
             ("[70000]", "70000 is not an ethertype"),
             ("[-1]", "-1 is not an ethertype"),

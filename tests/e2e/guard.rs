@@ -98,6 +98,176 @@ int main(int argc, char **argv) {
 }
 "#;
 
+/// Sends each frame given in hex another way a process with CAP_NET_RAW
+/// may: `ring`/`ringb` a TPACKET_V3 TX ring (`ringb` with
+/// `PACKET_QDISC_BYPASS`), `mmsg` one sendmmsg, `vnet`/`vnetg` a packet
+/// socket with `PACKET_VNET_HDR` (`vnetg` marking each frame UDP GSO), and
+/// `xdp` an AF_XDP socket's TX ring in copy mode (no XDP program needed).
+const ATTACK_C: &str = r#"
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/if_packet.h>
+#include <linux/if_xdp.h>
+#include <linux/virtio_net.h>
+#ifndef VIRTIO_NET_HDR_GSO_UDP_L4
+#define VIRTIO_NET_HDR_GSO_UDP_L4 5
+#endif
+#include <net/ethernet.h>
+#include <net/if.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#ifndef SOL_XDP
+#define SOL_XDP 283
+#endif
+#ifndef AF_XDP
+#define AF_XDP 44
+#endif
+
+static size_t unhex(const char *h, unsigned char *out, size_t cap) {
+    size_t n = strlen(h) / 2;
+    if (n > cap) exit(2);
+    for (size_t k = 0; k < n; k++) sscanf(h + 2 * k, "%2hhx", &out[k]);
+    return n;
+}
+
+static int ring(int ifindex, int bypass, int nframes, char **hex) {
+    int s = socket(AF_PACKET, SOCK_RAW, 0);
+    if (s < 0) { perror("socket"); return 1; }
+    int v = TPACKET_V3;
+    if (setsockopt(s, SOL_PACKET, PACKET_VERSION, &v, sizeof v) < 0) { perror("PACKET_VERSION"); return 1; }
+    if (bypass && setsockopt(s, SOL_PACKET, PACKET_QDISC_BYPASS, &bypass, sizeof bypass) < 0) { perror("bypass"); return 1; }
+    struct tpacket_req3 req = { .tp_block_size = 1 << 16, .tp_block_nr = 1, .tp_frame_size = 2048, .tp_frame_nr = 32 };
+    if (setsockopt(s, SOL_PACKET, PACKET_TX_RING, &req, sizeof req) < 0) { perror("PACKET_TX_RING"); return 1; }
+    unsigned char *map = mmap(NULL, req.tp_block_size, PROT_READ | PROT_WRITE, MAP_SHARED, s, 0);
+    if (map == MAP_FAILED) { perror("mmap"); return 1; }
+    struct sockaddr_ll at = { .sll_family = AF_PACKET, .sll_ifindex = ifindex };
+    if (bind(s, (struct sockaddr *)&at, sizeof at) < 0) { perror("bind"); return 1; }
+    /* One frame per send: a frame a filter drops ends that send. */
+    for (int i = 0; i < nframes; i++) {
+        struct tpacket3_hdr *h = (void *)(map + (i % 32) * 2048);
+        for (int w = 0; w < 1000 && h->tp_status != TP_STATUS_AVAILABLE; w++) usleep(100);
+        unsigned char *data = (unsigned char *)h + TPACKET_ALIGN(sizeof(struct tpacket3_hdr));
+        h->tp_len = unhex(hex[i], data, 1500);
+        h->tp_next_offset = 0;
+        h->tp_status = TP_STATUS_SEND_REQUEST;
+        if (send(s, NULL, 0, 0) < 0 && errno != ENOBUFS) { perror("send"); return 1; }
+        h->tp_status = TP_STATUS_AVAILABLE;
+    }
+    return 0;
+}
+
+static int mmsg(int ifindex, int nframes, char **hex) {
+    int s = socket(AF_PACKET, SOCK_RAW, 0);
+    if (s < 0) { perror("socket"); return 1; }
+    struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = ifindex };
+    static unsigned char bufs[64][1600];
+    struct mmsghdr m[64]; struct iovec iov[64];
+    memset(m, 0, sizeof m);
+    for (int i = 0; i < nframes && i < 64; i++) {
+        iov[i].iov_base = bufs[i]; iov[i].iov_len = unhex(hex[i], bufs[i], 1600);
+        m[i].msg_hdr.msg_name = &to; m[i].msg_hdr.msg_namelen = sizeof to;
+        m[i].msg_hdr.msg_iov = &iov[i]; m[i].msg_hdr.msg_iovlen = 1;
+    }
+    int left = nframes, off = 0;
+    while (left > 0) {
+        int r = sendmmsg(s, m + off, left, 0);
+        if (r < 0) { if (errno == ENOBUFS) { off++; left--; continue; } perror("sendmmsg"); return 1; }
+        if (r == 0) break;
+        off += r; left -= r;
+    }
+    return 0;
+}
+
+/* PACKET_VNET_HDR: a virtio_net_hdr before each frame; with -g, marks it
+   GSO UDP_L4 with a gso_size of 64 (segments made after the qdisc). */
+static int vnet(int ifindex, int gso, int nframes, char **hex) {
+    int s = socket(AF_PACKET, SOCK_RAW, 0);
+    if (s < 0) { perror("socket"); return 1; }
+    int one = 1;
+    if (setsockopt(s, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof one) < 0) { perror("PACKET_VNET_HDR"); return 1; }
+    struct sockaddr_ll to = { .sll_family = AF_PACKET, .sll_ifindex = ifindex };
+    for (int i = 0; i < nframes; i++) {
+        unsigned char buf[1700];
+        struct virtio_net_hdr *vh = (void *)buf;
+        memset(vh, 0, sizeof *vh);
+        size_t n = unhex(hex[i], buf + sizeof *vh, 1600);
+        if (gso) {
+            vh->flags = VIRTIO_NET_HDR_F_NEEDS_CSUM;
+            vh->gso_type = VIRTIO_NET_HDR_GSO_UDP_L4;
+            vh->gso_size = 64; vh->hdr_len = 14 + 20 + 8;
+            vh->csum_start = 14 + 20; vh->csum_offset = 6;
+        }
+        if (sendto(s, buf, n + sizeof *vh, 0, (struct sockaddr *)&to, sizeof to) < 0 && errno != ENOBUFS)
+            perror("sendto");
+    }
+    return 0;
+}
+
+#define NDESC 64
+#define FSIZE 4096
+static int xdp(int ifindex, int nframes, char **hex) {
+    int fd = socket(AF_XDP, SOCK_RAW, 0);
+    if (fd < 0) { perror("socket(AF_XDP)"); return 1; }
+    unsigned char *umem = mmap(NULL, NDESC * FSIZE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (umem == MAP_FAILED) { perror("mmap umem"); return 1; }
+    struct xdp_umem_reg mr = { .addr = (uint64_t)(uintptr_t)umem, .len = NDESC * FSIZE, .chunk_size = FSIZE };
+    if (setsockopt(fd, SOL_XDP, XDP_UMEM_REG, &mr, sizeof mr) < 0) { perror("XDP_UMEM_REG"); return 1; }
+    int n = NDESC;
+    if (setsockopt(fd, SOL_XDP, XDP_UMEM_FILL_RING, &n, sizeof n) < 0) { perror("FILL_RING"); return 1; }
+    if (setsockopt(fd, SOL_XDP, XDP_UMEM_COMPLETION_RING, &n, sizeof n) < 0) { perror("COMPLETION_RING"); return 1; }
+    if (setsockopt(fd, SOL_XDP, XDP_TX_RING, &n, sizeof n) < 0) { perror("TX_RING"); return 1; }
+    struct xdp_mmap_offsets off; socklen_t ol = sizeof off;
+    if (getsockopt(fd, SOL_XDP, XDP_MMAP_OFFSETS, &off, &ol) < 0) { perror("MMAP_OFFSETS"); return 1; }
+    unsigned char *tx = mmap(NULL, off.tx.desc + NDESC * sizeof(struct xdp_desc), PROT_READ | PROT_WRITE,
+                             MAP_SHARED | MAP_POPULATE, fd, XDP_PGOFF_TX_RING);
+    if (tx == MAP_FAILED) { perror("mmap tx"); return 1; }
+    struct sockaddr_xdp sx = { .sxdp_family = AF_XDP, .sxdp_ifindex = ifindex, .sxdp_queue_id = 0, .sxdp_flags = XDP_COPY };
+    if (bind(fd, (struct sockaddr *)&sx, sizeof sx) < 0) { perror("bind(AF_XDP)"); return 1; }
+    volatile uint32_t *prod = (void *)(tx + off.tx.producer);
+    struct xdp_desc *desc = (void *)(tx + off.tx.desc);
+    for (int i = 0; i < nframes && i < NDESC; i++) {
+        desc[i].addr = (uint64_t)i * FSIZE;
+        desc[i].len = unhex(hex[i], umem + i * FSIZE, 1600);
+        desc[i].options = 0;
+    }
+    __atomic_store_n(prod, (uint32_t)(nframes < NDESC ? nframes : NDESC), __ATOMIC_RELEASE);
+    for (int k = 0; k < 20; k++) {
+        if (sendto(fd, NULL, 0, MSG_DONTWAIT, NULL, 0) < 0 && errno != EAGAIN && errno != ENOBUFS && errno != EBUSY) {
+            perror("sendto(AF_XDP)"); return 1;
+        }
+        usleep(5000);
+    }
+    printf("xdp-sent\n");
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    if (argc < 4) { fprintf(stderr, "usage: attack ring|ringb|mmsg|vnet|vnetg|xdp IFNAME HEX...\n"); return 2; }
+    int ifindex = if_nametoindex(argv[2]);
+    if (!ifindex) { perror(argv[2]); return 1; }
+    int nframes = argc - 3; char **hex = argv + 3;
+    /* A ring per frame: a frame a filter drops stops its ring's send. */
+    if (!strcmp(argv[1], "ring") || !strcmp(argv[1], "ringb")) {
+        for (int i = 0; i < nframes; i++)
+            if (ring(ifindex, argv[1][4] == 'b', 1, hex + i)) return 1;
+        return 0;
+    }
+    if (!strcmp(argv[1], "mmsg")) return mmsg(ifindex, nframes, hex);
+    if (!strcmp(argv[1], "vnet")) return vnet(ifindex, 0, nframes, hex);
+    if (!strcmp(argv[1], "vnetg")) return vnet(ifindex, 1, nframes, hex);
+    if (!strcmp(argv[1], "xdp")) return xdp(ifindex, nframes, hex);
+    return 2;
+}
+"#;
+
 const PEER6: &str = "fd00:77::1";
 
 /// `nsbypass --config CONFIG ARGS...` in the testbed's host namespace,
@@ -142,6 +312,7 @@ struct Bed {
     config: PathBuf,
     spoof: PathBuf,
     sniff: PathBuf,
+    attack: PathBuf,
 }
 
 impl Bed {
@@ -150,12 +321,16 @@ impl Bed {
         let config = config(&tb, guard);
         let spoof = tb.build_c("spoof", SPOOF_C, false).expect("building spoof");
         let sniff = tb.build_c("sniff", SNIFF_C, false).expect("building sniff");
+        let attack = tb
+            .build_c("attack", ATTACK_C, false)
+            .expect("building attack");
         common::give_the_peer_ipv6(&tb, PEER6);
         Some(Bed {
             tb,
             config,
             spoof,
             sniff,
+            attack,
         })
     }
 
@@ -165,7 +340,7 @@ impl Bed {
     fn attacker(&self, id: &str) -> Container {
         let rootfs = self
             .tb
-            .new_rootfs_with(id, &[&self.spoof])
+            .new_rootfs_with(id, &[&self.spoof, &self.attack])
             .expect("a rootfs with spoof");
         let c = hooked(&self.tb, &self.config, id)
             .annotation("nsbypass.io/network", "fast")
@@ -726,4 +901,419 @@ fn rollback_kill_and_gc_leave_no_filter() {
     assert!(guard_tables_in(&pinned.path).is_empty());
     assert_no_guard_tables(tb, "after both detaches");
     assert!(common::leases(tb).is_empty(), "{:?}", common::leases(tb));
+}
+
+fn ipv6_of(netns: &Path, ifname: &str) -> Ipv6Addr {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "ip", "-6", "-j", "addr", "show", "dev", ifname, "scope", "global",
+        ])
+        .output()
+        .expect("ip -6 addr");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["addr_info"][0]["local"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+fn netns_of(c: &Container) -> PathBuf {
+    PathBuf::from(format!("/proc/{}/ns/net", c.pid))
+}
+
+fn eui64(m: [u8; 6]) -> Ipv6Addr {
+    Ipv6Addr::from([
+        0xfe,
+        0x80,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        m[0] ^ 2,
+        m[1],
+        m[2],
+        0xff,
+        0xfe,
+        m[3],
+        m[4],
+        m[5],
+    ])
+}
+
+/// An IPv6 packet with hop limit 255 and `body` after the fixed header;
+/// the ICMPv6 message at `icmp_at` of it, if any, gets its checksum.
+fn ip6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, body: &[u8], icmp_at: Option<usize>) -> Vec<u8> {
+    let mut body = body.to_vec();
+    if let Some(at) = icmp_at {
+        let msg = &body[at..];
+        let pseudo = [
+            &src.octets()[..],
+            &dst.octets(),
+            &(msg.len() as u32).to_be_bytes(),
+            &[0, 0, 0, 58],
+            msg,
+        ]
+        .concat();
+        let sum = checksum(&pseudo);
+        body[at + 2..at + 4].copy_from_slice(&sum.to_be_bytes());
+    }
+    [
+        &[0x60, 0, 0, 0][..],
+        &(body.len() as u16).to_be_bytes(),
+        &[next, 255],
+        &src.octets(),
+        &dst.octets(),
+        &body,
+    ]
+    .concat()
+}
+
+/// A neighbour advertisement "`target` is at `lla`", override set.
+fn na(target: Ipv6Addr, lla: [u8; 6]) -> Vec<u8> {
+    [
+        &[136, 0, 0, 0, 0x20, 0, 0, 0][..],
+        &target.octets(),
+        &[2, 1],
+        &lla,
+    ]
+    .concat()
+}
+
+/// A neighbour solicitation for `target` from link-layer address `lla`.
+fn ns(target: Ipv6Addr, lla: [u8; 6]) -> Vec<u8> {
+    [
+        &[135, 0, 0, 0, 0, 0, 0, 0][..],
+        &target.octets(),
+        &[1, 1],
+        &lla,
+    ]
+    .concat()
+}
+
+/// Frames that keep the guard's fields true but lie elsewhere: neighbour
+/// discovery from the attacker's own address claiming a sibling's or the
+/// peer's, or another MAC (behind extension headers too), ARP in other
+/// shapes, VLAN tags around spoofed frames, a fragment and a multicast
+/// from a foreign source; and two it may send: its own neighbour
+/// advertisement and a router advertisement.
+fn lies(p: &Parties, own6: Ipv6Addr, sib6: Ipv6Addr) -> Vec<Probe> {
+    let peer6: Ipv6Addr = PEER6.parse().unwrap();
+    let all_nodes: Ipv6Addr = "ff02::1".parse().unwrap();
+    let own_ll = eui64(p.own_mac);
+    let mut out = Vec::new();
+    for (to, dst) in [
+        ("broadcast", BROADCAST),
+        ("sibling", p.sibling_mac),
+        ("peer", p.peer_mac),
+    ] {
+        let mut add = |kind: &'static str, frame: Vec<u8>| {
+            let marker = format!("NSBL-{kind}-{to}");
+            let mut frame = frame;
+            frame.extend_from_slice(marker.as_bytes());
+            out.push(Probe {
+                kind,
+                to,
+                marker,
+                frame,
+            });
+        };
+        let from_own =
+            |ethertype: u16, payload: &[u8]| ethernet(dst, p.own_mac, ethertype, payload);
+        let nd = |body: &[u8]| from_own(0x86DD, &ip6(own_ll, all_nodes, 58, body, Some(0)));
+        add("na-own", nd(&na(own6, p.own_mac)));
+        add(
+            "ra",
+            nd(&[&[134, 0, 0, 0, 64, 0, 0x07, 0x08][..], &[0u8; 8]].concat()),
+        );
+        add("na-sibling6", nd(&na(sib6, p.own_mac)));
+        add("na-peer6", nd(&na(peer6, p.own_mac)));
+        add("na-own-sibling-mac", nd(&na(own6, p.sibling_mac)));
+        add(
+            "ns-sibling-mac",
+            from_own(
+                0x86DD,
+                &ip6(own6, peer6, 58, &ns(peer6, p.sibling_mac), Some(0)),
+            ),
+        );
+        add(
+            "na-two-options",
+            nd(&[
+                &na(sib6, p.own_mac)[..24],
+                &[14, 1, 0, 0, 0, 0, 0, 0, 2, 1],
+                &p.own_mac,
+            ]
+            .concat()),
+        );
+        let dest_opts = [&[58, 0, 1, 4, 0, 0, 0, 0][..], &na(sib6, p.own_mac)].concat();
+        add(
+            "na-dest-opts",
+            from_own(0x86DD, &ip6(own_ll, all_nodes, 60, &dest_opts, Some(8))),
+        );
+        let hbh = [&[58, 0, 5, 2, 0, 0, 1, 0][..], &na(sib6, p.own_mac)].concat();
+        add(
+            "na-hop-by-hop",
+            from_own(0x86DD, &ip6(own_ll, all_nodes, 0, &hbh, Some(8))),
+        );
+        let o = p.own_ip.octets();
+        let s = p.sibling_ip.octets();
+        // ARP with an 8-byte hardware address, laid out so that the own
+        // MAC and address sit where Ethernet/IPv4 ARP has its sender.
+        let hlen8 = [
+            &[0, 1, 8, 0, 8, 4, 0, 2][..],
+            &p.own_mac,
+            &o,
+            &s[..2],
+            &[0u8; 8],
+            &p.peer_ip.octets(),
+        ]
+        .concat();
+        add("arp-hlen8", from_own(0x0806, &hlen8));
+        let mut ptype = arp_reply(p.own_mac, p.own_ip, dst, p.peer_ip, b"");
+        ptype[2..4].copy_from_slice(&[0x86, 0xdd]);
+        add("arp-ptype-ipv6", from_own(0x0806, &ptype));
+        let mut request = arp_reply(p.own_mac, p.sibling_ip, [0; 6], p.peer_ip, b"");
+        request[7] = 1;
+        add("arp-request-sibling", from_own(0x0806, &request));
+        let spoof4 = udp4(p.sibling_ip, p.peer_ip, b"");
+        let arp_lie = arp_reply(p.own_mac, p.sibling_ip, dst, p.peer_ip, b"");
+        let tagged = |tpid: u16, vid: u16, inner: u16, payload: &[u8]| {
+            let tag = [&vid.to_be_bytes()[..], &inner.to_be_bytes(), payload].concat();
+            from_own(tpid, &tag)
+        };
+        add("vlan0-ipv4", tagged(0x8100, 0, 0x0800, &spoof4));
+        add("vlan0-arp", tagged(0x8100, 0, 0x0806, &arp_lie));
+        add("vlan5-ipv4", tagged(0x8100, 5, 0x0800, &spoof4));
+        add("qinq0-ipv4", tagged(0x88A8, 0, 0x0800, &spoof4));
+        let mut fragment = udp4(p.sibling_ip, p.peer_ip, b"12345678");
+        fragment[6..8].copy_from_slice(&[0, 0x10]);
+        fragment[10..12].copy_from_slice(&[0, 0]);
+        let sum = checksum(&fragment[..20]);
+        fragment[10..12].copy_from_slice(&sum.to_be_bytes());
+        add("fragment-sibling-ip", from_own(0x0800, &fragment));
+        add(
+            "multicast-sibling-ip",
+            ethernet(
+                [1, 0, 0x5e, 0, 0, 1],
+                p.own_mac,
+                0x0800,
+                &udp4(p.sibling_ip, "224.0.0.1".parse().unwrap(), b""),
+            ),
+        );
+        add(
+            "dest-opts-sibling6",
+            from_own(
+                0x86DD,
+                &ip6(
+                    sib6,
+                    peer6,
+                    60,
+                    &[
+                        &[17, 0, 1, 4, 0, 0, 0, 0][..],
+                        &udp6(sib6, peer6, b"")[40..],
+                    ]
+                    .concat(),
+                    None,
+                ),
+            ),
+        );
+    }
+    out
+}
+
+/// Runs `send` while the peer and `sibling` sniff; what each saw.
+fn sniffing(bed: &Bed, sibling: &Container, probes: &[Probe], send: impl FnOnce()) -> Seen {
+    let peer = bed.sniffer(&bed.peer_netns(), &bed.tb.peer_link);
+    let sib = bed.sniffer(&netns_of(sibling), "net1");
+    send();
+    let found = |capture: String| -> Vec<String> {
+        probes
+            .iter()
+            .filter(|probe| capture.contains(&hex(probe.marker.as_bytes())))
+            .map(|probe| probe.marker.clone())
+            .collect()
+    };
+    Seen {
+        peer: found(peer.frames()),
+        sibling: found(sib.frames()),
+    }
+}
+
+/// The MAC `netns` has for neighbour `addr` on `ifname`.
+fn neighbour(netns: &Path, ifname: &str, addr: &str) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args(["ip", "-j", "neigh", "show", addr, "dev", ifname])
+        .output()
+        .expect("ip neigh");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    v[0]["lladdr"].as_str().unwrap_or_default().to_owned()
+}
+
+fn mac_text(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// The lies, through the qdisc layer and past it, after the peer and the
+/// sibling have each other's IPv6 neighbour entries (which a lying
+/// advertisement with the override flag would rewrite).
+fn tell_lies(bed: &Bed, attacker: &Container, sibling: &Container) -> (Parties, Vec<Probe>, Seen) {
+    let p = parties(bed, attacker, sibling);
+    let own6 = ipv6_of(&netns_of(attacker), "net1");
+    let sib6 = ipv6_of(&netns_of(sibling), "net1");
+    bed.tb
+        .in_peer_ok(&["ping", "-c1", "-W2", &sib6.to_string()])
+        .expect("the peer reaches the sibling over IPv6");
+    sibling
+        .exec_ok(&["ping", "-c1", "-W2", PEER6])
+        .expect("the sibling reaches the peer over IPv6");
+    let probes = lies(&p, own6, sib6);
+    let seen = sniffing(bed, sibling, &probes, || {
+        for bypass in [false, true] {
+            let mut argv: Vec<String> = vec!["spoof".into()];
+            if bypass {
+                argv.push("-b".into());
+            }
+            argv.push("net1".into());
+            argv.extend(probes.iter().map(|probe| hex(&probe.frame)));
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            attacker.exec_ok(&argv).expect("spoof runs in the attacker");
+        }
+    });
+    (p, probes, seen)
+}
+
+#[test]
+fn neighbour_discovery_arp_and_vlan_tags_cannot_carry_a_lie() {
+    let Some(bed) = Bed::new("") else { return };
+    let attacker = bed.attacker("la");
+    let sibling = bed.sibling("ls");
+    let (p, probes, seen) = tell_lies(&bed, &attacker, &sibling);
+    for probe in &probes {
+        // Its own advertisement goes, and so does a router advertisement
+        // (README, "What the guard does not stop").
+        let allowed = matches!(probe.kind, "na-own" | "ra");
+        assert_eq!(
+            seen.at_peer(&probe.marker),
+            allowed && reaches_peer(probe),
+            "{} at the peer",
+            probe.marker
+        );
+        assert_eq!(
+            seen.at_sibling(&probe.marker),
+            allowed && reaches_sibling(probe),
+            "{} at the sibling",
+            probe.marker
+        );
+    }
+    let sib6 = ipv6_of(&netns_of(&sibling), "net1").to_string();
+    assert_eq!(
+        neighbour(&bed.peer_netns(), &bed.tb.peer_link, &sib6),
+        mac_text(p.sibling_mac),
+        "the peer's entry for the sibling"
+    );
+    assert_eq!(
+        neighbour(&netns_of(&sibling), "net1", PEER6),
+        mac_text(p.peer_mac),
+        "the sibling's entry for the peer"
+    );
+    delete(attacker);
+    delete(sibling);
+    assert_no_guard_tables(&bed.tb, "after both poststops");
+}
+
+#[test]
+fn without_the_guard_a_lying_neighbour_advertisement_rewrites_the_peers_entry() {
+    let Some(bed) = Bed::new("guard = false") else {
+        return;
+    };
+    let attacker = bed.attacker("lu");
+    let sibling = bed.sibling("lv");
+    let (p, _, seen) = tell_lies(&bed, &attacker, &sibling);
+    for marker in [
+        "NSBL-na-sibling6-peer",
+        "NSBL-na-hop-by-hop-peer",
+        "NSBL-vlan0-arp-peer",
+    ] {
+        assert!(seen.at_peer(marker), "{marker}: {:?}", seen.peer);
+    }
+    let sib6 = ipv6_of(&netns_of(&sibling), "net1").to_string();
+    assert_eq!(
+        neighbour(&bed.peer_netns(), &bed.tb.peer_link, &sib6),
+        mac_text(p.own_mac),
+        "the lie took"
+    );
+    delete(attacker);
+    delete(sibling);
+}
+
+#[test]
+fn tx_rings_sendmmsg_and_vnet_headers_are_guarded_and_af_xdp_meets_the_parents_checks() {
+    let Some(bed) = Bed::new("") else { return };
+    let attacker = bed.attacker("ra");
+    let sibling = bed.sibling("rs");
+    let p = parties(&bed, &attacker, &sibling);
+    for mode in ["ring", "ringb", "mmsg", "vnet", "vnetg", "xdp"] {
+        let mut probes = probes(&p, mode);
+        // The gateway's address from a MAC no guarded link has.
+        for (to, dst) in [("sibling", p.sibling_mac), ("peer", p.peer_mac)] {
+            let marker = format!("NSBG-{mode}-foreign-arp-gateway-{to}");
+            let arp = arp_reply(FOREIGN_MAC, p.peer_ip, dst, p.sibling_ip, marker.as_bytes());
+            probes.push(Probe {
+                kind: "foreign-arp-gateway",
+                to,
+                marker,
+                frame: ethernet(dst, FOREIGN_MAC, 0x0806, &arp),
+            });
+        }
+        let seen = sniffing(&bed, &sibling, &probes, || {
+            let mut argv: Vec<String> = vec!["attack".into(), mode.into(), "net1".into()];
+            argv.extend(probes.iter().map(|probe| hex(&probe.frame)));
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            attacker
+                .exec_ok(&argv)
+                .expect("attack runs in the attacker");
+        });
+        for probe in &probes {
+            let (peer, sib) = if mode == "xdp" {
+                // AF_XDP skips the filter in the namespace and, in bridge
+                // mode, the parent's on the way to a sibling: the sibling
+                // gets everything (README, "What the guard does not
+                // stop"). Towards the peer only the parent's checks stand:
+                // what claims this link's MAC or a guarded address with
+                // the wrong partner is dropped; a guarded sibling's MAC
+                // with its address, and a MAC and address no guarded link
+                // has, look like that sibling's and the host's own.
+                let through = matches!(probe.kind, "own" | "sibling-mac" | "foreign-arp-gateway");
+                (through && reaches_peer(probe), reaches_sibling(probe))
+            } else if probe.kind == "own" {
+                (reaches_peer(probe), reaches_sibling(probe))
+            } else {
+                (false, false)
+            };
+            assert_eq!(
+                seen.at_peer(&probe.marker),
+                peer,
+                "{} at the peer",
+                probe.marker
+            );
+            assert_eq!(
+                seen.at_sibling(&probe.marker),
+                sib,
+                "{} at the sibling",
+                probe.marker
+            );
+        }
+    }
+    // The parent's filter does not stand in the way of its own traffic.
+    own_traffic_flows(&bed, &attacker);
+    delete(attacker);
+    delete(sibling);
+    assert_no_guard_tables(&bed.tb, "after both poststops");
 }
