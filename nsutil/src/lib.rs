@@ -13,6 +13,7 @@ pub mod mountinfo;
 pub mod netlink;
 pub mod ns;
 pub mod procfs;
+pub mod rlimit;
 pub mod rootfs;
 pub mod sysctl;
 
