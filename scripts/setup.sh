@@ -19,9 +19,13 @@ fi
 # inspection (etcdctl) in tests/e2e/etcd.rs and the bench; the tests run
 # their own members in their own namespaces, never the packaged service.
 # openssl: that test's certificates for etcd over TLS.
+# dpdk, librte-net-af-xdp23: the host's DPDK that tests/e2e/dpdk.rs carries
+# into containers (testpmd over AF_XDP); dpdk-dev: Debian 12 ships
+# dpdk-testpmd there.
 packages=(runc busybox-static iproute2 util-linux gcc g++ libc6-dev
           podman docker.io containerd containernetworking-plugins netavark
-          sockperf iperf3 etcd-server etcd-client openssl)
+          sockperf iperf3 etcd-server etcd-client openssl
+          dpdk dpdk-dev librte-net-af-xdp23)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update

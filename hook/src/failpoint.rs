@@ -44,6 +44,7 @@ pub const ALL: &[&str] = &[
     "profile-overlay",
     "profile-preload",
     "profile-attach",
+    "profile-bpffs",
     "profile-grant",
     "profile-record",
 ];

@@ -489,11 +489,13 @@ pub fn edit_spec(
                 .rfind(|e| absolute(&e.destination) == Path::new(BPFFS_TARGET));
             match existing {
                 Some(e) if e.kind.as_deref() == Some("bpf") => {}
-                Some(e) => return Err(shape(&format!(
+                Some(e) => {
+                    return Err(shape(&format!(
                     "\"mounts\" already has a {} mount on {BPFFS_TARGET}, where {} needs a bpffs",
                     e.kind.as_deref().unwrap_or("untyped").escape_debug(),
                     carry.who()
-                ))),
+                )))
+                }
                 None => mounts.push(bpffs_mount()),
             }
         }
@@ -899,15 +901,18 @@ mod tests {
                     source: "/usr/lib64/libonload.so.1".into(),
                     target: "/usr/lib64/libonload.so".into(),
                     directory: false,
+                    writable: false,
                 },
                 CarriedMount {
                     source: "/opt/onload/bin".into(),
                     target: "/usr/local/onload/bin".into(),
                     directory: true,
+                    writable: false,
                 },
             ],
             preload: vec!["/usr/lib64/libonload.so".into()],
             env: vec![("EF_POLL_USEC".into(), "100000".into())],
+            ..Carry::default()
         }
     }
 
@@ -1388,5 +1393,67 @@ mod tests {
         );
         assert_eq!(spec["containerEdits"]["hooks"][1]["hookName"], "poststop");
         assert_eq!(spec["containerEdits"]["hooks"][0]["env"], json!([HOOK_ENV]));
+    }
+
+    #[test]
+    fn capabilities_limits_and_bpffs_go_into_the_spec_and_the_process_check_names_the_flags() {
+        let memlock = Rlimit {
+            name: "memlock",
+            value: None,
+        };
+        let carry = Carry {
+            profiles: vec!["dpdk".into()],
+            capabilities: vec!["CAP_BPF".into(), "CAP_NET_ADMIN".into()],
+            rlimits: vec![memlock],
+            bpffs: true,
+            links: vec![CarriedLink {
+                target: "/usr/lib/librte_eal.so.23".into(),
+                source: "/usr/lib/librte_eal.so.23.0".into(),
+            }],
+            ..Carry::default()
+        };
+        let mut spec = json!({
+            "process": {
+                "capabilities": { "bounding": ["CAP_KILL"], "effective": ["CAP_KILL", "CAP_BPF"] },
+                "rlimits": [{ "type": "RLIMIT_MEMLOCK", "soft": 65536, "hard": 65536 }],
+            },
+            "mounts": [{ "destination": "/sys", "type": "sysfs", "source": "sysfs" }],
+        });
+        let before = bundle_of(&spec);
+        let err =
+            check_process(&carry.capabilities, &carry.rlimits, &before, |_| None).unwrap_err();
+        assert_eq!(
+            err,
+            "the container's process lacks CAP_BPF, CAP_NET_ADMIN, RLIMIT_MEMLOCK unlimited (it has 65536); \
+             start it with --cap-add BPF --cap-add NET_ADMIN --ulimit memlock=-1 (the docker runtime entry adds them itself)"
+        );
+        assert!(check_in_spec(&carry, &before).is_err());
+        edit_spec(&mut spec, None, &carry).unwrap();
+        let once = spec.clone();
+        edit_spec(&mut spec, None, &carry).unwrap();
+        assert_eq!(spec, once, "editing twice is editing once");
+        let after = bundle_of(&spec);
+        check_process(&carry.capabilities, &carry.rlimits, &after, |_| None).unwrap();
+        check_in_spec(&carry, &after).unwrap();
+        assert_eq!(
+            spec["process"]["capabilities"]["permitted"],
+            json!(["CAP_BPF", "CAP_NET_ADMIN"])
+        );
+        assert_eq!(spec["process"]["rlimits"][0]["soft"], json!(u64::MAX));
+        assert_eq!(
+            spec["mounts"][1]["destination"],
+            "/usr/lib/librte_eal.so.23"
+        );
+        assert_eq!(spec["mounts"][1]["source"], "/usr/lib/librte_eal.so.23.0");
+        assert_eq!(spec["mounts"][2]["type"], "bpf");
+        // Without a spec entry the live limit counts.
+        let bare = bundle_of(&json!({}));
+        let caps: &[String] = &[];
+        check_process(caps, &[memlock], &bare, |_| Some((u64::MAX, u64::MAX))).unwrap();
+        let err = check_process(caps, &[memlock], &bare, |_| Some((8 << 20, 8 << 20))).unwrap_err();
+        assert!(
+            err.contains("RLIMIT_MEMLOCK unlimited (it has 8388608)"),
+            "{err}"
+        );
     }
 }

@@ -612,6 +612,7 @@ fn step_of(point: &str) -> &'static str {
     match point {
         "profile-preload" => "write ld.so.preload: ",
         "profile-grant" => "grant devices: ",
+        "profile-bpffs" => "mount bpffs: ",
         "profile-record" => "write record: ",
         _ => "mount: ",
     }
@@ -645,8 +646,8 @@ impl Stack {
     }
 
     /// Profile `stack` (the device, a file whose target and its directory's
-    /// are missing in the image, a directory, the preload) and profile
-    /// `files` (the same without the device).
+    /// are missing in the image, a directory, the preload, a bpffs) and
+    /// profile `files` (the same without the device and the bpffs).
     fn profiles(&self) -> String {
         let mounts = format!(
             "mounts = [{{ source = \"{}\", target = \"/usr/lib/libnsbx.so\" }}, \
@@ -656,7 +657,7 @@ impl Stack {
             self.tools.display()
         );
         format!(
-            "[profiles.stack]\ndevices = [{{ source = \"{}\", target = \"/dev/nsbtest\" }}]\n{mounts}\
+            "[profiles.stack]\ndevices = [{{ source = \"{}\", target = \"/dev/nsbtest\" }}]\nbpffs = true\n{mounts}\
              [profiles.files]\n{mounts}",
             self.device.display()
         )
