@@ -147,6 +147,24 @@ fn testpmd(c: &Container, secs: u32, args: &[&str]) -> String {
     )
 }
 
+/// The container's /sys/fs/bpf is a bpffs of its own.
+fn assert_bpffs(c: &Container) {
+    let table = c.exec_ok(&["cat", "/proc/self/mountinfo"]).unwrap();
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")),
+        "{table}"
+    );
+}
+
+/// Stops the testpmd running in `c` (SIGINT: it prints its totals), by
+/// its pid in the container.
+fn stop_testpmd(c: &Container) {
+    c.exec_ok(&["sh", "-c", "kill -INT $(pidof dpdk-testpmd)"])
+        .unwrap();
+}
+
 /// The last `NAME: N` testpmd printed (its totals at exit).
 fn last_count(output: &str, name: &str) -> u64 {
     output
@@ -199,7 +217,7 @@ fn wait_for(
 fn dpdk_answers_the_peers_pings(tb: &Testbed, c: &Container) -> String {
     let ip = address(c, "net1");
     std::thread::scope(|s| {
-        let mut run = Some(s.spawn(|| testpmd(c, 20, &["--forward-mode=icmpecho"])));
+        let mut run = Some(s.spawn(|| testpmd(c, 40, &["--forward-mode=icmpecho"])));
         wait_for(
             "testpmd attaches its XDP program",
             15,
@@ -222,6 +240,7 @@ fn dpdk_answers_the_peers_pings(tb: &Testbed, c: &Container) -> String {
             );
             std::thread::sleep(Duration::from_millis(300));
         }
+        stop_testpmd(c);
         let output = run.take().unwrap().join().unwrap();
         assert!(last_count(&output, "TX-packets") >= 3, "{output}");
         output
@@ -280,6 +299,7 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
     eprintln!("two containers carried in {:?}", started.elapsed());
     a.start().unwrap();
     b.start().unwrap();
+    assert_bpffs(&a);
     assert_same_tree(&before, &snapshot(&image), "while they run");
 
     dpdk_answers_the_peers_pings(&tb, &a);
@@ -288,7 +308,7 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
     // sibling on the parent.
     let b_mac = iface(&b, "net1").mac;
     let (sent, received) = std::thread::scope(|s| {
-        let mut rx = Some(s.spawn(|| testpmd(&b, 14, &["--forward-mode=rxonly"])));
+        let mut rx = Some(s.spawn(|| testpmd(&b, 30, &["--forward-mode=rxonly"])));
         wait_for(
             "b's testpmd attaches its XDP program",
             15,
@@ -297,6 +317,7 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
         );
         let peer = format!("--eth-peer=0,{b_mac}");
         let tx = testpmd(&a, 5, &["--forward-mode=txonly", &peer, "--txpkts=64"]);
+        stop_testpmd(&b);
         (tx, rx.take().unwrap().join().unwrap())
     });
     let tx = last_count(&sent, "TX-packets");
@@ -330,6 +351,7 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
         );
     }
     d.start().unwrap();
+    assert_bpffs(&d);
     dpdk_answers_the_peers_pings(&tb, &d);
     delete(d);
     assert!(leases(&tb).is_empty(), "{:?}", leases(&tb));
