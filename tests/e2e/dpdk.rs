@@ -17,24 +17,11 @@ use serde_json::json;
 
 const TESTPMD: &str = "/usr/bin/dpdk-testpmd";
 
-/// The whole profile a user writes for testpmd over AF_XDP (at most 10
-/// lines): the program, DPDK's libraries by glob with their soname links,
-/// the AF_XDP PMD and the ring mempool in DPDK's plugin directory (the
-/// only plugins there, so EAL loads no other), the plugins testpmd links against at another
-/// place (their links lead there), libxdp's BPF objects and the
-/// non-glibc libraries; what the process must be allowed; and a bpffs for
-/// libxdp's dispatcher. CAP_IPC_LOCK rather than `memlock = "unlimited"`:
-/// these machines let no one raise a hard rlimit.
-const PROFILE: &str = r#"[profiles.dpdk]
-mounts = ["/usr/bin/dpdk-testpmd", "/usr/lib/x86_64-linux-gnu/librte_*.so.23*", "/usr/lib/x86_64-linux-gnu/bpf",
-  "/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_net_af_xdp.so.23*", "/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_mempool_ring.so.23*",
-  { source = "/usr/lib/x86_64-linux-gnu/dpdk/pmds-23.0/librte_*.so.23*", target = "/usr/lib/x86_64-linux-gnu/dpdk/linked" },
-  "/usr/lib/x86_64-linux-gnu/libxdp.so.1*", "/usr/lib/x86_64-linux-gnu/libbpf.so.1*", "/usr/lib/x86_64-linux-gnu/libelf*", "/usr/lib/x86_64-linux-gnu/libnuma.so.1*",
-  "/usr/lib/x86_64-linux-gnu/libfdt*", "/usr/lib/x86_64-linux-gnu/libjansson.so.4*", "/usr/lib/x86_64-linux-gnu/libbsd.so.0*", "/usr/lib/x86_64-linux-gnu/libpcap.so*",
-  "/usr/lib/x86_64-linux-gnu/libibverbs.so.1*", "/usr/lib/x86_64-linux-gnu/libmlx5.so.1*", "/usr/lib/x86_64-linux-gnu/libnl-*3.so.200*", "/usr/lib/x86_64-linux-gnu/libdbus-1.so.3*"]
-capabilities = ["CAP_NET_RAW", "CAP_NET_ADMIN", "CAP_BPF", "CAP_SYS_ADMIN", "CAP_IPC_LOCK"]
-bpffs = true
-"#;
+/// The shipped example profile: the whole profile a user writes for
+/// testpmd over AF_XDP (at most 10 lines besides comments; see the file for
+/// what each line is for). CAP_IPC_LOCK rather than `memlock =
+/// "unlimited"`: these machines let no one raise a hard rlimit.
+const PROFILE: &str = include_str!("../../examples/profiles/dpdk-af-xdp.toml");
 
 /// What a Debian 12 minbase image holds of the libraries testpmd needs:
 /// glibc and the base system's own. Copied from the host, as debootstrap
@@ -258,7 +245,11 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
         eprintln!("skipping: no {TESTPMD} (apt-get install dpdk dpdk-dev librte-net-af-xdp23)");
         return;
     }
-    assert!(PROFILE.lines().count() <= 10, "{PROFILE}");
+    let lines = PROFILE
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .count();
+    assert!(lines <= 10, "{lines} lines:\n{PROFILE}");
     let config = config(&tb, PROFILE);
     let image = image(&tb);
     let before = snapshot(&image);
@@ -275,11 +266,11 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
     // Without the capabilities in the spec, one line says what to add.
     let err = in_image(hooked(&tb, &config, "nocaps"), &image)
         .annotation("nsbypass.io/network", "fast")
-        .annotation("nsbypass.io/profile", "dpdk")
+        .annotation("nsbypass.io/profile", "dpdk-af-xdp")
         .create_err();
     let line = hook_line(&err);
     assert!(
-        line.contains("container nocaps: profile dpdk: check process: the container's process lacks CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN, CAP_IPC_LOCK; start it with --cap-add NET_ADMIN --cap-add BPF --cap-add SYS_ADMIN --cap-add IPC_LOCK"),
+        line.contains("container nocaps: profile dpdk-af-xdp: check process: the container's process lacks CAP_NET_ADMIN, CAP_BPF, CAP_SYS_ADMIN, CAP_IPC_LOCK; start it with --cap-add NET_ADMIN --cap-add BPF --cap-add SYS_ADMIN --cap-add IPC_LOCK"),
         "{line}"
     );
     assert!(leases(&tb).is_empty() && records(&tb).is_empty());
@@ -288,7 +279,7 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
     let container = |id: &str| {
         in_image(hooked(&tb, &config, id), &image)
             .annotation("nsbypass.io/network", "fast")
-            .annotation("nsbypass.io/profile", "dpdk")
+            .annotation("nsbypass.io/profile", "dpdk-af-xdp")
             .edit_spec(with_capabilities)
             .create()
             .unwrap()
@@ -335,7 +326,7 @@ fn testpmd_over_af_xdp_from_a_ten_line_profile_in_a_foreign_image() {
     let d = in_image(tb.container("dpdk-rt"), &image)
         .through_runtime_mode(nsbypass(), &config)
         .env("NSBYPASS_NETWORK=fast")
-        .env("NSBYPASS_PROFILE=dpdk")
+        .env("NSBYPASS_PROFILE=dpdk-af-xdp")
         .create()
         .unwrap();
     let spec: serde_json::Value =
