@@ -21,9 +21,13 @@ fi
 # openssl: that test's certificates for etcd over TLS.
 # nftables: the tests read the address guard's tables with `nft` (the hook
 # itself speaks netlink and needs no nft binary).
+# dpdk, librte-net-af-xdp23: the host's DPDK that tests/e2e/dpdk.rs carries
+# into containers (testpmd over AF_XDP); dpdk-dev: Debian 12 ships
+# dpdk-testpmd there.
 packages=(runc busybox-static iproute2 util-linux gcc g++ libc6-dev
           podman docker.io containerd containernetworking-plugins netavark
-          sockperf iperf3 etcd-server etcd-client openssl nftables)
+          sockperf iperf3 etcd-server etcd-client openssl nftables
+          dpdk dpdk-dev librte-net-af-xdp23)
 export DEBIAN_FRONTEND=noninteractive
 if ! apt-get install -y --no-install-recommends "${packages[@]}"; then
     apt-get update

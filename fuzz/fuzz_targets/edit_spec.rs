@@ -7,7 +7,8 @@ use std::path::Path;
 
 use libfuzzer_sys::fuzz_target;
 use nsbypass_fuzz::one_line;
-use runtime_config::install::{self, CarriedDevice, CarriedMount, Carry, HookCommand};
+use runtime_config::install::{self, CarriedDevice, CarriedLink, CarriedMount, Carry, HookCommand};
+use runtime_config::profile::Rlimit;
 use runtime_config::Bundle;
 use serde_json::Value;
 
@@ -54,14 +55,26 @@ fn carry() -> Carry {
                 source: "/usr/lib64/libonload.so.1".into(),
                 target: "/usr/lib64/libonload.so".into(),
                 directory: false,
+                writable: false,
             },
             CarriedMount {
                 source: "/opt/onload/bin".into(),
                 target: "/usr/local/onload/bin".into(),
                 directory: true,
+                writable: false,
             },
         ],
+        links: vec![CarriedLink {
+            target: "/usr/lib64/libonload_ext.so.1".into(),
+            source: "/usr/lib64/libonload_ext.so.1.1.0".into(),
+        }],
         preload: vec!["/usr/lib64/libonload.so".into()],
         env: vec![("EF_POLL_USEC".into(), "100000".into())],
+        capabilities: vec!["CAP_IPC_LOCK".into(), "CAP_NET_RAW".into()],
+        rlimits: vec![Rlimit {
+            name: "memlock",
+            value: None,
+        }],
+        bpffs: false,
     }
 }

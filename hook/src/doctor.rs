@@ -940,6 +940,25 @@ fn profile_checks(config: &Config, profile: &Profile, report: &mut Report) {
     }
     for spec in &profile.mounts {
         let subject = format!("profile {n}: source {}", spec.source.display());
+        if spec.is_glob() {
+            let pattern = spec.source.to_string_lossy();
+            let matches: Vec<PathBuf> = glob::glob(&pattern)
+                .map(|paths| paths.filter_map(Result::ok).collect())
+                .unwrap_or_default();
+            let links = matches.iter().filter(|m| m.is_symlink()).count();
+            add(match matches.len() {
+                0 => Check::fail(
+                    subject,
+                    "matches nothing on this host",
+                    "install the stack that provides these files, or correct the pattern",
+                ),
+                n => Check::ok(
+                    subject,
+                    format!("matches {} file(s) and {links} symlink(s)", n - links),
+                ),
+            });
+            continue;
+        }
         add(match source_kind(&spec.source) {
             Ok(found @ (Found::File | Found::Dir)) => Check::ok(subject, found.to_string()),
             Ok(found) => Check::fail(
@@ -952,6 +971,27 @@ fn profile_checks(config: &Config, profile: &Profile, report: &mut Report) {
             Err((what, fix)) => Check::fail(subject, what, fix),
         });
     }
+    if !profile.capabilities.is_empty() || !profile.rlimits.is_empty() {
+        add(process_needs(n, profile));
+    }
+    if profile.bpffs {
+        let subject = format!("profile {n}: bpffs");
+        let known = std::fs::read_to_string("/proc/filesystems").is_ok_and(|t| {
+            t.lines()
+                .any(|l| l.split_whitespace().last() == Some("bpf"))
+        });
+        add(match known {
+            true => Check::ok(
+                subject,
+                "this kernel has bpffs; each container gets its own at /sys/fs/bpf",
+            ),
+            false => Check::fail(
+                subject,
+                "this kernel has no bpf filesystem (not in /proc/filesystems)",
+                "use a kernel built with CONFIG_BPF_SYSCALL, or drop bpffs from the profile",
+            ),
+        });
+    }
     if all_ok {
         let subject = format!("profile {n}: plan");
         report.add(match profile::plan(std::slice::from_ref(n), config) {
@@ -959,6 +999,51 @@ fn profile_checks(config: &Config, profile: &Profile, report: &mut Report) {
             Err(e) => Check::fail(subject, e.to_string(), format!("correct profile {n}")),
         });
     }
+}
+
+/// What the profile asks of the container's process, and whether a
+/// runtime on this host can give it: a limit above this host's hard limit
+/// needs CAP_SYS_RESOURCE in the runtime, which these machines may lack.
+fn process_needs(n: &str, profile: &runtime_config::Profile) -> Check {
+    let subject = format!("profile {n}: process");
+    let flags: Vec<String> = profile
+        .capabilities
+        .iter()
+        .map(|c| format!("--cap-add {}", c.trim_start_matches("CAP_")))
+        .chain(profile.rlimits.iter().map(|l| l.ulimit_flag()))
+        .collect();
+    let own = std::process::id() as i32;
+    let can_raise = nix::unistd::Uid::effective().is_root()
+        && std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+                // bit 24: CAP_SYS_RESOURCE
+                .is_some_and(|caps| caps & (1 << 24) != 0)
+        });
+    for limit in &profile.rlimits {
+        let Ok((_, hard)) = nsutil::rlimit::of(own, limit.name) else {
+            continue;
+        };
+        if hard < limit.spec_value() && !can_raise {
+            return Check::fail(
+                subject,
+                format!(
+                    "needs {} {} but this host's hard limit is {hard} and no runtime here can raise it (no CAP_SYS_RESOURCE)",
+                    limit.spec_name(),
+                    limit.value.map_or("unlimited".to_owned(), |v| v.to_string())
+                ),
+                "raise the hard limit for the runtime (systemd LimitMEMLOCK=, limits.conf), or use CAP_IPC_LOCK instead of memlock",
+            );
+        }
+    }
+    Check::ok(
+        subject,
+        format!(
+            "the docker runtime entry adds these to the spec; with podman, CRI-O or CDI the hook refuses a container without {}",
+            flags.join(" ")
+        ),
+    )
 }
 
 /// What a source path is, looked at as the hook opens it: without

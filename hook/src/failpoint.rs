@@ -46,6 +46,7 @@ pub const ALL: &[&str] = &[
     "profile-overlay",
     "profile-preload",
     "profile-attach",
+    "profile-bpffs",
     "profile-grant",
     "profile-record",
     // Teardown: between removing an empty namespace record and its pod

@@ -48,6 +48,10 @@ pub enum Step {
     OpenRootfs,
     Preload,
     Mount,
+    /// A fresh bpffs at the container's /sys/fs/bpf.
+    Bpffs,
+    /// The container's process has what its profiles need (capabilities, rlimits).
+    CheckProcess,
     GrantDevices,
     DeleteLink,
     ReleaseAddress,
@@ -86,6 +90,8 @@ impl fmt::Display for Step {
             Step::OpenRootfs => "open rootfs",
             Step::Preload => "write ld.so.preload",
             Step::Mount => "mount",
+            Step::Bpffs => "mount bpffs",
+            Step::CheckProcess => "check process",
             Step::GrantDevices => "grant devices",
             Step::DeleteLink => "delete link",
             Step::ReleaseAddress => "release address",

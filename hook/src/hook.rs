@@ -201,37 +201,30 @@ fn run_setup(
         readonly: bundle.readonly,
         source: Source::Hook,
     };
-    node.setup(&target, request, profiles_to_carry(node, bundle, request)?)
+    node.setup(
+        &target,
+        request,
+        profiles_to_carry(node, bundle, request, pid)?,
+    )
 }
 
-/// What of the requested profiles the hook must carry in itself: all of
-/// them but those the spec verifiably carries already (the docker runtime
-/// entry and CDI put them there), planned once. The in-spec marker
-/// variable is not taken on its word: an image can set it.
+/// What of the requested profiles the hook must carry in itself: the
+/// pieces the spec does not verifiably carry already (the docker runtime
+/// entry and CDI put them there), planned once. Whatever carries them,
+/// the container's process must have the capabilities and limits the
+/// profiles need: the spec is checked here, since no hook can change it.
 fn profiles_to_carry(
     node: &Node,
     bundle: &Bundle,
     request: &Request,
+    pid: i32,
 ) -> Result<Option<profile::Plan>, Failure> {
     if request.profiles.is_empty() {
         return Ok(None);
     }
     let plan = profile::plan(&request.profiles, &node.config)?;
-    let carry: Vec<String> = request
-        .profiles
-        .iter()
-        .filter(|name| {
-            let profile = &node.config.profiles[name.as_str()];
-            runtime_config::install::check_in_spec(&plan.carry_of(profile), bundle).is_err()
-        })
-        .cloned()
-        .collect();
-    match carry.len() {
-        0 => Ok(None),
-        n if n == request.profiles.len() => Ok(Some(plan)),
-        // Some are in the spec already: plan just the others.
-        _ => profile::plan(&carry, &node.config).map(Some),
-    }
+    plan.check_process(bundle, |name| nsutil::rlimit::of(pid, name).ok())?;
+    Ok(plan.not_in_spec(bundle))
 }
 
 fn describe(w: &setup::Wired) -> String {

@@ -89,12 +89,13 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
     crate::policy::check(&request, &config).map_err(|f| anyhow::anyhow!("{f}"))?;
     // Every requested profile goes into the spec, whatever the spec's own
     // marker claims: the marker is then set to exactly what was carried.
-    let carry = match request.profiles.is_empty() {
+    let mut carry = match request.profiles.is_empty() {
         true => Default::default(),
         false => profile::plan(&request.profiles, &config)
             .map_err(|f| anyhow::anyhow!("{f}"))?
             .carry(),
     };
+    let left_to_hook = leave_missing_targets(&mut carry, &parsed)?;
     let cmd = HookCommand {
         binary: std::env::current_exe()
             .and_then(|p| p.canonicalize())
@@ -102,8 +103,8 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
         config: std::path::absolute(config_path)?,
     };
     let mut spec: serde_json::Value = serde_json::from_slice(&bytes).context("config.json")?;
-    // The hooks are for networks; profiles alone are all in the spec.
-    let hooks = (!request.networks.is_empty()).then_some(&cmd);
+    // The hooks are for networks, and for mounts left to them.
+    let hooks = (!request.networks.is_empty() || left_to_hook).then_some(&cmd);
     install::env_requests_to_annotations(&mut spec, &parsed)?;
     install::edit_spec(&mut spec, hooks, &carry)?;
     let path = bundle::spec_path(&bundle);
@@ -115,6 +116,58 @@ fn edit(config_path: &Path, bundle: &Path) -> Result<()> {
         "runtime: spec edited"
     );
     Ok(())
+}
+
+/// runc makes a missing mount target in the rootfs itself, as an empty
+/// file or directory that stays. On an engine's overlayfs rootfs (docker's)
+/// that is the container's own layer; on a plain directory (a runc bundle,
+/// `podman --rootfs`) or a read-only rootfs it is the image on disk. There,
+/// the mounts whose targets the image lacks are taken out of `carry` and
+/// left to the hook, which makes them on an overlay that dies with the
+/// container. Whether any was.
+fn leave_missing_targets(carry: &mut install::Carry, bundle: &Bundle) -> Result<bool> {
+    let Some(root) = &bundle.root else {
+        return Ok(false);
+    };
+    if carry.mounts.is_empty() && carry.links.is_empty() {
+        return Ok(false);
+    }
+    const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+    let own_layer = !bundle.readonly
+        && nix::sys::statfs::statfs(root)
+            .is_ok_and(|fs| fs.filesystem_type().0 == OVERLAYFS_SUPER_MAGIC);
+    if own_layer {
+        return Ok(false);
+    }
+    let rootfs =
+        nsutil::rootfs::Rootfs::open(root).with_context(|| format!("rootfs {}", root.display()))?;
+    let present = |target: &Path| -> Result<bool> {
+        let (Some(parent), Some(name)) = (target.parent(), target.file_name()) else {
+            return Ok(true);
+        };
+        // The last component as it is (a link is there too), never followed.
+        let dir = rootfs.canonical(parent)?;
+        if !dir.exists() {
+            return Ok(false);
+        }
+        let at = rootfs.open_plain(&dir.existing)?;
+        Ok(nix::sys::stat::fstatat(&at, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW).is_ok())
+    };
+    let before = carry.mounts.len() + carry.links.len();
+    let mut failed = None;
+    let mut keep = |target: &Path| match present(target) {
+        Ok(p) => p,
+        Err(e) => {
+            failed.get_or_insert(e);
+            false
+        }
+    };
+    carry.mounts.retain(|m| keep(&m.target));
+    carry.links.retain(|l| keep(&l.target));
+    if let Some(e) = failed {
+        return Err(e);
+    }
+    Ok(carry.mounts.len() + carry.links.len() < before)
 }
 
 #[cfg(test)]

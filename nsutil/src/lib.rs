@@ -14,6 +14,7 @@ pub mod netlink;
 pub mod nftables;
 pub mod ns;
 pub mod procfs;
+pub mod rlimit;
 pub mod rootfs;
 pub mod sysctl;
 

@@ -43,6 +43,9 @@ pub enum Lockdown {
     /// Device nodes: `ro,nosuid,noexec` (nodev would make them unusable;
     /// read-only does not stop I/O to a device, only changes to the node).
     Devices,
+    /// A directory the admin made writable (a hugetlbfs, a shared ring
+    /// directory): `nosuid,nodev`, as writable as its source mount.
+    Writable,
 }
 
 /// A mount that is not attached anywhere yet, or one this process attached.
@@ -78,12 +81,11 @@ impl DetachedMount {
     /// mount made on it inside the container would reach the host's file
     /// (and the host's mounts would reach the container unlocked).
     pub fn lock_down(&self, lockdown: Lockdown) -> Result<()> {
-        let set = MOUNT_ATTR_RDONLY
-            | MOUNT_ATTR_NOSUID
-            | match lockdown {
-                Lockdown::Files => MOUNT_ATTR_NODEV,
-                Lockdown::Devices => MOUNT_ATTR_NOEXEC,
-            };
+        let set = match lockdown {
+            Lockdown::Files => MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            Lockdown::Devices => MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+            Lockdown::Writable => MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+        };
         self.set_attr(set, libc::MS_PRIVATE)
     }
 
@@ -114,6 +116,19 @@ impl DetachedMount {
         fs.set("mode", "0755")?;
         fs.set("size", "1m")?;
         fs.mount()
+    }
+
+    /// A fresh bpffs instance (`nosuid,nodev,noexec`, private), not
+    /// attached anywhere: what a container's `/sys/fs/bpf` gets, so that
+    /// what its programs pin there is its own and goes with it. Make it in
+    /// the mount namespace it will be attached in.
+    pub fn bpffs() -> Result<DetachedMount> {
+        let mount = FsContext::open("bpf")?.mount()?;
+        mount.set_attr(
+            MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC,
+            libc::MS_PRIVATE,
+        )?;
+        Ok(mount)
     }
 
     /// An overlay of the directory `lower` (an `O_PATH` fd) whose upper and

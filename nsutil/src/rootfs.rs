@@ -388,6 +388,47 @@ pub fn make_entry(
     Ok(())
 }
 
+/// Makes the symlink `relative` below the directory `dir`, reading `text`,
+/// and the directories on the way to it that are missing, reporting each
+/// thing made as [`make_entry`] does. The link is made, never followed.
+pub fn make_link(
+    dir: BorrowedFd,
+    relative: &Path,
+    text: &Path,
+    created: &mut Vec<Created>,
+) -> Result<()> {
+    let op = || format!("create link {}", relative.display());
+    let (Some(parent), Some(name)) = (relative.parent(), relative.file_name()) else {
+        return Err(Error::new(op(), std::io::Error::other("nothing to create")));
+    };
+    let mut at = dir.try_clone_to_owned().map_err(|e| Error::new(op(), e))?;
+    if !parent.as_os_str().is_empty() {
+        let made = created.len();
+        make_entry(dir, parent, TargetKind::Dir, created).or_else(|e| match e.errno() {
+            Some(libc::EEXIST) => Ok(()),
+            _ => Err(e),
+        })?;
+        debug_assert!(created.len() >= made);
+        at = openat2_plain(dir, parent).map_err(|e| Error::new(op(), e.into()))?;
+    }
+    nix::unistd::symlinkat(text, &at, name).map_err(|e| Error::new(op(), e.into()))?;
+    created.push(Created::new(&at, name, false, relative)?);
+    Ok(())
+}
+
+/// The directory `relative` below `dir`, opened without following links.
+fn openat2_plain(dir: BorrowedFd, relative: &Path) -> nix::Result<OwnedFd> {
+    retry(|| {
+        openat2(
+            dir,
+            relative,
+            OpenHow::new()
+                .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+                .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH),
+        )
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,6 +44,35 @@ pub struct Bundle {
     pub mounts: Vec<SpecMount>,
     /// `linux.devices`, in spec order; odd entries are left out likewise.
     pub devices: Vec<SpecDevice>,
+    /// `process.capabilities`, each set as listed (absent: empty).
+    pub capabilities: SpecCapabilities,
+    /// `process.rlimits`; odd entries are left out.
+    pub rlimits: Vec<SpecRlimit>,
+    /// `process.user.uid` (absent: 0).
+    pub uid: u32,
+}
+
+/// The capability sets of `process.capabilities`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct SpecCapabilities {
+    #[serde(default)]
+    pub bounding: Vec<String>,
+    #[serde(default)]
+    pub effective: Vec<String>,
+    #[serde(default)]
+    pub permitted: Vec<String>,
+    #[serde(default)]
+    pub ambient: Vec<String>,
+}
+
+/// One `process.rlimits` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SpecRlimit {
+    /// `RLIMIT_MEMLOCK`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub soft: u64,
+    pub hard: u64,
 }
 
 /// One `mounts` entry of the spec.
@@ -102,6 +131,13 @@ struct RawProcess {
     /// Checked for strings by hand, to say which entry is not one.
     #[serde(default)]
     env: Option<Vec<serde_json::Value>>,
+    /// Read leniently: an odd shape is one nsbypass finds nothing in.
+    #[serde(default)]
+    capabilities: Option<serde_json::Value>,
+    #[serde(default)]
+    rlimits: Lenient<SpecRlimit>,
+    #[serde(default)]
+    user: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -195,10 +231,24 @@ impl Bundle {
             message,
         };
         let raw: RawSpec = serde_json::from_slice(spec).map_err(|e| fail(e.to_string()))?;
+        let mut process = raw.process.unwrap_or_default();
+        let capabilities = process
+            .capabilities
+            .take()
+            .and_then(|c| serde_json::from_value(c).ok())
+            .unwrap_or_default();
+        let rlimits = std::mem::take(&mut process.rlimits.0);
+        let uid = process
+            .user
+            .as_ref()
+            .and_then(|u| u.get("uid"))
+            .and_then(serde_json::Value::as_u64)
+            .and_then(|u| u32::try_from(u).ok())
+            .unwrap_or(0);
         // Every runtime refuses such an env: say which entry, not a column.
-        let env = raw
-            .process
-            .and_then(|p| p.env)
+        let env = process
+            .env
+            .take()
             .unwrap_or_default()
             .into_iter()
             .enumerate()
@@ -223,6 +273,9 @@ impl Bundle {
             netns_path,
             mounts: raw.mounts.0,
             devices,
+            capabilities,
+            rlimits,
+            uid,
         })
     }
 

@@ -14,6 +14,10 @@ use oci_spec::runtime::{
 use serde_json::{json, Map, Value};
 
 use crate::bundle::{Bundle, SpecDevice, SpecMount};
+use crate::profile::Rlimit;
+
+/// Where a profile's fresh bpffs goes in the container.
+pub const BPFFS_TARGET: &str = "/sys/fs/bpf";
 
 /// The environment every generated hook entry runs with: never the
 /// runtime's or the container's (a root hook that inherits `LD_PRELOAD`
@@ -223,8 +227,36 @@ pub struct Carry {
     pub profiles: Vec<String>,
     pub devices: Vec<CarriedDevice>,
     pub mounts: Vec<CarriedMount>,
+    /// Host symlinks a mount glob matched. A spec has no symlink entry:
+    /// each becomes a read-only bind of the file it leads to.
+    pub links: Vec<CarriedLink>,
     pub preload: Vec<PathBuf>,
     pub env: Vec<(String, String)>,
+    /// Added to the process's bounding, effective and permitted sets (and
+    /// ambient and inheritable for a process that is not root).
+    pub capabilities: Vec<String>,
+    /// Raised to at least these, soft and hard.
+    pub rlimits: Vec<Rlimit>,
+    /// A bpffs mount at [`BPFFS_TARGET`].
+    pub bpffs: bool,
+}
+
+/// A host symlink to carry: at `target`, the file `source` it leads to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarriedLink {
+    pub target: PathBuf,
+    pub source: PathBuf,
+}
+
+impl CarriedLink {
+    fn as_mount(&self) -> CarriedMount {
+        CarriedMount {
+            source: self.source.clone(),
+            target: self.target.clone(),
+            directory: false,
+            writable: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -267,6 +299,8 @@ pub struct CarriedMount {
     pub source: PathBuf,
     pub target: PathBuf,
     pub directory: bool,
+    /// Bound read-write (the profile's `writable = true`).
+    pub writable: bool,
 }
 
 impl CarriedMount {
@@ -278,7 +312,8 @@ impl CarriedMount {
             && entry.is_bind()
     }
 
-    /// Read-only, nosuid, nodev, private: as the hook binds them.
+    /// Read-only (unless writable), nosuid, nodev, private: as the hook
+    /// binds them.
     fn options(&self) -> Vec<String> {
         let bind = if self.directory { "rbind" } else { "bind" };
         let private = if self.directory {
@@ -286,7 +321,8 @@ impl CarriedMount {
         } else {
             "private"
         };
-        [bind, "ro", "nosuid", "nodev", private]
+        let access = if self.writable { "rw" } else { "ro" };
+        [bind, access, "nosuid", "nodev", private]
             .map(str::to_owned)
             .to_vec()
     }
@@ -299,6 +335,13 @@ impl Carry {
             1 => format!("profile {}", self.profiles[0]),
             _ => format!("profiles {}", self.profiles.join(",")),
         }
+    }
+
+    /// The mounts as the spec has them: the links as binds of their files.
+    pub fn spec_mounts(&self) -> Vec<CarriedMount> {
+        let mut all = self.mounts.clone();
+        all.extend(self.links.iter().map(CarriedLink::as_mount));
+        all
     }
 
     /// The process environment additions: `LD_PRELOAD` from the preload
@@ -416,9 +459,10 @@ pub fn edit_spec(
         }
     }
 
-    if !carry.mounts.is_empty() {
+    let carried_mounts = carry.spec_mounts();
+    if !carried_mounts.is_empty() || carry.bpffs {
         let mounts = array_at(root, "mounts").ok_or_else(|| shape("\"mounts\" is not a list"))?;
-        for m in &carry.mounts {
+        for m in &carried_mounts {
             let existing = mounts
                 .iter()
                 .filter_map(|e| serde_json::from_value::<SpecMount>(e.clone()).ok())
@@ -446,6 +490,81 @@ pub fn edit_spec(
                 .build()
                 .map_err(|e| shape(&e.to_string()))?;
             mounts.push(serde_json::to_value(mount).expect("mounts serialise"));
+        }
+        if carry.bpffs {
+            let existing = mounts
+                .iter()
+                .filter_map(|e| serde_json::from_value::<SpecMount>(e.clone()).ok())
+                .rfind(|e| absolute(&e.destination) == Path::new(BPFFS_TARGET));
+            match existing {
+                Some(e) if e.kind.as_deref() == Some("bpf") => {}
+                Some(e) => {
+                    return Err(shape(&format!(
+                    "\"mounts\" already has a {} mount on {BPFFS_TARGET}, where {} needs a bpffs",
+                    e.kind.as_deref().unwrap_or("untyped").escape_debug(),
+                    carry.who()
+                )))
+                }
+                None => mounts.push(bpffs_mount()),
+            }
+        }
+    }
+
+    if !carry.capabilities.is_empty() {
+        let user_is_root = root
+            .get("process")
+            .and_then(|p| p.get("user"))
+            .and_then(|u| u.get("uid"))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+            == 0;
+        let process =
+            object_at(root, "process").ok_or_else(|| shape("\"process\" is not an object"))?;
+        let caps = object_at(process, "capabilities")
+            .ok_or_else(|| shape("\"process.capabilities\" is not an object"))?;
+        // A process that is not root keeps capabilities across exec only
+        // through the ambient set (which needs them inheritable too).
+        let sets: &[&str] = match user_is_root {
+            true => &["bounding", "effective", "permitted"],
+            false => &[
+                "bounding",
+                "effective",
+                "permitted",
+                "inheritable",
+                "ambient",
+            ],
+        };
+        for set in sets {
+            let list = array_at(caps, set)
+                .ok_or_else(|| shape(&format!("\"process.capabilities.{set}\" is not a list")))?;
+            for cap in &carry.capabilities {
+                if !list.iter().any(|c| c.as_str() == Some(cap)) {
+                    list.push(Value::String(cap.clone()));
+                }
+            }
+        }
+    }
+
+    if !carry.rlimits.is_empty() {
+        let process =
+            object_at(root, "process").ok_or_else(|| shape("\"process\" is not an object"))?;
+        let limits = array_at(process, "rlimits")
+            .ok_or_else(|| shape("\"process.rlimits\" is not a list"))?;
+        for limit in &carry.rlimits {
+            let (kind, want) = (limit.spec_name(), limit.spec_value());
+            match limits
+                .iter_mut()
+                .rfind(|l| l["type"].as_str() == Some(&kind))
+            {
+                Some(entry) => {
+                    for key in ["soft", "hard"] {
+                        if entry[key].as_u64().is_none_or(|v| v < want) {
+                            entry[key] = want.into();
+                        }
+                    }
+                }
+                None => limits.push(json!({ "type": kind, "soft": want, "hard": want })),
+            }
         }
     }
 
@@ -558,7 +677,19 @@ fn env_value<'a>(entry: &'a Value, key: &str) -> Option<&'a str> {
 /// in-spec marker is not read: an image can set it. `Err` names the first
 /// piece missing.
 pub fn check_in_spec(carry: &Carry, bundle: &Bundle) -> Result<(), String> {
-    for m in &carry.mounts {
+    if carry.bpffs {
+        let seen = bundle
+            .mounts
+            .iter()
+            .rev()
+            .find(|s| Path::new(BPFFS_TARGET).starts_with(absolute(&s.destination)));
+        if !seen.is_some_and(|s| {
+            absolute(&s.destination) == Path::new(BPFFS_TARGET) && s.kind.as_deref() == Some("bpf")
+        }) {
+            return Err(format!("the spec does not mount a bpffs on {BPFFS_TARGET}"));
+        }
+    }
+    for m in &carry.spec_mounts() {
         let seen = bundle
             .mounts
             .iter()
@@ -595,6 +726,74 @@ pub fn check_in_spec(carry: &Carry, bundle: &Bundle) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether the process `bundle` specifies has `capabilities` and at
+/// least `rlimits`; where the spec sets no limit of a kind, the process
+/// keeps the one it has now, which `live` reads (`None`: unknown, taken as
+/// missing). `Err` names everything missing and the runtime flags that add
+/// it (docker's and podman's spelling), for where nsbypass cannot edit
+/// the spec (hooks.d, CDI, a bundle of one's own).
+pub fn check_process(
+    capabilities: &[String],
+    rlimits: &[Rlimit],
+    bundle: &Bundle,
+    live: impl Fn(&str) -> Option<(u64, u64)>,
+) -> Result<(), String> {
+    let sets = &bundle.capabilities;
+    let mut lacking: Vec<String> = Vec::new();
+    let mut flags: Vec<String> = Vec::new();
+    for cap in capabilities {
+        let mut needed = vec![&sets.bounding, &sets.effective, &sets.permitted];
+        if bundle.uid != 0 {
+            needed.push(&sets.ambient);
+        }
+        if !needed.iter().all(|set| set.contains(cap)) {
+            lacking.push(cap.clone());
+            flags.push(format!(
+                "--cap-add {}",
+                cap.strip_prefix("CAP_").unwrap_or(cap)
+            ));
+        }
+    }
+    for limit in rlimits {
+        let want = limit.spec_value();
+        let has = match bundle.rlimits.iter().rfind(|l| l.kind == limit.spec_name()) {
+            Some(l) => Some((l.soft, l.hard)),
+            None => live(limit.name),
+        };
+        if !has.is_some_and(|(soft, hard)| soft >= want && hard >= want) {
+            let now = match has {
+                Some((soft, _)) if soft == u64::MAX => "unlimited".to_owned(),
+                Some((soft, _)) => soft.to_string(),
+                None => "unknown".to_owned(),
+            };
+            let need = match limit.value {
+                None => "unlimited".to_owned(),
+                Some(n) => n.to_string(),
+            };
+            lacking.push(format!("{} {need} (it has {now})", limit.spec_name()));
+            flags.push(limit.ulimit_flag());
+        }
+    }
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "the container's process lacks {}; start it with {} (the docker runtime entry adds them itself)",
+        lacking.join(", "),
+        flags.join(" ")
+    ))
+}
+
+/// The spec's bpffs mount, as runtime mode adds it.
+fn bpffs_mount() -> Value {
+    json!({
+        "destination": BPFFS_TARGET,
+        "type": "bpf",
+        "source": "bpf",
+        "options": ["nosuid", "nodev", "noexec"],
+    })
+}
+
 /// A mount destination as runc takes it: relative ones are under `/`.
 fn absolute(destination: &Path) -> PathBuf {
     Path::new("/").join(destination)
@@ -619,11 +818,19 @@ pub fn cdi_spec(cmd: &HookCommand, profiles: &[Carry]) -> Value {
                 .iter()
                 .map(|d| json!({ "path": d.target, "hostPath": d.source }))
                 .collect();
-            let mounts: Vec<Value> = carry
-                .mounts
+            let mut mounts: Vec<Value> = carry
+                .spec_mounts()
                 .iter()
                 .map(|m| json!({ "hostPath": m.source, "containerPath": m.target, "options": m.options() }))
                 .collect();
+            if carry.bpffs {
+                mounts.push(json!({
+                    "hostPath": "bpf",
+                    "containerPath": BPFFS_TARGET,
+                    "type": "bpf",
+                    "options": ["nosuid", "nodev", "noexec"],
+                }));
+            }
             let env: Vec<String> = carry
                 .env_entries()
                 .into_iter()
@@ -703,15 +910,18 @@ mod tests {
                     source: "/usr/lib64/libonload.so.1".into(),
                     target: "/usr/lib64/libonload.so".into(),
                     directory: false,
+                    writable: false,
                 },
                 CarriedMount {
                     source: "/opt/onload/bin".into(),
                     target: "/usr/local/onload/bin".into(),
                     directory: true,
+                    writable: false,
                 },
             ],
             preload: vec!["/usr/lib64/libonload.so".into()],
             env: vec![("EF_POLL_USEC".into(), "100000".into())],
+            ..Carry::default()
         }
     }
 
@@ -1201,5 +1411,67 @@ mod tests {
         );
         assert_eq!(spec["containerEdits"]["hooks"][1]["hookName"], "poststop");
         assert_eq!(spec["containerEdits"]["hooks"][0]["env"], json!([HOOK_ENV]));
+    }
+
+    #[test]
+    fn capabilities_limits_and_bpffs_go_into_the_spec_and_the_process_check_names_the_flags() {
+        let memlock = Rlimit {
+            name: "memlock",
+            value: None,
+        };
+        let carry = Carry {
+            profiles: vec!["dpdk".into()],
+            capabilities: vec!["CAP_BPF".into(), "CAP_NET_ADMIN".into()],
+            rlimits: vec![memlock],
+            bpffs: true,
+            links: vec![CarriedLink {
+                target: "/usr/lib/librte_eal.so.23".into(),
+                source: "/usr/lib/librte_eal.so.23.0".into(),
+            }],
+            ..Carry::default()
+        };
+        let mut spec = json!({
+            "process": {
+                "capabilities": { "bounding": ["CAP_KILL"], "effective": ["CAP_KILL", "CAP_BPF"] },
+                "rlimits": [{ "type": "RLIMIT_MEMLOCK", "soft": 65536, "hard": 65536 }],
+            },
+            "mounts": [{ "destination": "/sys", "type": "sysfs", "source": "sysfs" }],
+        });
+        let before = bundle_of(&spec);
+        let err =
+            check_process(&carry.capabilities, &carry.rlimits, &before, |_| None).unwrap_err();
+        assert_eq!(
+            err,
+            "the container's process lacks CAP_BPF, CAP_NET_ADMIN, RLIMIT_MEMLOCK unlimited (it has 65536); \
+             start it with --cap-add BPF --cap-add NET_ADMIN --ulimit memlock=-1 (the docker runtime entry adds them itself)"
+        );
+        assert!(check_in_spec(&carry, &before).is_err());
+        edit_spec(&mut spec, None, &carry).unwrap();
+        let once = spec.clone();
+        edit_spec(&mut spec, None, &carry).unwrap();
+        assert_eq!(spec, once, "editing twice is editing once");
+        let after = bundle_of(&spec);
+        check_process(&carry.capabilities, &carry.rlimits, &after, |_| None).unwrap();
+        check_in_spec(&carry, &after).unwrap();
+        assert_eq!(
+            spec["process"]["capabilities"]["permitted"],
+            json!(["CAP_BPF", "CAP_NET_ADMIN"])
+        );
+        assert_eq!(spec["process"]["rlimits"][0]["soft"], json!(u64::MAX));
+        assert_eq!(
+            spec["mounts"][1]["destination"],
+            "/usr/lib/librte_eal.so.23"
+        );
+        assert_eq!(spec["mounts"][1]["source"], "/usr/lib/librte_eal.so.23.0");
+        assert_eq!(spec["mounts"][2]["type"], "bpf");
+        // Without a spec entry the live limit counts.
+        let bare = bundle_of(&json!({}));
+        let caps: &[String] = &[];
+        check_process(caps, &[memlock], &bare, |_| Some((u64::MAX, u64::MAX))).unwrap();
+        let err = check_process(caps, &[memlock], &bare, |_| Some((8 << 20, 8 << 20))).unwrap_err();
+        assert!(
+            err.contains("RLIMIT_MEMLOCK unlimited (it has 8388608)"),
+            "{err}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! Bypass-stack profiles: the device nodes, host files and preload a stack
-//! like Onload needs inside a container.
+//! like Onload needs inside a container, and what its process must be
+//! allowed (capabilities, rlimits, a bpffs).
 //!
 //! Every path here comes from the admin and is checked at load time:
 //! absolute, no `.`/`..`, no empty components, so that what the hook later
@@ -28,7 +29,111 @@ pub struct Profile {
     /// The Kubernetes namespaces whose containers may have it; `None`:
     /// every container may.
     pub allow_namespaces: Option<Vec<String>>,
+    /// Capabilities the container's process needs (`CAP_BPF`, ...), in the
+    /// spec's spelling: added where the spec can be edited, checked where
+    /// it cannot.
+    pub capabilities: Vec<String>,
+    /// Resource limits the process needs at least (soft and hard), by
+    /// their lower-case name without `RLIMIT_` (`memlock`).
+    pub rlimits: Vec<Rlimit>,
+    /// A fresh bpffs at `/sys/fs/bpf` in the container (libxdp's
+    /// dispatcher pins its programs there).
+    pub bpffs: bool,
 }
+
+/// A resource limit a profile needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rlimit {
+    /// One of [`RLIMITS`].
+    pub name: &'static str,
+    /// `None`: unlimited.
+    pub value: Option<u64>,
+}
+
+impl Rlimit {
+    /// The spec's name: `RLIMIT_MEMLOCK`.
+    pub fn spec_name(&self) -> String {
+        format!("RLIMIT_{}", self.name.to_uppercase())
+    }
+
+    /// The spec's number for it (`u64::MAX` is unlimited, as runc reads it).
+    pub fn spec_value(&self) -> u64 {
+        self.value.unwrap_or(u64::MAX)
+    }
+
+    /// `memlock=-1`, as docker's and podman's `--ulimit` take it.
+    pub fn ulimit_flag(&self) -> String {
+        match self.value {
+            None => format!("--ulimit {}=-1", self.name),
+            Some(n) => format!("--ulimit {}={n}", self.name),
+        }
+    }
+}
+
+/// The resource limits a profile may name (Linux's, as runc sets them).
+pub const RLIMITS: [&str; 16] = [
+    "as",
+    "core",
+    "cpu",
+    "data",
+    "fsize",
+    "locks",
+    "memlock",
+    "msgqueue",
+    "nice",
+    "nofile",
+    "nproc",
+    "rss",
+    "rtprio",
+    "rttime",
+    "sigpending",
+    "stack",
+];
+
+/// Linux's capabilities (6.x), without `CAP_`.
+pub const CAPABILITIES: [&str; 41] = [
+    "CHOWN",
+    "DAC_OVERRIDE",
+    "DAC_READ_SEARCH",
+    "FOWNER",
+    "FSETID",
+    "KILL",
+    "SETGID",
+    "SETUID",
+    "SETPCAP",
+    "LINUX_IMMUTABLE",
+    "NET_BIND_SERVICE",
+    "NET_BROADCAST",
+    "NET_ADMIN",
+    "NET_RAW",
+    "IPC_LOCK",
+    "IPC_OWNER",
+    "SYS_MODULE",
+    "SYS_RAWIO",
+    "SYS_CHROOT",
+    "SYS_PTRACE",
+    "SYS_PACCT",
+    "SYS_ADMIN",
+    "SYS_BOOT",
+    "SYS_NICE",
+    "SYS_RESOURCE",
+    "SYS_TIME",
+    "SYS_TTY_CONFIG",
+    "MKNOD",
+    "LEASE",
+    "AUDIT_WRITE",
+    "AUDIT_CONTROL",
+    "SETFCAP",
+    "MAC_OVERRIDE",
+    "MAC_ADMIN",
+    "SYSLOG",
+    "WAKE_ALARM",
+    "BLOCK_SUSPEND",
+    "AUDIT_READ",
+    "PERFMON",
+    "BPF",
+    "CHECKPOINT_RESTORE",
+];
 
 /// Host device node(s) to make usable in the container.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,11 +152,29 @@ impl DeviceSpec {
     }
 }
 
-/// A host file or directory bound read-only into the container.
+/// A host file or directory bound into the container (read-only unless
+/// `writable`), or every entry a glob's last component matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountSpec {
+    /// A host path, or a glob in its last component
+    /// (`/usr/lib/x86_64-linux-gnu/librte_*.so.23*`), expanded at hook time.
     pub source: PathBuf,
+    /// Where it appears; for a glob, the directory its matches appear in
+    /// (by default the glob's own directory).
     pub target: PathBuf,
+    /// Bound read-write (a hugetlbfs, a shared ring directory); never a
+    /// glob, never under a preloaded library.
+    pub writable: bool,
+}
+
+impl MountSpec {
+    pub fn is_glob(&self) -> bool {
+        is_glob(&self.source)
+    }
+}
+
+fn is_glob(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| s.contains(['*', '?', '[']))
 }
 
 #[derive(Deserialize)]
@@ -68,6 +191,20 @@ pub(crate) struct RawProfile {
     #[serde(default)]
     requires: Vec<String>,
     allow_namespaces: Option<Vec<String>>,
+    #[serde(default)]
+    capabilities: Vec<String>,
+    #[serde(default)]
+    rlimits: BTreeMap<String, RawLimit>,
+    #[serde(default)]
+    bpffs: bool,
+}
+
+/// `"unlimited"` or a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawLimit {
+    Number(u64),
+    Word(String),
 }
 
 /// `"/path"` (same path on both sides) or `{ source = "...", target = "..." }`.
@@ -82,7 +219,10 @@ enum RawPath {
 #[serde(deny_unknown_fields)]
 struct RawPair {
     source: String,
-    target: String,
+    /// Required for devices; for mounts it defaults to the source (for a
+    /// glob, the glob's directory).
+    target: Option<String>,
+    writable: Option<bool>,
 }
 
 type KeyError = (&'static str, String);
@@ -98,10 +238,24 @@ impl Profile {
                     source: absolute(&source).map_err(|m| ("devices", m))?,
                     target: None,
                 },
-                RawPath::Pair(pair) => DeviceSpec {
-                    source: absolute(&pair.source).map_err(|m| ("devices", m))?,
-                    target: Some(target(&pair.target).map_err(|m| ("devices", m))?),
-                },
+                RawPath::Pair(pair) => {
+                    if pair.writable.is_some() {
+                        return Err((
+                            "devices",
+                            format!("{}: writable is for mounts", pair.source),
+                        ));
+                    }
+                    let Some(to) = pair.target else {
+                        return Err((
+                            "devices",
+                            format!("{}: a table needs a target", pair.source),
+                        ));
+                    };
+                    DeviceSpec {
+                        source: absolute(&pair.source).map_err(|m| ("devices", m))?,
+                        target: Some(target(&to).map_err(|m| ("devices", m))?),
+                    }
+                }
             };
             if device.is_glob() && device.target.is_some() {
                 return Err((
@@ -113,23 +267,49 @@ impl Profile {
         }
         let mut mounts = Vec::new();
         for entry in raw.mounts {
-            let (source, to) = match entry {
-                RawPath::Same(path) => (path.clone(), path),
-                RawPath::Pair(pair) => (pair.source, pair.target),
+            let (source, to, writable) = match entry {
+                RawPath::Same(path) => (path, None, false),
+                RawPath::Pair(pair) => (pair.source, pair.target, pair.writable.unwrap_or(false)),
             };
             let source = absolute(&source).map_err(|m| ("mounts", m))?;
-            if source.to_str().is_some_and(|s| s.contains(['*', '?', '['])) {
+            let glob = is_glob(&source);
+            let parent = source.parent().unwrap_or(Path::new("/"));
+            if glob && is_glob(parent) {
                 return Err((
                     "mounts",
-                    format!("{}: globs are for devices only", source.display()),
+                    format!(
+                        "{}: a glob may match only the last component",
+                        source.display()
+                    ),
                 ));
             }
+            if glob && writable {
+                return Err((
+                    "mounts",
+                    format!(
+                        "{}: a glob cannot be writable (writable is for one directory, such as a hugetlbfs; never for libraries)",
+                        source.display()
+                    ),
+                ));
+            }
+            let target = match (to, glob) {
+                (Some(to), _) => target(&to).map_err(|m| ("mounts", m))?,
+                (None, true) => parent.to_owned(),
+                (None, false) => source.clone(),
+            };
             mounts.push(MountSpec {
                 source,
-                target: target(&to).map_err(|m| ("mounts", m))?,
+                target,
+                writable,
             });
         }
-        let mut targets: Vec<&Path> = mounts.iter().map(|m| m.target.as_path()).collect();
+        // A glob's target is a directory its matches land in, which other
+        // globs may share.
+        let mut targets: Vec<&Path> = mounts
+            .iter()
+            .filter(|m| !m.is_glob())
+            .map(|m| m.target.as_path())
+            .collect();
         targets.extend(devices.iter().filter_map(|d| d.target.as_deref()));
         for (i, t) in targets.iter().enumerate() {
             if targets[..i].contains(t) {
@@ -144,10 +324,17 @@ impl Profile {
             .iter()
             .map(|p| {
                 let path = absolute(p)?;
-                if !mounts.iter().any(|m| path.starts_with(&m.target)) {
+                let Some(mount) = mounts.iter().find(|m| mounts_path(m, &path)) else {
                     return Err(format!(
                         "{} is not mounted by this profile: add it to mounts",
                         path.display()
+                    ));
+                };
+                if mount.writable {
+                    return Err(format!(
+                        "{} lies on the writable mount {}: libraries are never writable",
+                        path.display(),
+                        mount.target.display()
                     ));
                 }
                 Ok(path)
@@ -168,6 +355,43 @@ impl Profile {
             .map(|p| absolute(p))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|m| ("requires", m))?;
+        let mut capabilities: Vec<String> = Vec::new();
+        for cap in &raw.capabilities {
+            let bare = cap.strip_prefix("CAP_").unwrap_or(cap);
+            if !CAPABILITIES.contains(&bare) {
+                return Err((
+                    "capabilities",
+                    format!("{cap:?} is not a Linux capability (write them as CAP_NET_RAW)"),
+                ));
+            }
+            let spelled = format!("CAP_{bare}");
+            if !capabilities.contains(&spelled) {
+                capabilities.push(spelled);
+            }
+        }
+        let mut rlimits = Vec::new();
+        for (key, value) in &raw.rlimits {
+            let Some(name) = RLIMITS.iter().find(|n| **n == key.as_str()) else {
+                return Err((
+                    "rlimits",
+                    format!(
+                        "{key:?} is not a resource limit (one of {})",
+                        RLIMITS.join(", ")
+                    ),
+                ));
+            };
+            let value = match value {
+                RawLimit::Number(n) => Some(*n),
+                RawLimit::Word(w) if w == "unlimited" => None,
+                RawLimit::Word(w) => {
+                    return Err((
+                        "rlimits",
+                        format!("{key} = {w:?}: a number or \"unlimited\""),
+                    ))
+                }
+            };
+            rlimits.push(Rlimit { name, value });
+        }
         Ok(Profile {
             name: name.to_owned(),
             devices,
@@ -176,8 +400,29 @@ impl Profile {
             env: raw.env,
             requires,
             allow_namespaces: crate::config::validate_namespaces(raw.allow_namespaces)?,
+            capabilities,
+            rlimits,
+            bpffs: raw.bpffs,
         })
     }
+}
+
+/// Whether `mount` puts something at container path `path`: inside its
+/// target, or for a glob, a match of the glob in its target directory.
+fn mounts_path(mount: &MountSpec, path: &Path) -> bool {
+    if !mount.is_glob() {
+        return path.starts_with(&mount.target);
+    }
+    let pattern = mount
+        .source
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    path.parent() == Some(mount.target.as_path())
+        && path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|name| glob::Pattern::new(pattern).is_ok_and(|p| p.matches(name)))
 }
 
 /// An absolute path without `.`, `..` or empty components.
@@ -256,8 +501,32 @@ requires = ["/sys/module/onload"]
                 "mounts: cannot mount over the container's root",
             ),
             (
-                "mounts = [\"/lib/*.so\"]",
-                "mounts: /lib/*.so: globs are for devices only",
+                "mounts = [\"/lib/*/x.so\"]",
+                "mounts: /lib/*/x.so: a glob may match only the last component",
+            ),
+            (
+                "mounts = [{ source = \"/lib/*.so\", target = \"/l\", writable = true }]",
+                "mounts: /lib/*.so: a glob cannot be writable",
+            ),
+            (
+                "mounts = [{ source = \"/hp\", writable = true }]\npreload = [\"/hp/lib.so\"]",
+                "preload: /hp/lib.so lies on the writable mount /hp: libraries are never writable",
+            ),
+            (
+                "capabilities = [\"CAP_BFP\"]",
+                "capabilities: \"CAP_BFP\" is not a Linux capability",
+            ),
+            (
+                "rlimits = { memlok = 1 }",
+                "rlimits: \"memlok\" is not a resource limit",
+            ),
+            (
+                "rlimits = { memlock = \"lots\" }",
+                "rlimits: memlock = \"lots\": a number or \"unlimited\"",
+            ),
+            (
+                "devices = [{ source = \"/dev/x\" }]",
+                "devices: /dev/x: a table needs a target",
             ),
             (
                 "mounts = [\"/a\", { source = \"/b\", target = \"/a\" }]",
@@ -289,6 +558,46 @@ requires = ["/sys/module/onload"]
         let got = parse("[profiles.\"a/b\"]\n").unwrap_err();
         assert!(
             got.contains("profile a/b: name: profile name \"a/b\" may not contain '/'"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn globs_land_in_a_directory_and_capabilities_and_limits_are_spelled_as_the_spec_does() {
+        let c = parse(
+            r#"
+[profiles.dpdk]
+mounts = ["/usr/lib/x86_64-linux-gnu/librte_*.so.23*",
+          { source = "/usr/lib64/libx*.so*", target = "/usr/lib/x86_64-linux-gnu" },
+          { source = "/dev/hugepages", writable = true }]
+preload = ["/usr/lib/x86_64-linux-gnu/librte_eal.so.23"]
+capabilities = ["NET_RAW", "CAP_BPF", "CAP_NET_RAW"]
+rlimits = { memlock = "unlimited", nofile = 4096 }
+bpffs = true
+"#,
+        )
+        .unwrap();
+        let p = &c.profiles["dpdk"];
+        assert!(p.mounts[0].is_glob() && !p.mounts[2].is_glob());
+        assert_eq!(p.mounts[0].target, Path::new("/usr/lib/x86_64-linux-gnu"));
+        assert_eq!(p.mounts[1].target, Path::new("/usr/lib/x86_64-linux-gnu"));
+        assert!(p.mounts[2].writable && !p.mounts[0].writable);
+        assert_eq!(p.mounts[2].target, Path::new("/dev/hugepages"));
+        assert_eq!(p.capabilities, ["CAP_NET_RAW", "CAP_BPF"]);
+        assert_eq!(p.rlimits[0].spec_name(), "RLIMIT_MEMLOCK");
+        assert_eq!(p.rlimits[0].spec_value(), u64::MAX);
+        assert_eq!(p.rlimits[0].ulimit_flag(), "--ulimit memlock=-1");
+        assert_eq!(p.rlimits[1].ulimit_flag(), "--ulimit nofile=4096");
+        assert!(p.bpffs);
+        let got = parse(
+            "[profiles.p]
+mounts = [\"/l/*.so\"]
+preload = [\"/l/x.a\"]
+",
+        )
+        .unwrap_err();
+        assert!(
+            got.contains("/l/x.a is not mounted by this profile"),
             "{got}"
         );
     }

@@ -192,3 +192,31 @@ fn percent_decode(text: &str) -> String {
     }
     String::from_utf8(out).unwrap()
 }
+
+/// Each example profile parses as a config of its own, names one profile
+/// after its file, and keeps to a handful of lines (comments aside).
+#[test]
+fn example_profiles_parse() {
+    let dir = Path::new("../examples/profiles");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let config = Config::parse(&text, &path).unwrap_or_else(|e| panic!("{e}"));
+        let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+        assert_eq!(
+            config.profiles.keys().collect::<Vec<_>>(),
+            [&stem],
+            "{}",
+            path.display()
+        );
+        let lines = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+            .count();
+        assert!(lines <= 10, "{}: {lines} lines", path.display());
+        names.push(stem);
+    }
+    names.sort();
+    assert_eq!(names, ["dpdk-af-xdp", "dpdk-vfio", "onload", "rdma"]);
+}

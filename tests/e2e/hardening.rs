@@ -613,6 +613,7 @@ fn step_of(point: &str) -> &'static str {
     match point {
         "profile-preload" => "write ld.so.preload: ",
         "profile-grant" => "grant devices: ",
+        "profile-bpffs" => "mount bpffs: ",
         "profile-record" => "write record: ",
         _ => "mount: ",
     }
@@ -646,8 +647,8 @@ impl Stack {
     }
 
     /// Profile `stack` (the device, a file whose target and its directory's
-    /// are missing in the image, a directory, the preload) and profile
-    /// `files` (the same without the device).
+    /// are missing in the image, a directory, the preload, a bpffs) and
+    /// profile `files` (the same without the device and the bpffs).
     fn profiles(&self) -> String {
         let mounts = format!(
             "mounts = [{{ source = \"{}\", target = \"/usr/lib/libnsbx.so\" }}, \
@@ -657,7 +658,7 @@ impl Stack {
             self.tools.display()
         );
         format!(
-            "[profiles.stack]\ndevices = [{{ source = \"{}\", target = \"/dev/nsbtest\" }}]\n{mounts}\
+            "[profiles.stack]\ndevices = [{{ source = \"{}\", target = \"/dev/nsbtest\" }}]\nbpffs = true\n{mounts}\
              [profiles.files]\n{mounts}",
             self.device.display()
         )
@@ -796,10 +797,11 @@ fn a_failed_profile_step_leaves_a_living_mount_namespace_as_it_was() {
         &direct_spec(json!({ "nsbypass.io/profile": "files" }), Some(&rootfs)),
     );
     let state = setup_state("mntns", s.pid, &bundle);
-    // No devices in `files`, so nothing reaches the grant.
+    // No devices and no bpffs in `files`, so nothing reaches the grant or
+    // the bpffs.
     for point in profile_failpoints()
         .into_iter()
-        .filter(|p| *p != "profile-grant")
+        .filter(|p| *p != "profile-grant" && *p != "profile-bpffs")
     {
         let run = DirectHook::new(&tb, &config, "prestart")
             .env(&format!("NSBYPASS_FAILPOINT={point}=error"))

@@ -39,6 +39,8 @@ pub struct ContainerBuilder<'a> {
     hook_env: Vec<String>,
     rootfs: Option<PathBuf>,
     edits: Vec<SpecEdit<'a>>,
+    /// A program runc's create goes through (nsbypass's runtime mode).
+    via: Option<Vec<std::ffi::OsString>>,
 }
 
 /// What `runc create` made of a bundle.
@@ -61,7 +63,28 @@ impl<'a> ContainerBuilder<'a> {
             hook_env: Vec::new(),
             rootfs: None,
             edits: Vec::new(),
+            via: None,
         }
+    }
+
+    /// Creates the container through nsbypass's docker runtime mode
+    /// (`nsbypass --config CONFIG runtime --runtime runc -- <runc args>`),
+    /// as dockerd's runtime entry does, instead of runc itself.
+    pub fn through_runtime_mode(mut self, nsbypass_bin: &Path, config: &Path) -> Self {
+        self.via = Some(
+            [
+                nsbypass_bin.as_os_str(),
+                "--config".as_ref(),
+                config.as_os_str(),
+                "runtime".as_ref(),
+                "--runtime".as_ref(),
+                "runc".as_ref(),
+                "--".as_ref(),
+            ]
+            .map(ToOwned::to_owned)
+            .to_vec(),
+        );
+        self
     }
 
     /// Adds an annotation, the channel through which a container asks
@@ -173,13 +196,18 @@ impl<'a> ContainerBuilder<'a> {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed);
         let bundle = self.tb.dir.join("bundles").join(format!("{id}-{seq}"));
         fs::create_dir(&bundle).with_context(|| format!("creating {}", bundle.display()))?;
+        let via = self.via.clone();
         self.write_spec(&bundle)?;
 
         // runc passes its stdio on to the container's process, so these are
         // files, not pipes: a pipe would stay open as long as the container.
         let (stdout, stderr) = (bundle.join("stdout"), bundle.join("stderr"));
         let bundle_arg = bundle.to_string_lossy();
-        let mut create = runc.command(&["create", "--bundle", &bundle_arg, &id]);
+        let create_args = ["create", "--bundle", &bundle_arg, &id];
+        let mut create = match &via {
+            Some(wrapper) => runc.command_via(wrapper, &create_args),
+            None => runc.command(&create_args),
+        };
         let status = cmd::run_to_files(&mut create, &stdout, &stderr)?;
         if !status.success() {
             let text = fs::read_to_string(&stderr)

@@ -82,6 +82,27 @@ impl Runc {
         c
     }
 
+    /// Like [`Runc::command`], with `wrapper` (a program and its
+    /// arguments, such as `nsbypass runtime --runtime runc --`) in runc's
+    /// place: it is handed runc's arguments.
+    pub(crate) fn command_via(&self, wrapper: &[std::ffi::OsString], args: &[&str]) -> Command {
+        let mut c = if self.cgroup2 {
+            let mut c = cmd::command("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+                .arg(CGROUP2_SCRIPT)
+                .args(["sh", "nsenter"]);
+            c
+        } else {
+            cmd::command("nsenter")
+        };
+        c.arg(format!("--net={}", self.host_netns.display()))
+            .args(wrapper)
+            .arg("--root")
+            .arg(&self.root)
+            .args(args);
+        c
+    }
+
     /// Runs runc with `args`; the output whatever runc's exit status.
     pub(crate) fn output(&self, args: &[&str]) -> Result<Output> {
         cmd::output(self.command(args), &self.scratch)

@@ -36,16 +36,20 @@ pub trait Carrier {
     fn make_room(&mut self, room: &Room) -> Result<Self::Undo, Failure>;
     /// Attaches source `bind.source` onto its target.
     fn bind(&mut self, bind: &Placed) -> Result<Self::Undo, Failure>;
+    /// Mounts a fresh bpffs on the container's `/sys/fs/bpf`.
+    fn bpffs(&mut self) -> Result<Self::Undo, Failure>;
     /// Lets the container's device cgroup open `devices`.
     fn grant(&mut self, devices: &[Device]) -> Result<Self::Undo, Failure>;
     fn undo(&mut self, undo: Self::Undo) -> Result<(), Failure>;
 }
 
-/// Makes every room, then every bind, then the grant. On failure undoes
-/// what was made, newest first, and reports what could not be undone.
+/// Makes every room, then every bind, then the bpffs, then the grant. On
+/// failure undoes what was made, newest first, and reports what could not
+/// be undone.
 pub fn carry<C: Carrier>(
     carrier: &mut C,
     layout: &Layout,
+    bpffs: bool,
     devices: &[Device],
 ) -> Result<Vec<C::Undo>, Failure> {
     let mut done = Vec::new();
@@ -55,6 +59,9 @@ pub fn carry<C: Carrier>(
         }
         for bind in &layout.binds {
             done.push(carrier.bind(bind)?);
+        }
+        if bpffs {
+            done.push(carrier.bpffs()?);
         }
         if !devices.is_empty() {
             done.push(carrier.grant(devices)?);
@@ -132,8 +139,18 @@ pub fn apply(
             },
             host: &s.host,
             source_kind: Some(s.kind),
+            link: None,
         })
         .collect();
+    wanted.extend(plan.links.iter().map(|l| Wanted {
+        source: usize::MAX,
+        profile: &l.profile,
+        target: &l.target,
+        kind: TargetKind::File,
+        host: &l.host,
+        source_kind: None,
+        link: Some(&l.text),
+    }));
     if !plan.preload.is_empty() {
         wanted.push(Wanted {
             source: plan.sources.len(),
@@ -142,6 +159,7 @@ pub fn apply(
             kind: TargetKind::File,
             host: Path::new(""),
             source_kind: None,
+            link: None,
         });
     }
     failpoint::hit("profile-target").step(Step::Mount)?;
@@ -164,6 +182,7 @@ pub fn apply(
         failpoint::hit("profile-lockdown").map_err(|e| on(&e))?;
         let lockdown = match source.kind {
             SourceKind::Device(_) => Lockdown::Devices,
+            _ if source.writable => Lockdown::Writable,
             SourceKind::File | SourceKind::Dir => Lockdown::Files,
         };
         mount.lock_down(lockdown).map_err(|e| on(&e))?;
@@ -199,8 +218,18 @@ pub fn apply(
         clones,
         pid,
         readonly,
+        container_mounts: tables.container,
+        bpffs: None,
     };
-    let carried = carry(&mut carrier, &layout, &devices);
+    let bpffs = plan.bpffs.as_deref();
+    let carried = carry(&mut carrier, &layout, bpffs.is_some(), &devices).map_err(|f| {
+        match (bpffs, f.step) {
+            (Some(profile), Step::Bpffs) => {
+                f.subject(crate::failure::Subject::Profile(profile.into()))
+            }
+            _ => f,
+        }
+    });
     if let Some(name) = &preload {
         let _ = scratch.remove(name);
     }
@@ -275,6 +304,10 @@ struct RealCarrier {
     clones: Vec<DetachedMount>,
     pid: i32,
     readonly: bool,
+    /// The container's mount table, as layout read it.
+    container_mounts: Vec<mountinfo::MountEntry>,
+    /// The bpffs, once attached.
+    bpffs: Option<DetachedMount>,
 }
 
 enum Undo {
@@ -288,6 +321,7 @@ enum Undo {
         moved: Vec<(MovableMount, PathBuf)>,
     },
     Bound(usize),
+    Bpffs,
     Granted(Grant),
 }
 
@@ -308,13 +342,20 @@ impl Carrier for RealCarrier {
         let anchor = self.root.open_plain(&room.anchor).map_err(fail)?;
         if !room.overlay {
             let mut made = Vec::new();
-            for (relative, kind) in &room.entries {
-                if let Err(e) = rootfs::make_entry(anchor.as_fd(), relative, *kind, &mut made) {
-                    for c in made.iter().rev() {
-                        let _ = c.remove();
-                    }
-                    return Err(fail(e));
+            let mut make = || -> nsutil::Result<()> {
+                for (relative, kind) in &room.entries {
+                    rootfs::make_entry(anchor.as_fd(), relative, *kind, &mut made)?;
                 }
+                for (relative, text) in &room.links {
+                    rootfs::make_link(anchor.as_fd(), relative, text, &mut made)?;
+                }
+                Ok(())
+            };
+            if let Err(e) = make() {
+                for c in made.iter().rev() {
+                    let _ = c.remove();
+                }
+                return Err(fail(e));
             }
             return Ok(Undo::Made(made));
         }
@@ -342,6 +383,49 @@ impl Carrier for RealCarrier {
             .map_err(|e| Failure::new(Step::Mount, e))?
             .map_err(|e| Failure::refuse(Step::Mount, format!("{}: {e}", bind.target.display())))?;
         Ok(Undo::Bound(bind.source))
+    }
+
+    fn bpffs(&mut self) -> Result<Undo, Failure> {
+        failpoint::hit("profile-bpffs").step(Step::Bpffs)?;
+        let (root, table) = (&self.root, &self.container_mounts);
+        let target = Path::new(runtime_config::install::BPFFS_TARGET);
+        let made = self.mntns.run(|| -> Result<DetachedMount, String> {
+            let at = root.open_plain(target).map_err(|e| e.to_string())?;
+            // The container's own sysfs, as the runtime mounted it.
+            const SYSFS_MAGIC: i64 = 0x6265_6572;
+            let fs = nix::sys::statfs::fstatfs(&at).map_err(|e| e.to_string())?;
+            if fs.filesystem_type().0 != SYSFS_MAGIC {
+                return Err(format!(
+                    "{} is not on the container's sysfs (a bpffs or something else is there already)",
+                    target.display()
+                ));
+            }
+            let id = mountinfo::mount_id(at.as_fd()).map_err(|e| e.to_string())?;
+            match table.iter().find(|m| m.id == id) {
+                Some(m) if m.shared.is_some() => {
+                    return Err(format!(
+                        "{} lies on {}, a mount with shared propagation: a mount there would reach the host",
+                        target.display(),
+                        m.point.display()
+                    ))
+                }
+                Some(_) => {}
+                None => {
+                    return Err(format!(
+                        "{}: its mount is not in the container's mount table",
+                        target.display()
+                    ))
+                }
+            }
+            let bpffs = DetachedMount::bpffs().map_err(|e| e.to_string())?;
+            bpffs.attach_to(at.as_fd()).map_err(|e| e.to_string())?;
+            Ok(bpffs)
+        });
+        let bpffs = made
+            .map_err(|e| Failure::new(Step::Bpffs, e))?
+            .map_err(|e| Failure::refuse(Step::Bpffs, e))?;
+        self.bpffs = Some(bpffs);
+        Ok(Undo::Bpffs)
     }
 
     fn grant(&mut self, devices: &[Device]) -> Result<Undo, Failure> {
@@ -376,6 +460,14 @@ impl Carrier for RealCarrier {
                     .step(Step::Mount)?
                     .step(Step::Mount)
             }
+            Undo::Bpffs => match self.bpffs.take() {
+                Some(bpffs) => self
+                    .mntns
+                    .run(|| bpffs.detach())
+                    .step(Step::Bpffs)?
+                    .step(Step::Bpffs),
+                None => Ok(()),
+            },
             Undo::Granted(grant) => grant.revoke().step(Step::GrantDevices),
         }
     }
@@ -401,6 +493,9 @@ fn overlay_room(anchor: OwnedFd, room: &Room, readonly: bool) -> nsutil::Result<
     };
     for (relative, kind) in &room.entries {
         rootfs::make_entry(overlay.root(), relative, *kind, &mut Vec::new())?;
+    }
+    for (relative, text) in &room.links {
+        rootfs::make_link(overlay.root(), relative, text, &mut Vec::new())?;
     }
     overlay.match_flags_of(anchor.as_fd(), readonly)?;
     overlay.attach_to(anchor.as_fd())?;
@@ -466,6 +561,9 @@ mod tests {
         fn bind(&mut self, bind: &Placed) -> Result<String, Failure> {
             self.step(format!("bind {}", bind.target.display()))
         }
+        fn bpffs(&mut self) -> Result<String, Failure> {
+            self.step("bpffs".into())
+        }
         fn grant(&mut self, devices: &[Device]) -> Result<String, Failure> {
             self.step(format!("grant {}", devices.len()))
         }
@@ -484,6 +582,7 @@ mod tests {
         let room = |anchor: &str, overlay| Room {
             anchor: anchor.into(),
             entries: vec![("x".into(), TargetKind::File)],
+            links: vec![],
             overlay,
         };
         let bind = |source, target: &str| Placed {
@@ -513,7 +612,7 @@ mod tests {
     fn every_step_that_fails_undoes_every_step_before_it() {
         let all = {
             let mut fake = Fake::default();
-            carry(&mut fake, &layout(), &devices()).unwrap();
+            carry(&mut fake, &layout(), true, &devices()).unwrap();
             fake.made
         };
         assert_eq!(
@@ -524,6 +623,7 @@ mod tests {
                 "bind /usr/lib/x",
                 "bind /dev/x",
                 "bind /etc/ld.so.preload",
+                "bpffs",
                 "grant 1"
             ]
         );
@@ -532,7 +632,7 @@ mod tests {
                 fail_at: Some(fail_at),
                 ..Fake::default()
             };
-            let e = carry(&mut fake, &layout(), &devices()).unwrap_err();
+            let e = carry(&mut fake, &layout(), true, &devices()).unwrap_err();
             assert_eq!(e.cause_text(), format!("{} failed", all[fail_at - 1]));
             let mut undone = fake.undone.clone();
             undone.reverse();
@@ -551,7 +651,7 @@ mod tests {
             fail_undo: Some("room /dev".into()),
             ..Fake::default()
         };
-        let e = carry(&mut fake, &layout(), &devices()).unwrap_err();
+        let e = carry(&mut fake, &layout(), true, &devices()).unwrap_err();
         assert_eq!(
             fake.undone,
             [
@@ -570,7 +670,7 @@ mod tests {
     #[test]
     fn applied_changes_are_undone_all_together_later() {
         let mut fake = Fake::default();
-        let done = carry(&mut fake, &layout(), &[]).unwrap();
+        let done = carry(&mut fake, &layout(), false, &[]).unwrap();
         assert!(undo_all(&mut fake, done).is_empty());
         assert_eq!(fake.undone.len(), 5, "no grant without devices");
         assert_eq!(fake.undone[0], "bind /etc/ld.so.preload");

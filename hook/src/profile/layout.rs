@@ -50,6 +50,8 @@ pub struct Room {
     /// Paths relative to it, with what each must be; parents are made as
     /// needed.
     pub entries: Vec<(PathBuf, TargetKind)>,
+    /// Symlinks to make (relative path, link text), after the entries.
+    pub links: Vec<(PathBuf, PathBuf)>,
     /// On an overlay (the directory is the image's or a volume's), or
     /// directly (its filesystem is the container's alone).
     pub overlay: bool,
@@ -72,6 +74,8 @@ pub struct Wanted<'a> {
     /// The host source and its kind: the same thing wanted twice is one bind.
     pub host: &'a Path,
     pub source_kind: Option<SourceKind>,
+    /// A symlink to make, reading this, rather than a bind.
+    pub link: Option<&'a Path>,
 }
 
 /// The mount tables layout consults.
@@ -95,9 +99,29 @@ fn is_overlayfs(fd: &OwnedFd) -> bool {
 /// Resolves and checks every target; touches nothing.
 pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layout, Failure> {
     let mut resolved: Vec<(&Wanted, Canonical)> = Vec::new();
+    // Links the image has already, exactly as wanted.
+    let mut present: Vec<PathBuf> = Vec::new();
     for want in wanted {
         let fail = |e: nsutil::Error| fail(want, Step::Mount, e);
-        let canonical = root.canonical(want.target).map_err(fail)?;
+        let canonical = match want.link {
+            None => root.canonical(want.target).map_err(fail)?,
+            // The link itself is looked at, never followed.
+            Some(text) => {
+                let (Some(parent), Some(name)) = (want.target.parent(), want.target.file_name())
+                else {
+                    return Err(fail(nsutil::Error::new(
+                        "link",
+                        std::io::Error::other("no name"),
+                    )));
+                };
+                let mut canonical = root.canonical(parent).map_err(fail)?;
+                if canonical.exists() && image_link(root, &canonical.existing, name, text, want)? {
+                    present.push(canonical.existing.join(name));
+                }
+                canonical.missing.push(name.to_owned());
+                canonical
+            }
+        };
         resolved.push((want, canonical));
     }
     check_aliases(&resolved)?;
@@ -136,6 +160,9 @@ pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layou
             )));
         }
         check_propagation(want, &at, &tables.container)?;
+        if present.contains(&path) {
+            continue; // the image's own link, the same
+        }
         if canonical.exists() {
             check_kind(want, &at)?;
         } else {
@@ -172,7 +199,10 @@ pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layou
                     canonical.missing[0].to_string_lossy()
                 )));
             }
-            add_room(&mut layout.rooms, canonical, want.kind, overlay);
+            add_room(&mut layout.rooms, canonical, want.kind, want.link, overlay);
+        }
+        if want.link.is_some() {
+            continue;
         }
         layout.binds.push(Placed {
             source: want.source,
@@ -181,6 +211,43 @@ pub fn layout(wanted: &[Wanted], root: &Rootfs, tables: &Tables) -> Result<Layou
         });
     }
     Ok(layout)
+}
+
+/// Whether the image has `name` in its directory `dir` already as a
+/// symlink reading `text` (then nothing is made); `false` if it has
+/// nothing there; refused if it has anything else.
+fn image_link(
+    root: &Rootfs,
+    dir: &Path,
+    name: &std::ffi::OsStr,
+    text: &Path,
+    want: &Wanted,
+) -> Result<bool, Failure> {
+    let fail = |message: String| fail(want, Step::Mount, Refusal(message));
+    let at = root.open_plain(dir).map_err(|e| fail(e.to_string()))?;
+    match nix::sys::stat::fstatat(&at, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW) {
+        Err(nix::errno::Errno::ENOENT) => Ok(false),
+        Err(e) => Err(fail(format!("{}: {}", want.target.display(), std::io::Error::from(e)))),
+        Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+            let has = nix::fcntl::readlinkat(&at, name).map_err(|e| {
+                fail(format!("{}: {}", want.target.display(), std::io::Error::from(e)))
+            })?;
+            if Path::new(&has) == text {
+                return Ok(true);
+            }
+            Err(fail(format!(
+                "{}: the image has a link to {} there, where the profile makes one to {}",
+                want.target.display(),
+                Path::new(&has).display(),
+                text.display()
+            )))
+        }
+        Ok(_) => Err(fail(format!(
+            "{}: the image has a file there, where the profile makes a link to {} (the host's is a link)",
+            want.target.display(),
+            text.display()
+        ))),
+    }
 }
 
 fn fail(want: &Wanted, step: Step, cause: impl Into<crate::failure::Cause>) -> Failure {
@@ -294,9 +361,19 @@ fn check_kind(want: &Wanted, target: &OwnedFd) -> Result<(), Failure> {
 /// Adds a missing target to the room of its directory, or of a directory
 /// above it that gets a room of the same kind anyway (one overlay, not
 /// overlays stacked on overlays).
-fn add_room(rooms: &mut Vec<Room>, target: &Canonical, kind: TargetKind, overlay: bool) {
+fn add_room(
+    rooms: &mut Vec<Room>,
+    target: &Canonical,
+    kind: TargetKind,
+    link: Option<&Path>,
+    overlay: bool,
+) {
     let anchor = &target.existing;
     let relative: PathBuf = target.missing.iter().collect();
+    let add = |room: &mut Room, path: PathBuf| match link {
+        Some(text) => room.links.push((path, text.to_owned())),
+        None => room.entries.push((path, kind)),
+    };
     if let Some(room) = rooms
         .iter_mut()
         .find(|r| r.overlay == overlay && anchor.starts_with(&r.anchor))
@@ -305,25 +382,30 @@ fn add_room(rooms: &mut Vec<Room>, target: &Canonical, kind: TargetKind, overlay
             .strip_prefix(&room.anchor)
             .expect("checked")
             .join(&relative);
-        room.entries.push((below, kind));
+        add(room, below);
         return;
     }
     // Rooms below this anchor fold into its room.
-    let mut entries = vec![(relative, kind)];
+    let mut room = Room {
+        anchor: anchor.clone(),
+        entries: Vec::new(),
+        links: Vec::new(),
+        overlay,
+    };
+    add(&mut room, relative);
     rooms.retain(|r| {
         if r.overlay == overlay && r.anchor.starts_with(anchor) {
             let below = r.anchor.strip_prefix(anchor).expect("checked");
-            entries.extend(r.entries.iter().map(|(p, k)| (below.join(p), *k)));
+            room.entries
+                .extend(r.entries.iter().map(|(p, k)| (below.join(p), *k)));
+            room.links
+                .extend(r.links.iter().map(|(p, t)| (below.join(p), t.clone())));
             false
         } else {
             true
         }
     });
-    rooms.push(Room {
-        anchor: anchor.clone(),
-        entries,
-        overlay,
-    });
+    rooms.push(room);
 }
 
 #[cfg(test)]
@@ -344,25 +426,36 @@ mod tests {
             &mut rooms,
             &canonical("/usr/lib/x86_64-linux-gnu", &["librte.so"]),
             TargetKind::File,
+            None,
             true,
         );
         add_room(
             &mut rooms,
             &canonical("/usr", &["lib64", "libonload.so"]),
             TargetKind::File,
+            None,
             true,
         );
         add_room(
             &mut rooms,
             &canonical("/usr/lib", &["nsb", "x.so"]),
             TargetKind::File,
+            None,
             true,
         );
         add_room(
             &mut rooms,
             &canonical("/dev", &["onload"]),
             TargetKind::Device,
+            None,
             false,
+        );
+        add_room(
+            &mut rooms,
+            &canonical("/usr/lib", &["nsb", "x.so.1"]),
+            TargetKind::File,
+            Some(Path::new("x.so")),
+            true,
         );
         assert_eq!(
             rooms,
@@ -374,11 +467,13 @@ mod tests {
                         ("lib/x86_64-linux-gnu/librte.so".into(), TargetKind::File),
                         ("lib/nsb/x.so".into(), TargetKind::File),
                     ],
+                    links: vec![("lib/nsb/x.so.1".into(), "x.so".into())],
                     overlay: true,
                 },
                 Room {
                     anchor: "/dev".into(),
                     entries: vec![("onload".into(), TargetKind::Device)],
+                    links: vec![],
                     overlay: false,
                 },
             ]
@@ -393,6 +488,7 @@ mod tests {
             kind,
             host: Path::new(host),
             source_kind: Some(SourceKind::File),
+            link: None,
         }
     }
 
