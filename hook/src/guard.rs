@@ -297,6 +297,18 @@ pub fn outer_table(parent: &str) -> String {
 const OUTER_PREFIX: &str = "nsbypass-parent-";
 const CHAIN: &str = "egress";
 
+/// Every set of the parent's table: one missing means another layout.
+const ALL_SETS: [&str; 8] = [
+    SET_MACS,
+    SET_LLA,
+    SET_V4,
+    SET_ARP,
+    SET_V6,
+    SET_ETHERTYPES,
+    SET_OWNED4,
+    SET_OWNED6,
+];
+
 const SET_MACS: &str = "macs";
 /// "MAC . MAC": a link-layer address option a guarded MAC may carry.
 const SET_LLA: &str = "lla";
@@ -764,7 +776,22 @@ impl HostGuard for RealHostGuard {
         for (set, keys) in &keys {
             elements.add_elements(&table, set, keys);
         }
-        nft.apply(&elements, &op)
+        match nft.apply(&elements, &op) {
+            // The table lacks one of the sets: an nsbypass with another
+            // layout made it (an upgrade). Made anew with this link's
+            // keys; `gc` puts back the other links' (`converge`).
+            Err(e) if e.errno() == Some(nix::errno::Errno::ENOENT as i32) => {
+                tracing::warn!(table, "the guard table had another layout: made anew; nsbypass gc restores the other links' keys");
+                let mut made = Batch::new();
+                made.destroy_table(&table);
+                made.extend(outer_table_batch(parent));
+                for (set, keys) in &keys {
+                    made.add_elements(&table, set, keys);
+                }
+                nft.apply(&made, &format!("make nftables table {table} anew"))
+            }
+            other => other,
+        }
     }
 
     fn remove(&mut self, parent: &str, guard: &Guard) -> nsutil::Result<()> {
@@ -791,42 +818,67 @@ impl HostGuard for RealHostGuard {
     fn converge(&mut self, wanted: &BTreeMap<String, Vec<Guard>>) -> nsutil::Result<Vec<String>> {
         let nft = self.nft()?;
         let mut removed = Vec::new();
+        let mut seen = BTreeSet::new();
         for table in nft.tables()? {
             let Some(parent) = table.strip_prefix(OUTER_PREFIX) else {
                 continue;
             };
+            seen.insert(parent.to_owned());
             let guards = wanted.get(parent).map(Vec::as_slice).unwrap_or(&[]);
-            let mut batch = Batch::new();
+            let op = format!("converge nftables table {table}");
             if guards.is_empty() {
+                let mut batch = Batch::new();
                 batch.destroy_table(&table);
+                nft.apply(&batch, &op)?;
                 removed.push(table.clone());
-            } else {
-                let mut keep: BTreeMap<&str, BTreeSet<Vec<u8>>> = BTreeMap::new();
-                for guard in guards {
-                    for (set, keys) in guard.outer_keys() {
-                        keep.entry(set).or_default().extend(keys);
-                    }
+                continue;
+            }
+            let mut keep: BTreeMap<&str, BTreeSet<Vec<u8>>> = BTreeMap::new();
+            for guard in guards {
+                for (set, keys) in guard.outer_keys() {
+                    keep.entry(set).or_default().extend(keys);
                 }
-                for set in [
-                    SET_MACS,
-                    SET_LLA,
-                    SET_V4,
-                    SET_ARP,
-                    SET_V6,
-                    SET_ETHERTYPES,
-                    SET_OWNED4,
-                    SET_OWNED6,
-                ] {
-                    let stale: Vec<Vec<u8>> = nft
-                        .set_keys(&table, set)?
-                        .unwrap_or_default()
-                        .into_iter()
-                        .filter(|key| !keep.get(set).is_some_and(|k| k.contains(key)))
+            }
+            let mut have = BTreeMap::new();
+            for set in ALL_SETS {
+                have.insert(set, nft.set_keys(&table, set)?);
+            }
+            let mut batch = Batch::new();
+            if have.values().any(Option::is_none) {
+                // Made by an nsbypass with other sets (an upgrade): made
+                // anew, with every recorded link's keys.
+                batch.destroy_table(&table);
+                batch.extend(outer_table_batch(parent));
+            } else {
+                for (set, keys) in &have {
+                    let stale: Vec<Vec<u8>> = keys
+                        .iter()
+                        .flatten()
+                        .filter(|key| !keep.get(set).is_some_and(|k| k.contains(*key)))
+                        .cloned()
                         .collect();
                     batch.destroy_elements(&table, set, &stale);
                 }
             }
-            nft.apply(&batch, &format!("converge nftables table {table}"))?;
+            // And every recorded link's keys, which a rebuild, or a run
+            // killed between the link's record and its keys, may lack.
+            for (set, keys) in &keep {
+                batch.add_elements(&table, set, &keys.iter().cloned().collect::<Vec<_>>());
+            }
+            nft.apply(&batch, &op)?;
+        }
+        for (parent, guards) in wanted {
+            if seen.contains(parent) || guards.is_empty() {
+                continue;
+            }
+            let table = outer_table(parent);
+            let mut batch = outer_table_batch(parent);
+            for guard in guards {
+                for (set, keys) in guard.outer_keys() {
+                    batch.add_elements(&table, set, &keys);
+                }
+            }
+            nft.apply(&batch, &format!("make nftables table {table}"))?;
         }
         Ok(removed)
     }

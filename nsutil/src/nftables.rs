@@ -174,6 +174,16 @@ impl Batch {
         self.messages.is_empty()
     }
 
+    /// Appends `later`'s changes. A batch that made sets of its own
+    /// cannot take more: rules find a set made in the same batch by its
+    /// position among them.
+    pub fn extend(&mut self, later: Batch) -> &mut Batch {
+        assert!(self.sets.is_empty(), "extending a batch that made sets");
+        self.messages.extend(later.messages);
+        self.sets = later.sets;
+        self
+    }
+
     /// Creates table `name`; with `exclusive`, a table that already exists
     /// fails the batch (`EEXIST`).
     pub fn add_table(&mut self, name: &str, exclusive: bool) -> &mut Batch {
@@ -354,15 +364,24 @@ impl Attrs {
 
 /// A `NETLINK_NETFILTER` socket in the network namespace that was current
 /// for the calling thread when it was opened.
+///
+/// It is never closed before the process exits. Releasing a netfilter
+/// socket makes the kernel finish the namespace's pending nftables
+/// deletions first (`nft_rcv_nl_event` flushes their destroy work, which
+/// waits for an RCU grace period: 10 to 25 ms here), and nsbypass drops
+/// its sockets while it still holds the state lock; at exit the kernel
+/// closes them after the lock is gone. Every nsbypass process is short.
 pub struct Nftables {
-    socket: netlink_sys::Socket,
+    socket: std::mem::ManuallyDrop<netlink_sys::Socket>,
 }
 
 impl Nftables {
     pub fn connect() -> Result<Nftables> {
         let socket = netlink_sys::Socket::new(NETLINK_NETFILTER)
             .map_err(|e| Error::new("open a netfilter netlink socket", e))?;
-        Ok(Nftables { socket })
+        Ok(Nftables {
+            socket: std::mem::ManuallyDrop::new(socket),
+        })
     }
 
     /// Applies `batch` as one transaction; `op` names it in an error.

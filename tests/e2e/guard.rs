@@ -1317,3 +1317,47 @@ fn tx_rings_sendmmsg_and_vnet_headers_are_guarded_and_af_xdp_meets_the_parents_c
     delete(sibling);
     assert_no_guard_tables(&bed.tb, "after both poststops");
 }
+
+#[test]
+fn gc_puts_back_a_parent_table_an_admin_deleted() {
+    let Some(bed) = Bed::new("") else { return };
+    let tb = &bed.tb;
+    let host = PathBuf::from(format!("/run/netns/{}", tb.host_ns));
+    let pinned = PinnedNetns::new(tb, "r1");
+    let netns = pinned.path.to_str().unwrap();
+    ok(
+        tb,
+        &bed.config,
+        &[
+            "attach",
+            "--netns",
+            netns,
+            "--id",
+            "r1",
+            "--network",
+            "fast",
+        ],
+    );
+    let table = format!("nsbypass-parent-{}", tb.parent);
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", host.display()))
+        .args(["--", "nft", "delete", "table", "netdev", &table])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = ok(tb, &bed.config, &["list", "--json"]);
+    assert!(
+        list.contains("partial: the parent's filter lacks the link"),
+        "{list}"
+    );
+    ok(tb, &bed.config, &["gc"]);
+    assert_eq!(guard_tables_in(&host), [table]);
+    let list = ok(tb, &bed.config, &["list", "--json"]);
+    assert!(list.contains("\"guard\": \"on\""), "{list}");
+    ok(tb, &bed.config, &["detach", "--id", "r1"]);
+    assert_no_guard_tables(tb, "after the detach");
+}

@@ -611,6 +611,27 @@ pub fn leases_on(tb: &Testbed) -> BTreeMap<Ipv4Addr, Value> {
     leases_of(tb, NETWORK)
 }
 
+/// Every lease file of network `fast`, IPv4 and IPv6 alike: address ->
+/// holder JSON.
+pub fn every_lease(tb: &Testbed) -> BTreeMap<String, Value> {
+    let dir = tb.state_dir().join("leases").join(NETWORK);
+    let mut out = BTreeMap::new();
+    for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        assert!(
+            name.parse::<std::net::IpAddr>().is_ok(),
+            "a file in {} that is no lease: {name}",
+            dir.display()
+        );
+        let text = match std::fs::read_to_string(entry.path()) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            read => read.expect("reading a lease"),
+        };
+        out.insert(name, serde_json::from_str(&text).expect("a lease is JSON"));
+    }
+    out
+}
+
 /// The IPv4 lease files of `network`, as [`leases_on`] reads `fast`'s; a
 /// lease freed while it reads is left out.
 pub fn leases_of(tb: &Testbed, network: &str) -> BTreeMap<Ipv4Addr, Value> {
@@ -668,7 +689,7 @@ pub fn assert_state_empty(tb: &Testbed, when: &str) {
             "{when}: netns/{name} is left, and not to drain: {record}"
         );
     }
-    for (address, lease) in leases_on(tb) {
+    for (address, lease) in every_lease(tb) {
         let key = lease["netns"].as_str().unwrap_or_default();
         assert!(
             draining.contains(&format!("{key}.json")),
@@ -680,7 +701,7 @@ pub fn assert_state_empty(tb: &Testbed, when: &str) {
         return;
     }
     sweep_drained(tb, when);
-    let leases = leases_on(tb);
+    let leases = every_lease(tb);
     assert!(
         leases.is_empty(),
         "{when}: leases left once drained: {leases:?}"
