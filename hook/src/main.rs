@@ -186,6 +186,14 @@ struct Places {
 }
 
 fn main() -> ExitCode {
+    let code = run();
+    // Last: a guard removed in this run must not make the runtime wait
+    // for the kernel to free it (see the function).
+    nsutil::nftables::release_in_background();
+    code
+}
+
+fn run() -> ExitCode {
     // Hook calls first, by hand: most have nothing to do (see fast.rs).
     let args: Vec<OsString> = std::env::args_os().skip(1).take(6).collect();
     let refs: Vec<&std::ffi::OsStr> = args.iter().map(OsString::as_os_str).collect();

@@ -12,7 +12,8 @@
 //! endian, as nf_tables reads them. Strings carry their NUL.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use netlink_sys::protocols::NETLINK_NETFILTER;
 
@@ -365,12 +366,7 @@ impl Attrs {
 /// A `NETLINK_NETFILTER` socket in the network namespace that was current
 /// for the calling thread when it was opened.
 ///
-/// It is never closed before the process exits. Releasing a netfilter
-/// socket makes the kernel finish the namespace's pending nftables
-/// deletions first (`nft_rcv_nl_event` flushes their destroy work, which
-/// waits for an RCU grace period: 10 to 25 ms here), and nsbypass drops
-/// its sockets while it still holds the state lock; at exit the kernel
-/// closes them after the lock is gone. Every nsbypass process is short.
+/// It is never closed by dropping it: see [`release_in_background`].
 pub struct Nftables {
     socket: std::mem::ManuallyDrop<netlink_sys::Socket>,
 }
@@ -379,6 +375,9 @@ impl Nftables {
     pub fn connect() -> Result<Nftables> {
         let socket = netlink_sys::Socket::new(NETLINK_NETFILTER)
             .map_err(|e| Error::new("open a netfilter netlink socket", e))?;
+        OPEN.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(socket.as_raw_fd());
         Ok(Nftables {
             socket: std::mem::ManuallyDrop::new(socket),
         })
@@ -388,6 +387,13 @@ impl Nftables {
     pub fn apply(&self, batch: &Batch, op: &str) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
+        }
+        if batch
+            .messages
+            .iter()
+            .any(|(kind, _, _)| matches!(*kind, MSG_DESTROYTABLE | MSG_DESTROYSETELEM))
+        {
+            DELETED.store(true, Ordering::Relaxed);
         }
         let first = SEQUENCE.fetch_add(batch.messages.len() as u32 + 2, Ordering::Relaxed);
         let mut bytes = Vec::new();
@@ -551,6 +557,87 @@ impl Nftables {
 
     fn recv(&self, buffer: &mut Vec<u8>) -> io::Result<usize> {
         crate::netlink::recv_datagram(&self.socket, buffer)
+    }
+}
+
+/// The netfilter sockets this process opened (none is ever closed before
+/// [`release_in_background`]), and whether any of them deleted something.
+static OPEN: std::sync::Mutex<Vec<RawFd>> = std::sync::Mutex::new(Vec::new());
+static DELETED: AtomicBool = AtomicBool::new(false);
+
+/// Closes the process's netfilter sockets, once, last thing before it
+/// exits, without making it wait for the kernel.
+///
+/// Releasing a netfilter socket makes the kernel finish the namespace's
+/// pending nftables deletions first (`nft_rcv_nl_event` flushes their
+/// destroy work, which waits for an RCU grace period: 10 to 25 ms here).
+/// A hook that removed a guard would pay that at exit, and its runtime
+/// with it (podman's `run --rm` waits for poststop). So when something was
+/// deleted, a forked child takes the last reference to the sockets: it
+/// leaves the session, closes every other descriptor (the runtime waits
+/// for the hook's stdout and stderr to close, not only for its exit),
+/// waits until this process has dropped its copies, closes them, pays the
+/// wait, and exits. Without a deletion, or if the fork fails, the sockets
+/// simply close here.
+pub fn release_in_background() {
+    let fds = std::mem::take(&mut *OPEN.lock().unwrap_or_else(|e| e.into_inner()));
+    if fds.is_empty() {
+        return;
+    }
+    let close_all = |fds: &[RawFd]| {
+        for &fd in fds {
+            // SAFETY: the fds are the sockets this module opened and never
+            // closed (ManuallyDrop): closing them once here is theirs.
+            unsafe { libc::close(fd) };
+        }
+    };
+    let mut pipe = [0 as RawFd; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if !DELETED.load(Ordering::Relaxed)
+        || unsafe { libc::pipe2(pipe.as_mut_ptr(), libc::O_CLOEXEC) } != 0
+    {
+        return close_all(&fds);
+    }
+    let [read_end, write_end] = pipe;
+    // SAFETY: nsbypass is single-threaded; the child only makes syscalls.
+    match unsafe { libc::fork() } {
+        0 => {
+            // SAFETY: raw syscalls on descriptors this process owns.
+            unsafe {
+                libc::setsid();
+                let mut keep: Vec<RawFd> = fds.iter().copied().chain([read_end]).collect();
+                keep.sort_unstable();
+                let mut from: u32 = 0;
+                for &fd in &keep {
+                    if (fd as u32) > from {
+                        libc::close_range(from, fd as u32 - 1, 0);
+                    }
+                    from = fd as u32 + 1;
+                }
+                libc::close_range(from, u32::MAX, 0);
+                // EOF once the parent has closed its copies.
+                let mut byte = 0u8;
+                while libc::read(read_end, (&mut byte as *mut u8).cast(), 1) > 0 {}
+                close_all(&fds);
+                libc::_exit(0);
+            }
+        }
+        -1 => {
+            // SAFETY: closing the pipe this function made.
+            unsafe {
+                libc::close(read_end);
+                libc::close(write_end);
+            }
+            close_all(&fds);
+        }
+        _ => {
+            close_all(&fds);
+            // SAFETY: closing the pipe this function made.
+            unsafe {
+                libc::close(write_end);
+                libc::close(read_end);
+            }
+        }
     }
 }
 
