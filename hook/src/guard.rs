@@ -144,7 +144,7 @@ impl Guard {
             Verdict::Drop
         };
         batch
-            .destroy_table(&table)
+            .clear_table(&table)
             .add_table(&table, false)
             .add_egress_chain(&table, CHAIN, ifname, policy);
         let mac = self.mac.to_vec();

@@ -164,6 +164,8 @@ pub struct Set {
 pub struct Batch {
     messages: Vec<(u16, u16, Vec<u8>)>,
     sets: Vec<String>,
+    /// It removes something that may be there.
+    deletes: bool,
 }
 
 impl Batch {
@@ -182,6 +184,7 @@ impl Batch {
         assert!(self.sets.is_empty(), "extending a batch that made sets");
         self.messages.extend(later.messages);
         self.sets = later.sets;
+        self.deletes |= later.deletes;
         self
     }
 
@@ -196,6 +199,15 @@ impl Batch {
 
     /// Removes table `name` with everything in it; nothing if there is none.
     pub fn destroy_table(&mut self, name: &str) -> &mut Batch {
+        self.deletes = true;
+        self.clear_table(name)
+    }
+
+    /// [`Batch::destroy_table`] for a table that is there only if a killed
+    /// run left it, before making it anew: not counted as a deletion for
+    /// [`release_in_background`] (none there, the kernel has nothing to
+    /// free; a leftover is rare, and then this process's exit waits).
+    pub fn clear_table(&mut self, name: &str) -> &mut Batch {
         let mut attrs = Attrs::default();
         attrs.string(TABLE_NAME, name);
         self.push(MSG_DESTROYTABLE, 0, attrs)
@@ -263,6 +275,7 @@ impl Batch {
         if keys.is_empty() {
             return self;
         }
+        self.deletes = true;
         let attrs = elements(table, set, keys);
         self.push(MSG_DESTROYSETELEM, 0, attrs)
     }
@@ -388,11 +401,7 @@ impl Nftables {
         if batch.is_empty() {
             return Ok(());
         }
-        if batch
-            .messages
-            .iter()
-            .any(|(kind, _, _)| matches!(*kind, MSG_DESTROYTABLE | MSG_DESTROYSETELEM))
-        {
+        if batch.deletes {
             DELETED.store(true, Ordering::Relaxed);
         }
         let first = SEQUENCE.fetch_add(batch.messages.len() as u32 + 2, Ordering::Relaxed);
