@@ -974,24 +974,18 @@ fn ip6(src: Ipv6Addr, dst: Ipv6Addr, next: u8, body: &[u8], icmp_at: Option<usiz
 
 /// A neighbour advertisement "`target` is at `lla`", override set.
 fn na(target: Ipv6Addr, lla: [u8; 6]) -> Vec<u8> {
-    [
-        &[136, 0, 0, 0, 0x20, 0, 0, 0][..],
-        &target.octets(),
-        &[2, 1],
-        &lla,
-    ]
-    .concat()
+    neighbour_message([136, 0, 0, 0, 0x20, 0, 0, 0], target, 2, lla)
 }
 
 /// A neighbour solicitation for `target` from link-layer address `lla`.
 fn ns(target: Ipv6Addr, lla: [u8; 6]) -> Vec<u8> {
-    [
-        &[135, 0, 0, 0, 0, 0, 0, 0][..],
-        &target.octets(),
-        &[1, 1],
-        &lla,
-    ]
-    .concat()
+    neighbour_message([135, 0, 0, 0, 0, 0, 0, 0], target, 1, lla)
+}
+
+/// ICMPv6 `head` (type, code, checksum, flags), `target`, and one
+/// link-layer address option of kind `option`.
+fn neighbour_message(head: [u8; 8], target: Ipv6Addr, option: u8, lla: [u8; 6]) -> Vec<u8> {
+    [&head[..], &target.octets(), &[option, 1], &lla].concat()
 }
 
 /// Frames that keep the guard's fields true but lie elsewhere: neighbour

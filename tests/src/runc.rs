@@ -64,22 +64,7 @@ impl Runc {
     /// in cgroup v2 mode wrapped in `unshare -m ... sh -c 'mount ... && exec
     /// "$@"' sh` (see the module docs).
     pub(crate) fn command(&self, args: &[&str]) -> Command {
-        let mut c = if self.cgroup2 {
-            let mut c = cmd::command("unshare");
-            c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-                .arg(CGROUP2_SCRIPT)
-                // $0 of the script; the command proper follows as "$@".
-                .args(["sh", "nsenter"]);
-            c
-        } else {
-            cmd::command("nsenter")
-        };
-        c.arg(format!("--net={}", self.host_netns.display()))
-            .arg("runc")
-            .arg("--root")
-            .arg(&self.root)
-            .args(args);
-        c
+        self.command_via(&["runc".into()], args)
     }
 
     /// Like [`Runc::command`], with `wrapper` (a program and its
@@ -90,6 +75,7 @@ impl Runc {
             let mut c = cmd::command("unshare");
             c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
                 .arg(CGROUP2_SCRIPT)
+                // $0 of the script; the command proper follows as "$@".
                 .args(["sh", "nsenter"]);
             c
         } else {
