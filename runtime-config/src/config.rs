@@ -31,7 +31,7 @@ pub enum ConfigError {
         source: std::io::Error,
     },
     /// TOML syntax or an unknown/mistyped key; `line:col` points at it.
-    #[error("config {path}:{line}:{col}: {message}")]
+    #[error("config {path}:{line}:{col}: {}", control_escaped(message))]
     Syntax {
         path: PathBuf,
         line: usize,
@@ -41,13 +41,26 @@ pub enum ConfigError {
     /// A value that parses but makes no sense (address outside the subnet,
     /// relative path, ...). `section` is `network NAME` or `profile NAME`;
     /// a NAME is the file's own table key, so it is shown escaped.
-    #[error("config {path}: {}: {key}: {message}", section.escape_debug())]
+    #[error("config {path}: {}: {key}: {}", section.escape_debug(), control_escaped(message))]
     Invalid {
         path: PathBuf,
         section: String,
         key: &'static str,
         message: String,
     },
+}
+
+/// `message` with its control characters escaped (`\n` for a newline):
+/// messages quote the file's values (a path, a name), and an error is one
+/// line whatever they hold.
+fn control_escaped(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| match c.is_control() {
+            true => c.escape_debug().to_string(),
+            false => c.to_string(),
+        })
+        .collect()
 }
 
 /// The validated config.
@@ -1406,6 +1419,12 @@ parent = "ens1f1"
     #[test]
     fn state_dir_must_be_absolute() {
         assert!(err("state_dir = \"run/x\"").contains("state_dir run/x is not an absolute path"));
+        // Found by the config fuzz target: a value's newline stays in its line.
+        let e = err("state_dir = \"fi\\nb,0.0/30\"");
+        assert!(
+            !e.contains('\n') && e.contains("state_dir fi\\nb,0.0/30 is not"),
+            "{e}"
+        );
     }
 
     #[test]
