@@ -233,17 +233,7 @@ fn add_profile(
     }
     for spec in &profile.devices {
         let hosts = if spec.is_glob() {
-            let pattern = spec.source.to_string_lossy();
-            let found: Vec<PathBuf> = glob::glob(&pattern)
-                .map_err(|e| fail(format!("device pattern {pattern}: {e}")))?
-                .filter_map(Result::ok)
-                .collect();
-            if found.is_empty() {
-                return Err(fail(format!(
-                    "device pattern {pattern} matches nothing on this host"
-                )));
-            }
-            found
+            expand("device", &spec.source).map_err(fail)?
         } else {
             vec![spec.source.clone()]
         };
@@ -277,18 +267,7 @@ fn add_profile(
     }
     for spec in &profile.mounts {
         let matches = if spec.is_glob() {
-            let pattern = spec.source.to_string_lossy();
-            let mut found: Vec<PathBuf> = glob::glob(&pattern)
-                .map_err(|e| fail(format!("mount pattern {pattern}: {e}")))?
-                .filter_map(Result::ok)
-                .collect();
-            if found.is_empty() {
-                return Err(fail(format!(
-                    "mount pattern {pattern} matches nothing on this host"
-                )));
-            }
-            found.sort();
-            found
+            expand("mount", &spec.source).map_err(fail)?
         } else {
             vec![spec.source.clone()]
         };
@@ -368,6 +347,23 @@ fn add_profile(
 /// the admin names the file itself, so the bind is exactly what was named.
 /// `None` if it is a symlink. The directories on its way must be root's
 /// and closed to others (see [`check_ancestors`]).
+/// The host paths a `kind` (device or mount) glob matches, sorted; one
+/// that matches nothing, or does not parse, is the error line.
+fn expand(kind: &str, pattern: &Path) -> Result<Vec<PathBuf>, String> {
+    let pattern = pattern.to_string_lossy();
+    let mut found: Vec<PathBuf> = glob::glob(&pattern)
+        .map_err(|e| format!("{kind} pattern {pattern}: {e}"))?
+        .filter_map(Result::ok)
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "{kind} pattern {pattern} matches nothing on this host"
+        ));
+    }
+    found.sort();
+    Ok(found)
+}
+
 fn open_source(path: &Path) -> Result<Option<(OwnedFd, std::fs::Metadata)>, String> {
     check_ancestors(path)?;
     let fd = nix::fcntl::open(
